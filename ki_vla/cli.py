@@ -1,0 +1,49 @@
+"""`ki-vla SUBCOMMAND ...`: one entry point; each subcommand lives beside the code it drives.
+
+A subcommand module exposes `help: str`, `add_arguments(parser)` and `run(args) -> int`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> module. Listed here so `ki-vla --help` is complete; a module that is not part of this
+# checkout is left out of the parser rather than offered and then failing.
+SUBCOMMANDS = {
+    "fit-tokenizer": "ki_vla.tokenizer.cli",
+    "info": "ki_vla.model.cli",
+    "convert-bag": "ki_vla.data.convert_cli",
+    "train": "ki_vla.train.cli",
+    "collect": "ki_vla.sim.cli",
+    "eval-bag": "ki_vla.eval.bag_cli",
+    "eval-sim": "ki_vla.eval.sim_cli",
+    "bench": "ki_vla.infer.bench_cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ki-vla", description="Knowledge-insulated VLA: data, training, evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.help, description=module.help)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:  # bad input from the user: one clear line, no traceback
+        print(f"ki-vla {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Offline (bag replay) and closed-loop evaluation: metrics, reports and plots."""

@@ -1,0 +1,1 @@
+"""Inference: the fast engine and how predicted chunks become a command stream."""

@@ -1,0 +1,1 @@
+"""Backbone adapters over transformers, the action expert, KI attention and the policy variants."""

@@ -1,0 +1,1 @@
+"""MuJoCo bimanual scenes and scripted demonstrations (no ROS)."""

@@ -1,0 +1,1 @@
+"""FAST action tokenizer: DCT along time + byte-level BPE (METHOD.md)."""

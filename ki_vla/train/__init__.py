@@ -1,0 +1,1 @@
+"""Trainer, training configs and distributed launch (torchrun: DDP / FSDP2)."""
