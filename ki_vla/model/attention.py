@@ -1,0 +1,40 @@
+"""Masks, positions and attention shared by the backbone and the expert.
+
+Shapes follow openpi: masks are boolean (B, Lq, Lk), True = may attend. Keys/values are kept in the
+grouped-query layout (B, num_kv_heads, L, head_dim) and never expanded to all query heads:
+`scaled_dot_product_attention(..., enable_gqa=True)` broadcasts them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def block_causal_mask(valid: torch.Tensor, new_block: torch.Tensor) -> torch.Tensor:
+    """Attention mask from per-token validity and block starts.
+
+    valid: (B, L) bool, False for padding. new_block: (B, L) int/bool, 1 where a token starts a new
+    causal block (0 = same block as the previous token). Token i sees token j iff j's block index
+    <= i's. So a run of zeros is bidirectional (the prefix) and a run of ones is causal (FAST tokens).
+    Padding rows see themselves only, so softmax never meets an all-masked row.
+    """
+    blocks = torch.cumsum(new_block.long(), dim=1)
+    mask = (blocks[:, None, :] <= blocks[:, :, None]) & valid[:, None, :] & valid[:, :, None]
+    eye = torch.eye(valid.shape[1], dtype=torch.bool, device=valid.device)[None]
+    return mask | (eye & ~valid[:, :, None])
+
+
+def positions_from_valid(valid: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """RoPE positions that skip padding: position = number of valid tokens before (plus offset)."""
+    pos = torch.cumsum(valid.long(), dim=1) - 1
+    pos = pos.clamp(min=0)
+    if offset is not None:
+        pos = pos + offset[:, None]
+    return pos
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); mask: (B, Lq, Lk) bool -> (B, Lq, Hq * D)."""
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1])
+    b, h, lq, d = out.shape
+    return out.transpose(1, 2).reshape(b, lq, h * d)

@@ -1,0 +1,157 @@
+"""The VLM backbone over transformers modules, behind one interface for both layouts.
+
+We keep transformers' modules (and so their parameter names and pretrained weights) but run the decoder
+layers in our own loop: KI needs every layer's post-RoPE prefix K/V and masks that transformers'
+causal-LM forward does not express (bidirectional prefix, causal FAST tokens). Parameter names follow
+the upstream models, so a PaliGemma/SmolVLM state dict maps onto ours by prefix renaming:
+
+  siglip layout   vision_tower.vision_model.*   multi_modal_projector.linear.*   language_model.*  (PaliGemma)
+  idefics3 layout vision_model.*                connector.modality_projection.*  language_model.*  (SmolVLM)
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import GemmaConfig, Idefics3Config, LlamaConfig, SiglipVisionConfig
+from transformers.models.gemma.modeling_gemma import GemmaModel
+from transformers.models.idefics3.configuration_idefics3 import Idefics3VisionConfig
+from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector, Idefics3VisionTransformer
+from transformers.models.llama.modeling_llama import LlamaModel, apply_rotary_pos_emb
+from transformers.models.siglip.modeling_siglip import SiglipVisionModel
+
+from ki_vla.model.attention import attend
+from ki_vla.model.config import PolicyConfig, TextConfig, VisionConfig
+from ki_vla.model.pretrained import load_pretrained_text_model
+
+log = logging.getLogger(__name__)
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+def hf_text_config(tc: TextConfig):
+    common = dict(
+        vocab_size=tc.vocab_size, hidden_size=tc.hidden_size, intermediate_size=tc.intermediate_size,
+        num_hidden_layers=tc.num_layers, num_attention_heads=tc.num_heads, num_key_value_heads=tc.num_kv_heads,
+        head_dim=tc.head_dim, rms_norm_eps=tc.rms_norm_eps, max_position_embeddings=tc.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": tc.rope_theta}, tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
+    if tc.arch == "gemma":
+        return GemmaConfig(hidden_activation="gelu_pytorch_tanh", **common)
+    return LlamaConfig(hidden_act="silu", **common)
+
+
+class MultiModalProjector(nn.Module):
+    """PaliGemma's projector (one linear layer), kept as a module so its key is `multi_modal_projector.linear`."""
+
+    def __init__(self, vision_width: int, text_width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(vision_width, text_width, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class VLMBackbone(nn.Module):
+    """Images + prompt tokens -> per-layer K/V and logits.
+
+    embed_images(images)   (B, N_cam, 3, S, S) in [-1, 1]     -> (B, N_cam * T_img, D)
+    embed_tokens(ids)      (B, L)                             -> (B, L, D)
+    forward(x, mask, pos, past_kv=None)                       -> final-normed hidden (B, L, D), per-layer (K, V)
+    logits(hidden)         (..., D)                           -> (..., vocab) with the tied embedding
+    """
+
+    def __init__(self, cfg: PolicyConfig, pretrained_root: Path | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        tc, vc = cfg.text, cfg.vision
+        self.gradient_checkpointing = False
+        model = load_pretrained_text_model(tc) if tc.pretrained else None
+        if model is None:
+            hf_cfg = hf_text_config(tc)
+            model = GemmaModel(hf_cfg) if tc.arch == "gemma" else LlamaModel(hf_cfg)
+        self.language_model = model
+        if vc.arch == "siglip":
+            self.vision_tower = SiglipVisionModel(self._siglip_config(vc))
+            self.multi_modal_projector = MultiModalProjector(vc.hidden_size, tc.hidden_size)
+        else:
+            vcfg = Idefics3VisionConfig(**self._vision_kwargs(vc))
+            self.vision_model = Idefics3VisionTransformer(vcfg)
+            icfg = Idefics3Config(vision_config=vcfg.to_dict(), text_config=hf_text_config(tc).to_dict(),
+                                  scale_factor=vc.scale_factor)
+            self.connector = Idefics3Connector(icfg)
+
+    @staticmethod
+    def _vision_kwargs(vc: VisionConfig) -> dict:
+        return dict(hidden_size=vc.hidden_size, intermediate_size=vc.intermediate_size, num_hidden_layers=vc.num_layers,
+                    num_attention_heads=vc.num_heads, image_size=vc.image_size, patch_size=vc.patch_size,
+                    attn_implementation="sdpa")
+
+    def _siglip_config(self, vc: VisionConfig) -> SiglipVisionConfig:
+        return SiglipVisionConfig(**self._vision_kwargs(vc))
+
+    # ---- embeddings -----------------------------------------------------------------------------
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        b, n = images.shape[:2]
+        flat = images.flatten(0, 1).to(self.dtype)
+        if self.cfg.vision.arch == "siglip":
+            feats = self.multi_modal_projector(self.vision_tower(pixel_values=flat).last_hidden_state)
+        else:
+            feats = self.connector(self.vision_model(pixel_values=flat).last_hidden_state)
+        return feats.reshape(b, n * feats.shape[1], feats.shape[2])
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        # Gemma's embedding module multiplies by sqrt(width) itself; Llama's does not scale.
+        return self.language_model.embed_tokens(ids)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.embed_tokens.weight.dtype
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.language_model.layers
+
+    def rope(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for `positions` (B, L) from the language model's own rotary module (shared with the expert)."""
+        return self.language_model.rotary_emb(like, positions)
+
+    # ---- transformer ----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                past_kv: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:
+        """Run every decoder layer. `mask` is (B, L, L_past + L). Returned K/V are post-RoPE and include
+        `past_kv` (so the result can be fed back for incremental decoding)."""
+        cos, sin = self.rope(positions, x)
+        new_kv: list[KV] = []
+        for i, layer in enumerate(self.language_model.layers):
+            past = past_kv[i] if past_kv is not None else None
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, k, v = checkpoint(self._layer, layer, x, mask, cos, sin, past, use_reentrant=False)
+            else:
+                x, k, v = self._layer(layer, x, mask, cos, sin, past)
+            new_kv.append((k, v))
+        return self.language_model.norm(x), new_kv
+
+    @staticmethod
+    def _layer(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               past: KV | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        shape = (*h.shape[:2], -1, attn.head_dim)
+        q = attn.q_proj(h).view(shape).transpose(1, 2)
+        k = attn.k_proj(h).view(shape).transpose(1, 2)
+        v = attn.v_proj(h).view(shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        x = x + attn.o_proj(attend(q, k, v, mask))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return x, k, v
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.language_model.embed_tokens.weight.T

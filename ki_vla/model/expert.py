@@ -1,0 +1,166 @@
+"""The action expert: a narrow transformer, one layer per backbone layer, over H action tokens.
+
+Each expert layer attends to [prefix K/V of the matching backbone layer ; its own K/V]. The policy
+decides whether the prefix K/V arrive detached (KI, frozen) or not (joint, pi0): the expert itself has no
+notion of insulation. It uses the backbone's attention head layout (num_heads, num_kv_heads, head_dim),
+so its keys and values concatenate with the backbone's without any projection.
+
+Parameter names mirror a transformers Gemma/Llama decoder (`layers.{i}.self_attn.q_proj`, ...,
+`layers.{i}.input_layernorm.dense` for adaptive norms) so openpi/LeRobot expert weights map by prefix.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.activations import ACT2FN
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from ki_vla.model.attention import attend
+from ki_vla.model.config import PolicyConfig
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm, optionally adaptive (pi0.5's adaRMSNorm).
+
+    Without conditioning: Llama style `w * x_hat` or Gemma style `(1 + w) * x_hat`.
+    With conditioning (cond_dim set): no learned weight; a zero-initialized `dense` maps the time
+    embedding to (scale, shift, gate): `x_hat * (1 + scale) + shift`, and `gate` scales the residual
+    branch that follows. Zero init makes a fresh expert start as a plain pre-norm transformer.
+    """
+
+    def __init__(self, dim: int, eps: float, gemma_style: bool, cond_dim: int | None = None) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gemma_style = gemma_style
+        if cond_dim is None:
+            self.weight = nn.Parameter(torch.zeros(dim) if gemma_style else torch.ones(dim))
+            self.dense = None
+        else:
+            self.dense = nn.Linear(cond_dim, 3 * dim)
+            nn.init.zeros_(self.dense.weight)
+            nn.init.zeros_(self.dense.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.dense is None:
+            w = self.weight.float()
+            return (normed * ((1.0 + w) if self.gemma_style else w)).to(x.dtype), None
+        if cond is None:
+            raise ValueError("adaptive RMSNorm needs the time conditioning")
+        scale, shift, gate = self.dense(cond)[:, None, :].float().chunk(3, dim=-1)
+        return (normed * (1.0 + scale) + shift).to(x.dtype), gate.to(x.dtype)
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    return x + (y if gate is None else y * gate)
+
+
+class ExpertAttention(nn.Module):
+    def __init__(self, width: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.q_proj = nn.Linear(width, num_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(width, num_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * head_dim, width, bias=False)
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, width: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(width, hidden, bias=False)
+        self.up_proj = nn.Linear(width, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, width, bias=False)
+        self.act_fn = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ExpertLayer(nn.Module):
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        tc, ec = cfg.text, cfg.expert
+        gemma = tc.arch == "gemma"
+        cond_dim = ec.hidden_size if ec.time_conditioning == "adarms" else None
+        self.self_attn = ExpertAttention(ec.hidden_size, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+        self.mlp = GatedMLP(ec.hidden_size, ec.intermediate_size, "gelu_pytorch_tanh" if gemma else "silu")
+        self.input_layernorm = RMSNorm(ec.hidden_size, tc.rms_norm_eps, gemma, cond_dim)
+        self.post_attention_layernorm = RMSNorm(ec.hidden_size, tc.rms_norm_eps, gemma, cond_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, prefix_kv: KV, mask: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        attn = self.self_attn
+        h, gate = self.input_layernorm(x, cond)
+        shape = (*h.shape[:2], -1, attn.head_dim)
+        q = attn.q_proj(h).view(shape).transpose(1, 2)
+        k = attn.k_proj(h).view(shape).transpose(1, 2)
+        v = attn.v_proj(h).view(shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys = torch.cat([prefix_kv[0].to(k.dtype), k], dim=2)
+        values = torch.cat([prefix_kv[1].to(v.dtype), v], dim=2)
+        x = gated_residual(x, attn.o_proj(attend(q, keys, values, mask)), gate)
+        h, gate = self.post_attention_layernorm(x, cond)
+        return gated_residual(x, self.mlp(h), gate)
+
+
+def sinusoidal_time_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """openpi's time embedding: periods spaced geometrically between min and max period; (B,) -> (B, dim)."""
+    if dim % 2:
+        raise ValueError(f"time embedding width must be even, got {dim}")
+    fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = t.double()[:, None] * (2.0 * math.pi / period)[None, :]
+    return torch.cat([angle.sin(), angle.cos()], dim=-1).float()
+
+
+class ActionExpert(nn.Module):
+    """Noisy action chunk + flow time -> velocity field, reading the backbone's per-layer prefix K/V."""
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ec, tc = cfg.expert, cfg.text
+        width = ec.hidden_size
+        self.gradient_checkpointing = False
+        self.action_in_proj = nn.Linear(cfg.max_action_dim, width)
+        self.action_out_proj = nn.Linear(width, cfg.max_action_dim)
+        if ec.time_conditioning == "adarms":
+            self.time_mlp_in = nn.Linear(width, width)
+            self.time_mlp_out = nn.Linear(width, width)
+        else:
+            self.action_time_mlp_in = nn.Linear(2 * width, width)
+            self.action_time_mlp_out = nn.Linear(width, width)
+        self.layers = nn.ModuleList(ExpertLayer(cfg) for _ in range(tc.num_layers))
+        cond_dim = width if ec.time_conditioning == "adarms" else None
+        self.norm = RMSNorm(width, tc.rms_norm_eps, tc.arch == "gemma", cond_dim)
+
+    def embed(self, noisy_actions: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, H, max_action_dim), (B,) -> action tokens (B, H, W) and the adaRMS conditioning (B, W) or None."""
+        width = self.cfg.expert.hidden_size
+        dtype = self.action_in_proj.weight.dtype
+        x = self.action_in_proj(noisy_actions.to(dtype))
+        temb = sinusoidal_time_embedding(t, width).to(dtype)
+        if self.cfg.expert.time_conditioning == "adarms":
+            cond = nn.functional.silu(self.time_mlp_out(nn.functional.silu(self.time_mlp_in(temb))))
+            return x, cond
+        mixed = torch.cat([x, temb[:, None, :].expand_as(x)], dim=-1)
+        return self.action_time_mlp_out(nn.functional.silu(self.action_time_mlp_in(mixed))), None
+
+    def forward(self, noisy_actions: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], mask: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """mask: (B, H, L_prefix + H) bool. Returns the predicted velocity (B, H, max_action_dim)."""
+        x, cond = self.embed(noisy_actions, t)
+        for layer, kv in zip(self.layers, prefix_kv, strict=True):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cond, kv, mask, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cond, kv, mask, cos, sin)
+        x, _ = self.norm(x, cond)
+        return self.action_out_proj(x)

@@ -1,0 +1,349 @@
+"""KIPolicy: backbone + action expert + the five training variants of METHOD.md in one module.
+
+Token layout (pi0.5): prefix = [image tokens of each camera][prompt] (bidirectional), then target tokens
+(FAST action tokens + end token, or a VLM answer; causal, CE targets). The expert's H action tokens
+attend to the valid prefix and to each other, never to target tokens, and nothing attends to them.
+Because the backbone never reads the expert, the backbone runs once on [prefix; targets], and the
+expert runs on its own tokens against the per-layer prefix K/V: detached for `ki` and `frozen`
+(the stop-gradient of knowledge insulation), attached for `joint` and `pi0`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from ki_vla.model.attention import block_causal_mask, positions_from_valid
+from ki_vla.model.backbone import KV, VLMBackbone
+from ki_vla.model.config import PolicyConfig
+from ki_vla.model.expert import ActionExpert
+from ki_vla.model.pretrained import load_text_tokenizer
+from ki_vla.model.processing import Processor, validate_stats
+from ki_vla.observation import Observation
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+STATS = "stats.json"
+TEXT_TOKENIZER = "text_tokenizer"
+FAST_TOKENIZER = "fast_tokenizer"
+
+
+class KIPolicy(nn.Module):
+    def __init__(self, cfg: PolicyConfig, text_tokenizer: Any | None = None, fast_tokenizer: Any | None = None,
+                 stats: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = VLMBackbone(cfg)
+        self.expert = ActionExpert(cfg) if cfg.has_expert else None
+        if cfg.variant == "frozen":
+            self.backbone.requires_grad_(False)
+        if text_tokenizer is None:
+            text_tokenizer = load_text_tokenizer(cfg.text.tokenizer)
+        self.processor = Processor(cfg, text_tokenizer, fast_tokenizer, stats)
+        if cfg.dtype != "float32":
+            self.to(getattr(torch, cfg.dtype))
+
+    # ---- construction helpers --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def fast_tokenizer(self) -> Any | None:
+        return self.processor.fast_tokenizer
+
+    def set_fast_tokenizer(self, tokenizer: Any) -> None:
+        self.processor.fast_tokenizer = tokenizer
+
+    def set_stats(self, stats: dict[str, Any]) -> None:
+        validate_stats(stats, self.cfg)
+        self.processor = Processor(self.cfg, self.processor.text_tokenizer, self.processor.fast_tokenizer, stats)
+
+    def example_batch(self, batch_size: int = 2, seed: int = 0, vlm_samples: int = 0) -> dict[str, torch.Tensor]:
+        """A valid random training batch (random images/state/actions; random FAST ids stand in for a fitted
+        FAST tokenizer). The last `vlm_samples` samples are action-free VLM samples."""
+        cfg, rng = self.cfg, np.random.default_rng(seed)
+        samples: list[dict[str, Any]] = []
+        for i in range(batch_size):
+            images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.camera_names}
+            if i >= batch_size - vlm_samples:
+                samples.append({"images": images, "prompt": "What is on the table? ", "answer": "a red cube"})
+                continue
+            steps = np.cumsum(rng.normal(0, 0.05, (cfg.horizon, cfg.action_dim)), axis=0)
+            samples.append({"images": images, "state": rng.uniform(-1, 1, cfg.state_dim).astype(np.float32),
+                            "instruction": "transfer the red cube",
+                            "actions": np.clip(steps, -1, 1).astype(np.float32)})
+        fast = self.processor.fast_tokenizer
+        self.processor.fast_tokenizer = fast or _RandomFastIds(cfg.fast_vocab_size, rng)
+        try:
+            return self.processor(samples, device=self.device)
+        finally:
+            self.processor.fast_tokenizer = fast
+
+    # ---- forward pieces ----------------------------------------------------------------------------
+    def _prefix(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix embeddings (B, L_p, D) and validity (B, L_p)."""
+        img = self.backbone.embed_images(batch["images"])
+        per_image = img.shape[1] // batch["images"].shape[1]
+        img_valid = batch["image_valid"].repeat_interleave(per_image, dim=1)
+        txt = self.backbone.embed_tokens(batch["text_ids"])
+        return torch.cat([img, txt.to(img.dtype)], dim=1), torch.cat([img_valid, batch["text_valid"]], dim=1)
+
+    def _run_backbone(self, batch: dict[str, torch.Tensor], with_targets: bool) -> tuple[torch.Tensor, list[KV], torch.Tensor]:
+        emb, valid = self._prefix(batch)
+        lp = emb.shape[1]
+        new_block = torch.zeros_like(valid, dtype=torch.long)
+        if with_targets:
+            tgt = self.backbone.embed_tokens(batch["target_ids"]).to(emb.dtype)
+            emb = torch.cat([emb, tgt], dim=1)
+            new_block = torch.cat([new_block, torch.ones_like(batch["target_valid"], dtype=torch.long)], dim=1)
+            valid = torch.cat([valid, batch["target_valid"]], dim=1)
+        mask = block_causal_mask(valid, new_block)
+        hidden, kv = self.backbone(emb, mask, positions_from_valid(valid))
+        return hidden, [(k[:, :, :lp], v[:, :, :lp]) for k, v in kv], valid[:, :lp]
+
+    def _expert_velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], prefix_valid: torch.Tensor) -> torch.Tensor:
+        b, h = x_t.shape[:2]
+        own = torch.ones(b, h, h, dtype=torch.bool, device=x_t.device)
+        mask = torch.cat([prefix_valid[:, None, :].expand(b, h, -1), own], dim=2)
+        offset = prefix_valid.long().sum(dim=1)
+        positions = offset[:, None] + torch.arange(h, device=x_t.device)[None, :]
+        cos, sin = self.backbone.rope(positions, x_t.to(self.backbone.dtype))
+        return self.expert(x_t, t, prefix_kv, mask, cos, sin)
+
+    def sample_time(self, b: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+        a, c = self.cfg.time_beta
+        # torch's Beta has no generator argument; Beta(a, 1) has the closed-form inverse CDF u ** (1 / a).
+        if c == 1.0:
+            u = torch.rand(b, device=device, generator=generator)
+            t = u ** (1.0 / a)
+        else:
+            t = torch.distributions.Beta(a, c).sample((b,)).to(device)
+        return t * 0.999 + 0.001
+
+    # ---- training ----------------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """{"loss", "ce", "flow"} scalars. Samples without actions contribute CE only; `pi0` has no CE and
+        `pi0_fast` no flow term (their entries are 0)."""
+        cfg = self.cfg
+        with_targets = cfg.trains_backbone_ce
+        grad_ctx = torch.no_grad() if cfg.variant == "frozen" else contextlib.nullcontext()
+        with grad_ctx:
+            hidden, prefix_kv, prefix_valid = self._run_backbone(batch, with_targets)
+        zero = hidden.new_zeros((), dtype=torch.float32)
+        ce = zero
+        if with_targets:
+            lp = prefix_valid.shape[1]
+            lt = batch["target_ids"].shape[1]
+            logits = self.backbone.logits(hidden[:, lp - 1: lp + lt - 1]).float()
+            tv = batch["target_valid"]
+            if tv.any():
+                ce = F.cross_entropy(logits[tv], batch["target_ids"][tv])
+        flow = zero
+        if self.expert is not None:
+            if cfg.insulated:
+                prefix_kv = [(k.detach(), v.detach()) for k, v in prefix_kv]
+            actions = batch["actions"].to(torch.float32)
+            b = actions.shape[0]
+            t = self.sample_time(b, actions.device, generator)
+            noise = torch.randn(actions.shape, device=actions.device, generator=generator)
+            x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
+            v = self._expert_velocity(x_t, t, prefix_kv, prefix_valid).float()
+            err = (v - (noise - actions))[..., : cfg.action_dim].pow(2).mean(-1)
+            av = batch["action_valid"]
+            if av.any():
+                flow = err[av].mean()
+        # ce and flow keep their graphs so either can be back-propagated alone (the insulation tests do).
+        return {"loss": ce + cfg.flow_alpha * flow, "ce": ce, "flow": flow}
+
+    # ---- inference ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefix_cache(self, batch: dict[str, torch.Tensor]) -> tuple[list[KV], torch.Tensor]:
+        """One backbone pass over the prefix: the per-layer K/V every denoising step reuses."""
+        _, kv, valid = self._run_backbone(batch, with_targets=False)
+        return kv, valid
+
+    @torch.no_grad()
+    def sample_actions(self, batch: dict[str, torch.Tensor], num_steps: int | None = None,
+                       noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                       use_cache: bool = True, normalized: bool = False) -> torch.Tensor:
+        """(B, horizon, action_dim) actions in real units (normalized ones with normalized=True).
+
+        Expert variants: x_1 = noise, Euler steps dt = -1/num_steps to t = 0 (openpi). With use_cache=False
+        the prefix K/V are recomputed at every step (the reference the cache is tested against).
+        pi0_fast: greedy autoregressive FAST decoding with a K/V cache.
+        """
+        if self.expert is None:
+            out = self._decode_fast(batch)
+        else:
+            steps = num_steps or self.cfg.num_flow_steps
+            b = batch["images"].shape[0]
+            shape = (b, self.cfg.horizon, self.cfg.max_action_dim)
+            x = noise.to(self.device, torch.float32) if noise is not None else torch.randn(shape, device=self.device, generator=generator)
+            if x.shape != shape:
+                raise ValueError(f"noise has shape {tuple(x.shape)}, expected {shape}")
+            kv, valid = self.prefix_cache(batch) if use_cache else (None, None)
+            dt = -1.0 / steps
+            for i in range(steps):
+                t = torch.full((b,), 1.0 + i * dt, device=self.device)
+                if not use_cache:
+                    kv, valid = self.prefix_cache(batch)
+                x = x + dt * self._expert_velocity(x, t, kv, valid).float()
+            out = x[..., : self.cfg.action_dim]
+        if normalized:
+            return out
+        return torch.from_numpy(self.processor.unnormalize_actions(out.cpu().numpy())).to(out.device)
+
+    def _decode_fast(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Greedy decoding restricted to FAST ids + end token; malformed sequences decode to a flagged fallback."""
+        cfg, proc = self.cfg, self.processor
+        if proc.fast_tokenizer is None:
+            raise ValueError("pi0_fast needs a fitted FAST tokenizer to decode actions")
+        emb, valid = self._prefix(batch)
+        b = emb.shape[0]
+        hidden, kv = self.backbone(emb, block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long)), positions_from_valid(valid))
+        allowed = torch.full((cfg.text.vocab_size,), float("-inf"), device=emb.device)
+        allowed[proc.fast_lm_lo: proc.fast_lm_hi + 1] = 0.0
+        allowed[proc.eos_id] = 0.0
+        logits = self.backbone.logits(hidden[:, -1]).float() + allowed
+        n_valid = valid.long().sum(1)
+        generated: list[list[int]] = [[] for _ in range(b)]
+        done = torch.zeros(b, dtype=torch.bool, device=emb.device)
+        for step in range(cfg.max_target_tokens):
+            tok = logits.argmax(-1)
+            for i in range(b):
+                if not done[i] and tok[i].item() != proc.eos_id:
+                    generated[i].append(int(tok[i]))
+            done |= tok == proc.eos_id
+            if bool(done.all()) or step == cfg.max_target_tokens - 1:
+                break
+            valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool, device=emb.device)], dim=1)
+            x = self.backbone.embed_tokens(tok[:, None]).to(emb.dtype)
+            mask = valid[:, None, :]
+            hidden, kv = self.backbone(x, mask, (n_valid + step)[:, None], past_kv=kv)
+            logits = self.backbone.logits(hidden[:, -1]).float() + allowed
+        chunks = []
+        for i, ids in enumerate(generated):
+            chunk, ok = proc.fast_tokenizer.decode_with_status(proc.lm_to_fast(ids), cfg.horizon, cfg.action_dim)
+            if not ok:
+                log.warning("pi0_fast: sample %d decoded from a malformed token sequence; fallback chunk used", i)
+            chunks.append(chunk)
+        return torch.from_numpy(np.stack(chunks).astype(np.float32)).to(emb.device)
+
+    def predict(self, obs: Observation, num_steps: int | None = None, generator: torch.Generator | None = None) -> np.ndarray:
+        """One observation -> (horizon, action_dim) float32 chunk in real units (the ROS policy node's call)."""
+        obs.validate(self.cfg.camera_names, self.cfg.state_dim)
+        batch = self.processor([{"images": obs.images, "state": obs.state, "instruction": obs.instruction}],
+                               with_targets=False, device=self.device)
+        return self.sample_actions(batch, num_steps=num_steps, generator=generator)[0].cpu().numpy().astype(np.float32)
+
+    def warmup(self) -> None:
+        """One inference on dummy input, so allocations and lazy inits happen before the first real request."""
+        s = self.cfg.image_size
+        obs = Observation(images={c: np.zeros((s, s, 3), np.uint8) for c in self.cfg.camera_names},
+                          state=np.zeros(self.cfg.state_dim, np.float32), instruction="warm up")
+        if self.expert is None and self.fast_tokenizer is None:
+            log.warning("pi0_fast without a FAST tokenizer: warm-up runs the prefix only")
+            self.prefix_cache(self.processor([obs.__dict__], with_targets=False, device=self.device))
+            return
+        self.predict(obs)
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        """Weights (safetensors), config, both tokenizers and stats in one folder, written atomically: the
+        folder is built beside the target and renamed into place, so a killed process leaves either the old
+        checkpoint or the new one, never a mix."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            save_model(self, str(tmp / WEIGHTS))
+            self.cfg.to_yaml(tmp / CONFIG)
+            (tmp / STATS).write_text(json.dumps(self.processor.stats if self.processor.has_data_stats else None))
+            self.processor.text_tokenizer.save_pretrained(tmp / TEXT_TOKENIZER)
+            if self.processor.fast_tokenizer is not None:
+                self.processor.fast_tokenizer.save(tmp / FAST_TOKENIZER)
+            _fsync_tree(tmp)
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{os.getpid()}"
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> "KIPolicy":
+        """Load a folder written by save_pretrained. `overrides` replace config fields (e.g. variant)."""
+        path = Path(path)
+        for name in (WEIGHTS, CONFIG, TEXT_TOKENIZER):
+            if not (path / name).exists():
+                raise FileNotFoundError(f"{path} is not a ki_vla checkpoint: {name} is missing")
+        data = PolicyConfig.from_yaml(path / CONFIG).to_dict()
+        data.update(overrides)
+        data["text"]["pretrained"] = None  # the checkpoint holds the weights; never reload the source model
+        cfg = PolicyConfig.from_dict(data)
+        stats = json.loads((path / STATS).read_text()) if (path / STATS).exists() else None
+        fast = None
+        if (path / FAST_TOKENIZER).exists():
+            from ki_vla.tokenizer.fast import FastTokenizer
+
+            fast = FastTokenizer.load(path / FAST_TOKENIZER)
+        text_tok = load_text_tokenizer(cfg.text.tokenizer, folder=path / TEXT_TOKENIZER)
+        policy = cls(cfg, text_tokenizer=text_tok, fast_tokenizer=fast, stats=stats)
+        try:
+            missing, unexpected = load_model(policy, str(path / WEIGHTS), strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            raise ValueError(f"{path / WEIGHTS} does not match the config: {str(exc).splitlines()[0]}") from exc
+        if missing or unexpected:
+            raise ValueError(f"{path / WEIGHTS} does not match the config: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+        return policy.to(device).eval()
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "KIPolicy":
+        """A checkpoint folder, or a model YAML for a randomly initialized policy (tests, benchmarks)."""
+        path = Path(path)
+        if path.is_dir():
+            return cls.from_pretrained(path, device=device)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            msg = (f"RANDOMLY INITIALIZED policy from {path}: its actions are noise. "
+                   "Use a trained checkpoint folder for anything but tests and benchmarks.")
+            log.warning(msg)
+            warnings.warn(msg, stacklevel=2)
+            return cls(PolicyConfig.from_yaml(path)).to(device).eval()
+        raise FileNotFoundError(f"model {path}: expected a checkpoint folder or a model .yaml file")
+
+
+class _RandomFastIds:
+    """Stands in for a FAST tokenizer in example_batch: a random-length run of valid FAST ids."""
+
+    def __init__(self, vocab: int, rng: np.random.Generator) -> None:
+        self.vocab, self.rng = vocab, rng
+
+    def encode(self, chunk: np.ndarray) -> list[int]:
+        return self.rng.integers(0, self.vocab, int(self.rng.integers(4, 12))).tolist()
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())

@@ -1,0 +1,193 @@
+"""Raw samples -> model batch: image resizing, the pi0.5 prompt, FAST targets, normalization.
+
+Two kinds of samples share one batch (that is what co-training needs):
+  robot  {"images": {cam: uint8 (H, W, 3) | None}, "state": (state_dim,), "instruction": str,
+          "actions": (horizon, action_dim) real units (training only), "action_is_pad": (horizon,) bool}
+  vlm    {"images": {cam: ... } (cameras may be missing), "prompt": str, "answer": str}
+
+Batch layout (all tensors; L_img = cameras x tokens per image):
+  images (B, N_cam, 3, S, S) float in [-1, 1]     image_valid (B, N_cam) bool
+  text_ids (B, L_txt) long, LEFT-padded            text_valid (B, L_txt) bool
+  target_ids (B, L_tgt) long, right-padded         target_valid (B, L_tgt) bool  (CE positions)
+  actions (B, H, max_action_dim) normalized        action_valid (B, H) bool (False: padding or no actions)
+Left-padding the prompt puts the last prompt token at the end of the prefix, so the hidden state that
+predicts the first target token is always at index L_prefix - 1.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ki_vla.model.config import PolicyConfig
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+
+
+def quantile_normalize(x: np.ndarray, q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
+    """q01 -> -1, q99 -> +1 (openpi). Dimensions with no spread map to 0 instead of dividing by zero."""
+    span = q99 - q01
+    safe = np.where(span > 1e-8, span, 1.0)
+    out = 2.0 * (x - q01) / safe - 1.0
+    return np.where(span > 1e-8, out, 0.0).astype(np.float32)
+
+
+def quantile_unnormalize(x: np.ndarray, q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
+    return ((x + 1.0) * 0.5 * (q99 - q01) + q01).astype(np.float32)
+
+
+def identity_stats(cfg: PolicyConfig) -> dict[str, dict[str, list[float]]]:
+    """Stats that make normalization the identity on [-1, 1]: for random models, tests and benchmarks."""
+    return {STATE_KEY: {"q01": [-1.0] * cfg.state_dim, "q99": [1.0] * cfg.state_dim},
+            ACTION_KEY: {"q01": [-1.0] * cfg.action_dim, "q99": [1.0] * cfg.action_dim}}
+
+
+def validate_stats(stats: dict[str, Any], cfg: PolicyConfig) -> None:
+    for key, dim in ((STATE_KEY, cfg.state_dim), (ACTION_KEY, cfg.action_dim)):
+        if key not in stats:
+            raise ValueError(f"normalization stats lack {key!r}")
+        for q in ("q01", "q99"):
+            arr = np.asarray(stats[key].get(q, []), dtype=np.float64)
+            if arr.shape != (dim,) or not np.all(np.isfinite(arr)):
+                raise ValueError(f"stats[{key!r}][{q!r}] must be {dim} finite numbers, got shape {arr.shape}")
+
+
+def discretize_state(state_norm: np.ndarray, bins: int) -> np.ndarray:
+    """Normalized state in [-1, 1] -> integer bins [0, bins) (pi0.5 puts these in the prompt as text)."""
+    edges = np.linspace(-1.0, 1.0, bins + 1)[:-1]
+    return np.clip(np.digitize(np.clip(state_norm, -1.0, 1.0), edges) - 1, 0, bins - 1)
+
+
+def robot_prompt(instruction: str, state_bins: np.ndarray) -> str:
+    task = " ".join(instruction.strip().replace("_", " ").split())
+    return f"Task: {task}, State: {' '.join(str(int(b)) for b in state_bins)};\nAction: "
+
+
+class Processor:
+    """Turns samples into batches and model outputs back into real units. Holds the tokenizers and stats."""
+
+    def __init__(self, cfg: PolicyConfig, text_tokenizer: Any, fast_tokenizer: Any | None = None,
+                 stats: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.text_tokenizer = text_tokenizer
+        self.fast_tokenizer = fast_tokenizer
+        if stats is None:
+            stats = identity_stats(cfg)
+            self.has_data_stats = False
+        else:
+            validate_stats(stats, cfg)
+            self.has_data_stats = True
+        self.stats = stats
+        self._q = {k: (np.asarray(stats[k]["q01"], np.float32), np.asarray(stats[k]["q99"], np.float32))
+                   for k in (STATE_KEY, ACTION_KEY)}
+        vocab = cfg.text.vocab_size
+        # FAST id f <-> LM id vocab - 1 - skip - f (openpi): reuses rarely used ids at the vocab's end.
+        self.fast_lm_hi = vocab - 1 - cfg.fast_skip_tokens
+        self.fast_lm_lo = self.fast_lm_hi - (cfg.fast_vocab_size - 1)
+        self.eos_id = int(text_tokenizer.eos_token_id)
+        self.pad_id = int(text_tokenizer.pad_token_id)
+
+    # ---- id mapping ------------------------------------------------------------------------------
+    def fast_to_lm(self, fast_ids: Sequence[int]) -> list[int]:
+        return [self.fast_lm_hi - int(f) for f in fast_ids]
+
+    def lm_to_fast(self, lm_ids: Sequence[int]) -> list[int]:
+        return [self.fast_lm_hi - int(i) for i in lm_ids]
+
+    # ---- normalization ---------------------------------------------------------------------------
+    def normalize_state(self, state: np.ndarray) -> np.ndarray:
+        return quantile_normalize(np.asarray(state, np.float32), *self._q[STATE_KEY])
+
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        return quantile_normalize(np.asarray(actions, np.float32), *self._q[ACTION_KEY])
+
+    def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        return quantile_unnormalize(np.asarray(actions, np.float32), *self._q[ACTION_KEY])
+
+    # ---- batching --------------------------------------------------------------------------------
+    def _image(self, img: Any, cam: str) -> tuple[np.ndarray, bool]:
+        s = self.cfg.image_size
+        if img is None:
+            return np.zeros((3, s, s), np.float32), False
+        img = np.asarray(img)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"camera {cam!r}: expected uint8 (H, W, 3), got {img.dtype} {img.shape}")
+        if img.shape[:2] != (s, s):
+            img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+        return (img.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1), True
+
+    def _text_ids(self, text: str) -> list[int]:
+        ids = self.text_tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.text_tokenizer.bos_token_id
+        ids = ([bos] if bos is not None else []) + list(ids)
+        if len(ids) > self.cfg.max_text_tokens:
+            log.warning("prompt truncated from %d to %d tokens", len(ids), self.cfg.max_text_tokens)
+            ids = ids[: self.cfg.max_text_tokens]
+        return ids
+
+    def _targets(self, sample: dict[str, Any], norm_actions: np.ndarray | None) -> list[int]:
+        if "answer" in sample:
+            ids = list(self.text_tokenizer(str(sample["answer"]), add_special_tokens=False)["input_ids"])
+        elif norm_actions is not None and self.cfg.trains_backbone_ce:
+            if self.fast_tokenizer is None:
+                raise ValueError("this variant trains on FAST tokens but no FAST tokenizer is fitted "
+                                 "(run `ki-vla fit-tokenizer`, or let `ki-vla train` fit one)")
+            ids = self.fast_to_lm(self.fast_tokenizer.encode(norm_actions))
+        else:
+            return []
+        ids = ids + [self.eos_id]
+        if len(ids) > self.cfg.max_target_tokens:
+            log.warning("targets truncated from %d to %d tokens (raise max_target_tokens)", len(ids), self.cfg.max_target_tokens)
+            ids = ids[: self.cfg.max_target_tokens]
+        return ids
+
+    def __call__(self, samples: Sequence[dict[str, Any]], with_targets: bool = True,
+                 device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        if not samples:
+            raise ValueError("empty batch")
+        b, h = len(samples), cfg.horizon
+        images = np.zeros((b, len(cfg.camera_names), 3, cfg.image_size, cfg.image_size), np.float32)
+        image_valid = np.zeros((b, len(cfg.camera_names)), bool)
+        text_ids = np.full((b, cfg.max_text_tokens), self.pad_id, np.int64)
+        text_valid = np.zeros((b, cfg.max_text_tokens), bool)
+        target_ids = np.full((b, cfg.max_target_tokens), self.pad_id, np.int64)
+        target_valid = np.zeros((b, cfg.max_target_tokens), bool)
+        actions = np.zeros((b, h, cfg.max_action_dim), np.float32)
+        action_valid = np.zeros((b, h), bool)
+        for i, sample in enumerate(samples):
+            cams = sample.get("images") or {}
+            for j, cam in enumerate(cfg.camera_names):
+                images[i, j], image_valid[i, j] = self._image(cams.get(cam), cam)
+            norm_actions = None
+            if "prompt" in sample:
+                prompt = str(sample["prompt"])
+            else:
+                state = np.asarray(sample["state"], np.float32)
+                if state.shape != (cfg.state_dim,):
+                    raise ValueError(f"state has shape {state.shape}, expected ({cfg.state_dim},)")
+                prompt = robot_prompt(str(sample["instruction"]), discretize_state(self.normalize_state(state), cfg.state_bins))
+                if with_targets and sample.get("actions") is not None:
+                    raw = np.asarray(sample["actions"], np.float32)
+                    if raw.shape != (h, cfg.action_dim):
+                        raise ValueError(f"actions have shape {raw.shape}, expected ({h}, {cfg.action_dim})")
+                    norm_actions = self.normalize_actions(raw)
+                    actions[i, :, : cfg.action_dim] = norm_actions
+                    pad = sample.get("action_is_pad")
+                    action_valid[i] = True if pad is None else ~np.asarray(pad, bool)
+            ids = self._text_ids(prompt)
+            text_ids[i, cfg.max_text_tokens - len(ids):] = ids
+            text_valid[i, cfg.max_text_tokens - len(ids):] = True
+            if with_targets:
+                tgt = self._targets(sample, norm_actions)
+                target_ids[i, : len(tgt)] = tgt
+                target_valid[i, : len(tgt)] = True
+        batch = {"images": images, "image_valid": image_valid, "text_ids": text_ids, "text_valid": text_valid,
+                 "target_ids": target_ids, "target_valid": target_valid, "actions": actions, "action_valid": action_valid}
+        return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}

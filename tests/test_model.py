@@ -1,0 +1,303 @@
+"""The model library proves the method's properties: insulation, masks, cache, variants, round trips."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ki_vla import FastTokenizer, KIPolicy, PolicyConfig
+from ki_vla.model.config import VARIANTS
+from ki_vla.model.expert import RMSNorm
+
+TINY = "config/model/tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def cfg() -> PolicyConfig:
+    return PolicyConfig.from_yaml(TINY)
+
+
+@pytest.fixture(scope="module")
+def fast_tok() -> FastTokenizer:
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 50)[None, :, None]
+    chunks = np.clip(np.sin(2 * np.pi * (rng.uniform(0.2, 1.5, (400, 1, 14)) * t + rng.uniform(0, 1, (400, 1, 14)))), -1, 1)
+    return FastTokenizer.fit(chunks, vocab_size=1024)
+
+
+def make(cfg: PolicyConfig, variant: str, seed: int = 0, **kw) -> KIPolicy:
+    """A policy whose adaRMS modulations are not at their zero init: at init every gate is 0, the expert's
+    attention branch is closed, and "no gradient reaches the backbone" would hold for any variant."""
+    torch.manual_seed(seed)
+    policy = KIPolicy(dataclasses.replace(cfg, variant=variant), **kw)
+    for m in policy.modules():
+        if isinstance(m, RMSNorm) and m.dense is not None:
+            torch.nn.init.normal_(m.dense.weight, std=0.05)
+            torch.nn.init.normal_(m.dense.bias, mean=0.5, std=0.1)
+    return policy
+
+
+def grads(module: torch.nn.Module) -> list[torch.Tensor | None]:
+    return [p.grad for p in module.parameters()]
+
+
+def nonzero(gs) -> bool:
+    return any(g is not None and bool(g.abs().sum() > 0) for g in gs)
+
+
+# ---- insulation ----------------------------------------------------------------------------------
+def test_ki_flow_loss_never_reaches_backbone(cfg):
+    policy = make(cfg, "ki")
+    batch = policy.example_batch(2)
+    losses = policy.compute_loss(batch)
+    _flow_loss(policy, batch).backward()
+    assert all(g is None or bool((g == 0).all()) for g in grads(policy.backbone)), "flow gradient leaked into the backbone"
+    assert nonzero(grads(policy.expert))
+    # the CE loss does reach the backbone
+    policy.zero_grad(set_to_none=True)
+    _ce_loss(policy, batch).backward()
+    assert nonzero(grads(policy.backbone))
+    assert losses["ce"] > 0 and losses["flow"] > 0
+
+
+@pytest.mark.parametrize("variant", ["joint", "pi0"])
+def test_flow_loss_reaches_backbone_without_insulation(cfg, variant):
+    policy = make(cfg, variant)
+    batch = policy.example_batch(2)
+    _flow_loss(policy, batch).backward()
+    assert nonzero(grads(policy.backbone.language_model)), f"{variant}: flow loss should train the backbone"
+
+
+def test_ki_backbone_bit_identical_after_flow_steps(cfg):
+    policy = make(cfg, "ki")
+    batch = policy.example_batch(2)
+    before = {k: v.clone() for k, v in policy.backbone.state_dict().items()}
+    expert_before = {k: v.clone() for k, v in policy.expert.state_dict().items()}
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad(set_to_none=True)
+        _flow_loss(policy, batch).backward()
+        opt.step()
+    after = policy.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(expert_before[k], v) for k, v in policy.expert.state_dict().items())
+
+
+def test_frozen_backbone_has_no_trainable_parameters(cfg):
+    policy = make(cfg, "frozen")
+    assert not any(p.requires_grad for p in policy.backbone.parameters())
+    out = policy.compute_loss(policy.example_batch(2))
+    out["loss"].backward()
+    assert out["ce"] == 0 and out["flow"] > 0
+    assert nonzero(grads(policy.expert))
+
+
+def _flow_loss(policy: KIPolicy, batch) -> torch.Tensor:
+    return policy.compute_loss(batch, generator=torch.Generator().manual_seed(1))["flow"]
+
+
+def _ce_loss(policy: KIPolicy, batch) -> torch.Tensor:
+    return policy.compute_loss(batch, generator=torch.Generator().manual_seed(1))["ce"]
+
+
+# ---- masks -----------------------------------------------------------------------------------------
+def _velocity(policy: KIPolicy, batch, with_targets: bool) -> torch.Tensor:
+    torch.manual_seed(3)
+    _, kv, valid = policy._run_backbone(batch, with_targets=with_targets)
+    x = torch.randn(batch["actions"].shape)
+    t = torch.full((x.shape[0],), 0.5)
+    return policy._expert_velocity(x, t, kv, valid)
+
+
+def test_fast_tokens_do_not_change_expert_output(cfg):
+    policy = make(cfg, "ki").eval()
+    batch = policy.example_batch(2)
+    v1 = _velocity(policy, batch, with_targets=True)
+    other = dict(batch)
+    other["target_ids"] = torch.randint_like(batch["target_ids"], 0, cfg.text.vocab_size)
+    other["target_valid"] = torch.ones_like(batch["target_valid"])
+    v2 = _velocity(policy, other, with_targets=True)
+    v3 = _velocity(policy, batch, with_targets=False)
+    torch.testing.assert_close(v1, v2, atol=1e-6, rtol=0)
+    torch.testing.assert_close(v1, v3, atol=1e-6, rtol=0)
+
+
+def test_expert_inputs_do_not_change_backbone_logits(cfg):
+    policy = make(cfg, "joint").eval()
+    batch = policy.example_batch(2)
+    h1, _, _ = policy._run_backbone(batch, with_targets=True)
+    other = dict(batch)
+    other["actions"] = torch.randn_like(batch["actions"]) * 5
+    other["action_valid"] = ~batch["action_valid"]
+    h2, _, _ = policy._run_backbone(other, with_targets=True)
+    assert torch.equal(policy.backbone.logits(h1), policy.backbone.logits(h2))
+    # and the loss's CE term is the same whatever the actions are
+    g = torch.Generator().manual_seed(0)
+    assert policy.compute_loss(batch, generator=g)["ce"] == policy.compute_loss(other, generator=torch.Generator().manual_seed(0))["ce"]
+
+
+def test_prefix_is_bidirectional_and_targets_causal(cfg):
+    """Changing the last prompt token changes the first image token's K (bidirectional prefix); changing a
+    later target token leaves earlier target positions untouched (causal)."""
+    policy = make(cfg, "ki").eval()
+    batch = policy.example_batch(1)
+    h1, kv1, _ = policy._run_backbone(batch, with_targets=True)
+    b2 = dict(batch)
+    b2["text_ids"] = batch["text_ids"].clone()
+    b2["text_ids"][0, -1] = (batch["text_ids"][0, -1] + 1) % 200
+    _, kv2, _ = policy._run_backbone(b2, with_targets=True)
+    assert not torch.allclose(kv1[-1][0][:, :, 0], kv2[-1][0][:, :, 0])
+    b3 = dict(batch)
+    n = int(batch["target_valid"][0].sum())
+    b3["target_ids"] = batch["target_ids"].clone()
+    b3["target_ids"][0, n - 1] = (batch["target_ids"][0, n - 1] + 7) % cfg.text.vocab_size
+    h3, _, _ = policy._run_backbone(b3, with_targets=True)
+    lp = batch["text_ids"].shape[1] + cfg.num_image_tokens
+    torch.testing.assert_close(h1[:, : lp + n - 1], h3[:, : lp + n - 1], atol=1e-6, rtol=0)
+    assert not torch.allclose(h1[:, lp + n - 1], h3[:, lp + n - 1])
+
+
+# ---- inference -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["ki", "joint", "pi0", "frozen"])
+def test_cached_prefix_equals_uncached(cfg, variant):
+    """Tolerance 1e-5 absolute: both paths run the same float32 ops, only the cache reuse differs."""
+    policy = make(cfg, variant).eval()
+    batch = policy.example_batch(2)
+    noise = torch.randn(2, cfg.horizon, cfg.max_action_dim, generator=torch.Generator().manual_seed(5))
+    a = policy.sample_actions(batch, num_steps=10, noise=noise, use_cache=True)
+    b = policy.sample_actions(batch, num_steps=10, noise=noise, use_cache=False)
+    assert a.shape == (2, cfg.horizon, cfg.action_dim)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_sample_actions_real_units_use_stats(cfg):
+    policy = make(cfg, "ki").eval()
+    batch = policy.example_batch(1)
+    noise = torch.randn(1, cfg.horizon, cfg.max_action_dim, generator=torch.Generator().manual_seed(0))
+    normalized = policy.sample_actions(batch, noise=noise, normalized=True)
+    stats = {"observation.state": {"q01": [-1.0] * 14, "q99": [1.0] * 14},
+             "action": {"q01": [0.0] * 14, "q99": [4.0] * 14}}
+    policy.set_stats(stats)
+    real = policy.sample_actions(batch, noise=noise)
+    torch.testing.assert_close(real, (normalized + 1) * 2.0, atol=1e-5, rtol=0)
+
+
+def test_pi0_fast_decodes_chunks(cfg, fast_tok):
+    policy = make(cfg, "pi0_fast", fast_tokenizer=fast_tok).eval()
+    assert policy.expert is None
+    batch = policy.example_batch(2)
+    out = policy.compute_loss(batch)
+    assert out["flow"] == 0 and out["ce"] > 0
+    actions = policy.sample_actions(batch)
+    assert actions.shape == (2, cfg.horizon, cfg.action_dim)
+    assert torch.isfinite(actions).all()
+
+
+def test_pi0_fast_learns_to_emit_a_decodable_chunk(cfg, fast_tok):
+    """After overfitting one chunk, greedy decoding reproduces it through the FAST tokenizer."""
+    policy = make(cfg, "pi0_fast", fast_tokenizer=fast_tok)
+    t = np.linspace(0, 1, 50)[:, None]
+    chunk = (0.6 * np.sin(2 * np.pi * (0.5 * t + np.linspace(0, 1, 14)[None]))).astype(np.float32)
+    s = cfg.image_size
+    sample = {"images": {c: np.full((s, s, 3), 100, np.uint8) for c in cfg.camera_names},
+              "state": np.zeros(14, np.float32), "instruction": "wave", "actions": chunk}
+    batch = policy.processor([sample])
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    for _ in range(120):
+        opt.zero_grad()
+        policy.compute_loss(batch)["loss"].backward()
+        opt.step()
+    policy.eval()
+    decoded = policy.sample_actions(batch)[0].numpy()
+    assert np.sqrt(np.mean((decoded - chunk) ** 2)) < 0.05
+
+
+def test_overfit_one_batch(cfg):
+    """A tiny ki model drives its total loss down by more than 10x on one fixed batch (fixed flow noise)."""
+    policy = make(cfg, "ki")
+    batch = policy.example_batch(2)
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    first = last = None
+    for step in range(200):
+        opt.zero_grad()
+        out = policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+        out["loss"].backward()
+        opt.step()
+        first = first if first is not None else out["loss"].item()
+        last = out["loss"].item()
+    assert last < first / 10, (first, last)
+
+
+def test_vlm_samples_contribute_ce_only(cfg):
+    policy = make(cfg, "ki")
+    batch = policy.example_batch(3, vlm_samples=1)
+    assert not batch["action_valid"][2].any() and batch["target_valid"][2].any()
+    other = dict(batch)
+    other["actions"] = batch["actions"].clone()
+    other["actions"][2] = 100.0  # garbage actions on the action-free sample must not matter
+    a = policy.compute_loss(batch, generator=torch.Generator().manual_seed(0))
+    b = policy.compute_loss(other, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a["flow"], b["flow"]) and torch.equal(a["ce"], b["ce"])
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_save_load_round_trip(cfg, fast_tok, tmp_path, variant):
+    policy = make(cfg, variant, fast_tokenizer=fast_tok).eval()
+    policy.set_stats({"observation.state": {"q01": [-2.0] * 14, "q99": [2.0] * 14},
+                      "action": {"q01": [-0.5] * 14, "q99": [1.5] * 14}})
+    batch = policy.example_batch(2)
+    a = policy.sample_actions(batch, generator=torch.Generator().manual_seed(7))
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = KIPolicy.from_pretrained(tmp_path / "ckpt")
+    assert loaded.cfg == policy.cfg
+    b = loaded.sample_actions(batch, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    # overwriting an existing checkpoint is atomic and leaves no temp folders behind
+    policy.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_from_pretrained_rejects_bad_folders(cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a ki_vla checkpoint"):
+        KIPolicy.from_pretrained(tmp_path)
+    policy = make(cfg, "ki")
+    policy.save_pretrained(tmp_path / "ck")
+    with pytest.raises(ValueError, match="does not match"):
+        KIPolicy.from_pretrained(tmp_path / "ck", expert={"hidden_size": 48, "intermediate_size": 64, "time_conditioning": "adarms"})
+
+
+def test_load_yaml_warns_random(tmp_path):
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALIZED"):
+        policy = KIPolicy.load(TINY)
+    with pytest.raises(FileNotFoundError):
+        KIPolicy.load(tmp_path / "nope")
+    assert policy.cfg.variant == "ki"
+
+
+def test_predict_observation(cfg):
+    from ki_vla.observation import Observation
+
+    policy = make(cfg, "ki").eval()
+    obs = Observation(images={c: np.zeros((48, 64, 3), np.uint8) for c in cfg.camera_names},
+                      state=np.zeros(14, np.float32), instruction="transfer the red cube")
+    chunk = policy.predict(obs)
+    assert chunk.shape == (cfg.horizon, cfg.action_dim) and chunk.dtype == np.float32
+    obs.images.pop("cam_high")
+    with pytest.raises(ValueError, match="missing camera"):
+        policy.predict(obs)
+
+
+# ---- config -----------------------------------------------------------------------------------------
+def test_config_validation(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("variant: nope\n")
+    with pytest.raises(ValueError, match="variant"):
+        PolicyConfig.from_yaml(p)
+    p.write_text("hidden: 3\n")
+    with pytest.raises(ValueError, match="unknown key"):
+        PolicyConfig.from_yaml(p)
+    with pytest.raises(FileNotFoundError):
+        PolicyConfig.from_yaml(tmp_path / "missing.yaml")
+    cfg = PolicyConfig.from_yaml(TINY)
+    assert PolicyConfig.from_dict(cfg.to_dict()) == cfg
