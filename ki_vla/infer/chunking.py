@@ -1,0 +1,278 @@
+"""Turning a stream of action chunks into one action per control tick (METHOD.md, "Executing chunks").
+
+Why timestamps: a chunk predicted from the observation taken at time s reaches the executor after the
+inference latency L. Its point i is meant for time s + i * dt, so at control time t the executor reads the
+point for t (index (t - s) / dt, interpolated), skipping the L / dt points that are already in the past.
+That is the latency compensation; it needs no knowledge of L, only a shared clock (ROS time).
+
+Why a class hierarchy: temporal ensembling (ACT) and latest-chunk are two strategies among several;
+real-time chunking (Black et al. 2025) needs the actions the executor has committed to for the next
+inference window (`plan`) and its own merge rule. A new strategy subclasses `ChunkMerger` and registers
+in `MERGERS`; the executor only calls `add`, `sample`, `plan`, `prune`, `reset`.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ki_vla.infer.safety import ChunkCheck, ChunkRejected, JointLimits, limit_step, validate_chunk
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A validated action chunk: `actions[i]` is the target for time `stamp + i * dt` (seconds)."""
+
+    stamp: float
+    dt: float
+    actions: np.ndarray  # (horizon, dim) float64, real units, the executor's joint order
+
+    def __post_init__(self) -> None:
+        if self.actions.ndim != 2 or self.actions.shape[0] < 1:
+            raise ValueError(f"chunk actions must be (horizon>=1, dim), got {self.actions.shape}")
+        if not (self.dt > 0 and math.isfinite(self.dt)):
+            raise ValueError(f"chunk dt must be positive and finite, got {self.dt}")
+
+    @property
+    def horizon(self) -> int:
+        return int(self.actions.shape[0])
+
+    @property
+    def end(self) -> float:
+        """Time of the last point."""
+        return self.stamp + (self.horizon - 1) * self.dt
+
+    def covers(self, t: float) -> bool:
+        # A tiny tolerance so a tick landing exactly on the last point is not lost to float rounding.
+        eps = 1e-9
+        return self.stamp - eps <= t <= self.end + eps
+
+    def at(self, t: float) -> np.ndarray | None:
+        """The chunk's target at time t, linearly interpolated between points; None outside the chunk.
+
+        Interpolation matters because the control clock is not phase-locked to the observation clock: a
+        tick usually falls between two points, and snapping to the nearest one would add up to dt / 2 of
+        timing error and a sawtooth in the commanded velocity.
+        """
+        if not self.covers(t):
+            return None
+        x = min(max((t - self.stamp) / self.dt, 0.0), self.horizon - 1.0)
+        i0 = int(math.floor(x))
+        i1 = min(i0 + 1, self.horizon - 1)
+        frac = x - i0
+        return (1.0 - frac) * self.actions[i0] + frac * self.actions[i1]
+
+
+class ChunkMerger(ABC):
+    """Holds the chunks received so far and answers "what should the robot do at time t"."""
+
+    def __init__(self, max_chunks: int = 64) -> None:
+        if max_chunks < 1:
+            raise ValueError("max_chunks must be >= 1")
+        self.max_chunks = max_chunks
+        self._chunks: list[Chunk] = []  # sorted by stamp, oldest first
+
+    def add(self, chunk: Chunk) -> None:
+        """Insert by stamp (chunks may arrive out of order across processes); keep at most max_chunks."""
+        if self._chunks and chunk.actions.shape[1] != self._chunks[0].actions.shape[1]:
+            raise ValueError(f"chunk dim {chunk.actions.shape[1]} differs from {self._chunks[0].actions.shape[1]}")
+        self._chunks.append(chunk)
+        self._chunks.sort(key=lambda c: c.stamp)
+        del self._chunks[:-self.max_chunks]
+
+    def prune(self, t: float) -> int:
+        """Forget chunks that end before t (they can never contribute again); returns how many."""
+        keep = [c for c in self._chunks if c.end >= t - 1e-9]
+        dropped = len(self._chunks) - len(keep)
+        self._chunks = keep
+        return dropped
+
+    def reset(self) -> None:
+        """Drop everything, e.g. after a hold, so stale predictions never mix with fresh ones."""
+        self._chunks = []
+
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        return tuple(self._chunks)
+
+    @property
+    def latest_end(self) -> float | None:
+        """The last time any chunk has a prediction for (None when empty)."""
+        return max((c.end for c in self._chunks), default=None)
+
+    @abstractmethod
+    def sample(self, t: float) -> np.ndarray | None:
+        """The merged target for time t, or None when no chunk covers t (the executor then holds)."""
+
+    def plan(self, t: float, n: int, dt: float) -> np.ndarray | None:
+        """Targets for t, t + dt, ..., t + (n - 1) dt; None unless at least the first exists.
+
+        Missing later points repeat the last available one. The executor sends these as the trajectory's
+        look-ahead; real-time chunking will use the same call to read the actions it must freeze.
+        """
+        first = self.sample(t)
+        if first is None:
+            return None
+        out = np.empty((n, first.shape[0]))
+        out[0] = first
+        for k in range(1, n):
+            nxt = self.sample(t + k * dt)
+            out[k] = out[k - 1] if nxt is None else nxt
+        return out
+
+
+class TemporalEnsembling(ChunkMerger):
+    """ACT's temporal ensembling: average every chunk's prediction for t with weights exp(-m * i).
+
+    i = 0 is the oldest prediction (ACT's convention: a positive m favours older predictions, which
+    smooths; m = 0.01 is nearly uniform). Needs overlapping chunks to have any effect and blurs
+    multimodal predictions, which is why the strategy is swappable.
+    """
+
+    def __init__(self, m: float = 0.01, max_chunks: int = 64) -> None:
+        super().__init__(max_chunks)
+        if not math.isfinite(m):
+            raise ValueError(f"ensembling coefficient must be finite, got {m}")
+        self.m = float(m)
+
+    def sample(self, t: float) -> np.ndarray | None:
+        preds = [p for p in (c.at(t) for c in self._chunks) if p is not None]
+        if not preds:
+            return None
+        w = np.exp(-self.m * np.arange(len(preds)))
+        return np.tensordot(w / w.sum(), np.stack(preds), axes=1)
+
+
+class LatestChunk(ChunkMerger):
+    """Follow the newest chunk that covers t (no averaging: sharp, but switches abruptly between chunks;
+    the executor's velocity limit bounds that switch)."""
+
+    def sample(self, t: float) -> np.ndarray | None:
+        for c in reversed(self._chunks):
+            p = c.at(t)
+            if p is not None:
+                return p
+        return None
+
+
+MERGERS: dict[str, type[ChunkMerger]] = {
+    "temporal_ensembling": TemporalEnsembling,
+    "latest": LatestChunk,
+}
+
+
+def make_merger(name: str, ensembling_m: float = 0.01, max_chunks: int = 64) -> ChunkMerger:
+    """Build a merger from config names (the executor's `merge_strategy` parameter)."""
+    cls = MERGERS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown merge strategy {name!r}; choose from {sorted(MERGERS)}")
+    if cls is TemporalEnsembling:
+        return TemporalEnsembling(m=ensembling_m, max_chunks=max_chunks)
+    return cls(max_chunks=max_chunks)
+
+
+@dataclass
+class TickCommand:
+    """What the executor sends at one control tick.
+
+    positions: (lookahead, dim) targets for now + dt, now + 2 dt, ...; within limits, velocity-limited.
+    holding: True when no fresh chunk covered the tick and the last command is being held.
+    clamped / rate_limited: how many joint values the position clamp / velocity limit changed.
+    first_used: stamps of chunks that contributed for the first time (for camera-to-command latency).
+    """
+
+    positions: np.ndarray
+    holding: bool
+    clamped: int = 0
+    rate_limited: int = 0
+    first_used: tuple[float, ...] = ()
+
+
+class ChunkExecutor:
+    """The executor's control logic without ROS: validate chunks, merge by time, clamp, rate-limit, hold.
+
+    Invariants (what the tests check): every returned position is within the joint limits; consecutive
+    commands differ by at most velocity limit * dt per joint, including across a hold and the resumption
+    after it (a fresh chunk far from the held position is approached as a ramp, never a jump); nothing is
+    commanded before the robot's position is known, because a rate limit needs a starting point.
+    """
+
+    def __init__(self, merger: ChunkMerger, limits: JointLimits, dt: float, chunk_timeout: float = 0.5,
+                 lookahead: int = 1, check: ChunkCheck | None = None) -> None:
+        if dt <= 0 or chunk_timeout <= 0 or lookahead < 1:
+            raise ValueError("dt and chunk_timeout must be > 0 and lookahead >= 1")
+        self.merger = merger
+        self.limits = limits
+        self.dt = dt
+        self.chunk_timeout = chunk_timeout
+        self.lookahead = lookahead
+        self.check = check or ChunkCheck()
+        self.last_command: np.ndarray | None = None   # position commanded for "now"
+        self.measured: np.ndarray | None = None
+        self.last_chunk_time: float | None = None     # receive time of the newest accepted chunk
+        self.holding = True
+        self._used: set[float] = set()
+
+    def on_state(self, q: np.ndarray) -> None:
+        """Latest measured joint positions (policy units, limits' joint order)."""
+        self.measured = np.asarray(q, dtype=np.float64)
+
+    def on_chunk(self, joint_names: list[str] | tuple[str, ...], times: np.ndarray, positions: np.ndarray,
+                 stamp: float, now: float) -> Chunk:
+        """Validate and add a chunk; raises ChunkRejected (and keeps the previous plan) when it is bad."""
+        if not math.isfinite(stamp):
+            raise ChunkRejected("chunk stamp is not finite")
+        if stamp > now + 1.0:
+            raise ChunkRejected(f"chunk stamped {stamp - now:.3f} s in the future (clock mismatch?)")
+        reference = self.last_command if self.last_command is not None else self.measured
+        q = validate_chunk(joint_names, times, positions, self.limits, self.check,
+                           reference=reference, reference_offset=now - stamp)
+        times = np.asarray(times, dtype=np.float64)
+        if q.shape[0] > 1:
+            dts = np.diff(times)
+            if np.ptp(dts) > 1e-6 * max(1.0, float(dts.mean())):
+                raise ChunkRejected("chunk points are not evenly spaced in time")
+            dt = float(dts.mean())
+        else:
+            dt = self.dt
+        chunk = Chunk(stamp=stamp + float(times[0]), dt=dt, actions=q)
+        if chunk.end < now:
+            raise ChunkRejected(f"chunk ended {now - chunk.end:.3f} s ago (inference slower than the horizon)")
+        self.merger.add(chunk)
+        self.last_chunk_time = now
+        return chunk
+
+    def tick(self, now: float) -> TickCommand | None:
+        """Targets for the next `lookahead` ticks; None while the robot's position is still unknown."""
+        if self.last_command is None:
+            if self.measured is None:
+                return None
+            self.last_command, _ = self.limits.clamp(self.measured)
+        self.merger.prune(now)
+        fresh = self.last_chunk_time is not None and now - self.last_chunk_time <= self.chunk_timeout
+        plan = self.merger.plan(now + self.dt, self.lookahead, self.dt) if fresh else None
+        if plan is None:
+            if not fresh and self.merger.chunks:
+                self.merger.reset()  # stale predictions must not be blended into the next fresh chunk
+            self.holding = True
+            return TickCommand(np.repeat(self.last_command[None], self.lookahead, axis=0), holding=True)
+        self.holding = False
+        first_used = tuple(c.stamp for c in self.merger.chunks if c.stamp not in self._used and c.covers(now + self.dt))
+        self._used.update(first_used)
+        if len(self._used) > 4 * self.merger.max_chunks:
+            live = {c.stamp for c in self.merger.chunks}
+            self._used &= live
+        out = np.empty_like(plan)
+        prev = self.last_command
+        clamped = limited = 0
+        max_delta = self.limits.velocity * self.dt
+        for k in range(plan.shape[0]):
+            target, c = self.limits.clamp(plan[k])
+            out[k], r = limit_step(prev, target, max_delta)
+            prev = out[k]
+            clamped += c
+            limited += r
+        self.last_command = out[0].copy()
+        return TickCommand(out, holding=False, clamped=clamped, rate_limited=limited, first_used=first_used)

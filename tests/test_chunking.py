@@ -1,0 +1,180 @@
+"""ki_vla.infer.chunking: timestamp merging, temporal ensembling, latest-chunk, and the executor core."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ki_vla.infer.chunking import (MERGERS, Chunk, ChunkExecutor, ChunkMerger, LatestChunk, TemporalEnsembling,
+                                   make_merger)
+from ki_vla.infer.safety import ChunkRejected, JointLimits
+from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES, NUM_JOINTS
+
+URDF = Path(__file__).resolve().parents[1] / "urdf" / "aloha_vx300s.urdf"
+DT = 0.02
+
+
+def ramp_chunk(stamp, value0, h=50, dim=2, slope=1.0):
+    return Chunk(stamp=stamp, dt=DT, actions=value0 + slope * np.arange(h)[:, None] * DT * np.ones((1, dim)))
+
+
+def test_chunk_interpolates_by_time_and_compensates_latency():
+    c = ramp_chunk(10.0, 0.0)
+    assert c.at(9.99) is None and c.at(10.0 + 50 * DT) is None
+    np.testing.assert_allclose(c.at(10.0 + 0.1), [0.1, 0.1])     # point 5
+    np.testing.assert_allclose(c.at(10.0 + 0.11), [0.11, 0.11])   # between points 5 and 6
+    np.testing.assert_allclose(c.at(c.end), c.actions[-1])
+
+
+def test_temporal_ensembling_weights_oldest_first():
+    m = 0.5
+    te = TemporalEnsembling(m=m)
+    te.add(Chunk(1.0, DT, np.full((50, 1), 3.0)))   # newest by stamp, added first
+    te.add(Chunk(0.0, DT, np.full((100, 1), 1.0)))  # oldest
+    w = np.exp(-m * np.arange(2))
+    expected = (w[0] * 1.0 + w[1] * 3.0) / w.sum()   # i = 0 is the oldest prediction
+    assert te.sample(1.1)[0] == pytest.approx(expected)
+    assert te.sample(0.5)[0] == pytest.approx(1.0)    # only the old chunk covers 0.5
+    assert te.sample(5.0) is None
+
+
+def test_latest_chunk_and_fallback():
+    lc = LatestChunk()
+    lc.add(Chunk(0.0, DT, np.full((100, 1), 1.0)))
+    lc.add(Chunk(1.0, DT, np.full((10, 1), 3.0)))
+    assert lc.sample(1.05)[0] == 3.0
+    assert lc.sample(1.5)[0] == 1.0   # newest ended: the older one still covers
+    assert lc.sample(0.5)[0] == 1.0
+
+
+def test_prune_plan_reset_and_registry():
+    te = make_merger("temporal_ensembling", 0.01, max_chunks=3)
+    for k in range(5):
+        te.add(ramp_chunk(k * 0.1, 0.0, h=10))
+    assert len(te.chunks) == 3                       # max_chunks keeps the newest
+    assert te.prune(0.3 + 9 * DT + 0.001) == 2
+    plan = te.plan(0.4, 20, DT)
+    assert plan.shape == (20, 2)
+    np.testing.assert_allclose(plan[-1], plan[9])   # past the end the last point repeats
+    te.reset()
+    assert te.sample(0.4) is None and te.latest_end is None
+    assert isinstance(make_merger("latest"), LatestChunk)
+    with pytest.raises(ValueError):
+        make_merger("rtc")
+    assert all(issubclass(c, ChunkMerger) for c in MERGERS.values())
+
+
+def test_custom_strategy_plugs_in():
+    class Median(ChunkMerger):
+        def sample(self, t):
+            preds = [p for p in (c.at(t) for c in self.chunks) if p is not None]
+            return np.median(preds, axis=0) if preds else None
+
+    m = Median()
+    for v in (1.0, 2.0, 10.0):
+        m.add(Chunk(0.0, DT, np.full((5, 1), v)))
+    assert m.sample(0.01)[0] == 2.0
+
+
+@pytest.fixture()
+def limits():
+    return JointLimits.from_urdf(URDF, JOINT_NAMES)
+
+
+def home():
+    q = np.zeros(NUM_JOINTS)
+    q[list(GRIPPER_INDICES)] = 0.5
+    return q
+
+
+def make_exec(limits, strategy="temporal_ensembling", timeout=0.2, lookahead=3):
+    ex = ChunkExecutor(make_merger(strategy), limits, DT, chunk_timeout=timeout, lookahead=lookahead)
+    ex.on_state(home())
+    return ex
+
+
+def chunk_arrays(q0, h=50, slope=0.0, joint=0):
+    pos = np.repeat(q0[None], h, axis=0)
+    pos[:, joint] += slope * np.arange(h) * DT
+    return list(JOINT_NAMES), np.arange(h) * DT, pos
+
+
+def test_executor_needs_state_then_holds(limits):
+    ex = ChunkExecutor(make_merger("latest"), limits, DT)
+    assert ex.tick(0.0) is None
+    ex.on_state(home())
+    cmd = ex.tick(0.0)
+    assert cmd.holding and cmd.positions.shape == (1, NUM_JOINTS)
+    np.testing.assert_allclose(cmd.positions[0], home())
+
+
+def test_executor_latency_compensation(limits):
+    ex = make_exec(limits, "latest", lookahead=1)
+    # Chunk from an observation at t=1.0 arrives at t=1.1 (100 ms inference): command for 1.12 = point 6.
+    names, times, pos = chunk_arrays(home(), slope=0.5)
+    ex.on_chunk(names, times, pos, stamp=1.0, now=1.1)
+    cmd = ex.tick(1.1)
+    assert not cmd.holding and cmd.first_used == (1.0,)
+    assert cmd.positions[0][0] == pytest.approx(min(0.5 * 0.12, limits.velocity[0] * DT))
+
+
+def test_executor_invariants_under_adversarial_stream(limits):
+    """Random good and bad chunks, gaps and stale periods: every output within limits and velocity."""
+    rng = np.random.default_rng(1)
+    ex = make_exec(limits, timeout=0.1)
+    prev = home()
+    rejected = 0
+    t = 0.0
+    for step in range(1500):
+        t = step * DT
+        if step % 7 == 0 and not (400 < step < 600):   # a silent period: must hold, then resume
+            q0 = ex.last_command if ex.last_command is not None else home()
+            names, times, pos = chunk_arrays(q0 + rng.normal(0, 0.02, NUM_JOINTS), slope=rng.normal(0, 2.0),
+                                             joint=int(rng.integers(NUM_JOINTS)))
+            kind = rng.integers(6)
+            if kind == 0:
+                pos[3, 2] = np.nan
+            elif kind == 1:
+                pos[10:, 1] += 2.0                       # absurd jump
+            elif kind == 2:
+                names = names[::-1]                      # reordered names are fine
+                pos = pos[:, ::-1]
+            elif kind == 3:
+                pos = pos + rng.normal(0, 0.3, pos.shape)   # noisy: may exceed velocity, may be rejected
+            try:
+                ex.on_chunk(names, times, pos, stamp=t - 0.05, now=t)
+            except ChunkRejected:
+                rejected += 1
+        cmd = ex.tick(t)
+        q = cmd.positions
+        assert np.all(q >= limits.lower - 1e-12) and np.all(q <= limits.upper + 1e-12)
+        steps = np.diff(np.vstack([prev[None], q]), axis=0)
+        assert np.all(np.abs(steps) <= limits.velocity * DT + 1e-9), step
+        if 400 < step < 600 and step > 400 + 0.1 / DT + 2:
+            assert cmd.holding
+        prev = q[0]
+    assert rejected > 0
+
+
+def test_resume_after_hold_ramps(limits):
+    ex = make_exec(limits, "latest", timeout=1.0, lookahead=1)
+    ex.tick(0.0)
+    target = home()
+    target[0] = 0.45                                   # within max_start_deviation, far for one tick
+    names, times, pos = chunk_arrays(target)
+    ex.on_chunk(names, times, pos, stamp=1.0, now=1.0)
+    seen = [ex.tick(1.0 + k * DT).positions[0][0] for k in range(30)]
+    assert np.all(np.diff([0.0] + seen) <= limits.velocity[0] * DT + 1e-9)
+    assert seen[-1] == pytest.approx(0.45)
+
+
+def test_executor_rejects_future_and_expired(limits):
+    ex = make_exec(limits)
+    names, times, pos = chunk_arrays(home(), h=5)
+    with pytest.raises(ChunkRejected, match="future"):
+        ex.on_chunk(names, times, pos, stamp=10.0, now=0.0)
+    with pytest.raises(ChunkRejected, match="ended"):
+        ex.on_chunk(names, times, pos, stamp=0.0, now=5.0)
+    times2 = times.copy()
+    times2[2] += 0.005
+    with pytest.raises(ChunkRejected, match="evenly"):
+        ex.on_chunk(names, times2, pos, stamp=0.0, now=0.0)

@@ -1,0 +1,120 @@
+"""ki_vla.infer.safety: URDF limits, clamping, rate limiting, chunk validation, robot mappings."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ki_vla.infer.safety import (ChunkCheck, ChunkRejected, JointLimits, JointMapping, limit_step,
+                                 parse_urdf_limits, validate_chunk)
+from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES, NUM_JOINTS
+
+URDF = Path(__file__).resolve().parents[1] / "urdf" / "aloha_vx300s.urdf"
+
+
+@pytest.fixture(scope="module")
+def limits() -> JointLimits:
+    return JointLimits.from_urdf(URDF, JOINT_NAMES)
+
+
+def test_urdf_has_vx300s_limits(limits):
+    d = dict(zip(limits.names, zip(limits.lower, limits.upper, limits.velocity)))
+    for side in ("left", "right"):
+        assert d[f"{side}_shoulder"][:2] == pytest.approx((math.radians(-106), math.radians(72)), abs=1e-5)
+        assert d[f"{side}_elbow"][:2] == pytest.approx((math.radians(-101), math.radians(92)), abs=1e-5)
+        assert d[f"{side}_wrist_angle"][:2] == pytest.approx((math.radians(-107), math.radians(128)), abs=1e-5)
+        assert d[f"{side}_waist"][1] == pytest.approx(math.pi, abs=1e-4)
+        assert d[f"{side}_gripper"][:2] == (0.0, 1.0)   # normalized gripper command
+        assert d[f"{side}_waist"][2] == pytest.approx(math.pi, abs=1e-5)
+
+
+def test_urdf_mimic_fingers_and_structure():
+    table = parse_urdf_limits(URDF.read_text())
+    assert set(JOINT_NAMES) <= set(table)
+    assert table["left_left_finger"][:2] == pytest.approx((0.021, 0.057))
+
+
+def test_from_urdf_string_and_errors():
+    xml = ('<robot name="r"><link name="a"/><link name="b"/><link name="c"/>'
+           '<joint name="j" type="revolute"><parent link="a"/><child link="b"/>'
+           '<limit lower="-1" upper="2" velocity="3"/></joint>'
+           '<joint name="k" type="continuous"><parent link="b"/><child link="c"/></joint></robot>')
+    lim = JointLimits.from_urdf(xml, ["j", "k"], velocity_scale=0.5)
+    assert lim.lower[0] == -1 and lim.upper[0] == 2 and lim.velocity[0] == 1.5
+    assert lim.lower[1] == -math.inf and lim.velocity[1] == math.inf
+    with pytest.raises(ValueError, match="no joint"):
+        JointLimits.from_urdf(xml, ["j", "zz"])
+    with pytest.raises(ValueError, match="XML"):
+        parse_urdf_limits("<robot><joint")
+    with pytest.raises(ValueError, match="velocity_scale"):
+        JointLimits.from_urdf(xml, ["j"], velocity_scale=2.0)
+
+
+def test_clamp_and_limit_step(limits):
+    q = np.zeros(NUM_JOINTS)
+    q[1] = 5.0
+    q[GRIPPER_INDICES[0]] = -0.3
+    out, n = limits.clamp(q)
+    assert n == 2 and out[1] == limits.upper[1] and out[GRIPPER_INDICES[0]] == 0.0
+    prev = np.zeros(3)
+    out, n = limit_step(prev, np.array([1.0, -1.0, 0.01]), np.array([0.1, 0.1, 0.1]))
+    np.testing.assert_allclose(out, [0.1, -0.1, 0.01])
+    assert n == 2
+
+
+def chunk(h=10, dt=0.02, base=None):
+    base = np.zeros(NUM_JOINTS) if base is None else base
+    times = np.arange(h) * dt
+    pos = np.repeat(base[None], h, axis=0) + np.linspace(0, 0.05, h)[:, None]
+    pos[:, list(GRIPPER_INDICES)] = 0.5
+    return list(JOINT_NAMES), times, pos
+
+
+def test_valid_chunk_is_reordered(limits):
+    names, times, pos = chunk()
+    perm = np.random.default_rng(0).permutation(NUM_JOINTS)
+    q = validate_chunk([names[i] for i in perm], times, pos[:, perm], limits)
+    np.testing.assert_allclose(q, pos)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda n, t, p: (n, t, np.where(np.arange(p.size).reshape(p.shape) == 3, np.nan, p)), "NaN"),
+    (lambda n, t, p: (n[:-1] + ["bogus"], t, p), "mismatch"),
+    (lambda n, t, p: (n[:-1] + [n[0]], t, p), "duplicate"),
+    (lambda n, t, p: (n, t, p[:, :-1]), "shape"),
+    (lambda n, t, p: (n, t[:-1], p), "shape"),
+    (lambda n, t, p: (n, t[::-1].copy(), p), "increase"),
+    (lambda n, t, p: (n, t[:0], p[:0]), "no points"),
+    (lambda n, t, p: (n, t, p + np.eye(1, p.size, 5 * NUM_JOINTS + 2).reshape(p.shape) * 0.8), "jump"),
+    (lambda n, t, p: (n, t, p + 10.0), "beyond"),
+])
+def test_bad_chunks_rejected(limits, mutate, match):
+    with pytest.raises(ChunkRejected, match=match):
+        validate_chunk(*mutate(*chunk()), limits)
+
+
+def test_too_many_points_and_start_deviation(limits):
+    names, times, pos = chunk(h=20)
+    with pytest.raises(ChunkRejected, match="max_points"):
+        validate_chunk(names, times, pos, limits, ChunkCheck(max_points=10))
+    ref = pos[0].copy()
+    ref[0] += 1.0
+    with pytest.raises(ChunkRejected, match="away from the current command"):
+        validate_chunk(names, times, pos, limits, reference=ref)
+    validate_chunk(names, times, pos, limits, reference=pos[0])
+
+
+def test_joint_mapping_roundtrip():
+    scale = [1.0] * NUM_JOINTS
+    offset = [0.0] * NUM_JOINTS
+    scale[1] = -1.0
+    g = GRIPPER_INDICES[0]
+    scale[g], offset[g] = 0.036, 0.021   # normalized gripper -> finger metres
+    m = JointMapping.from_lists(scale, offset, NUM_JOINTS)
+    q = np.linspace(-1, 1, NUM_JOINTS)
+    np.testing.assert_allclose(m.from_robot(m.to_robot(q)), q)
+    assert m.to_robot(np.ones(NUM_JOINTS))[g] == pytest.approx(0.057)
+    with pytest.raises(ValueError):
+        JointMapping.from_lists([0.0] * NUM_JOINTS, offset, NUM_JOINTS)
+    with pytest.raises(ValueError):
+        JointMapping.from_lists([1.0] * 3, offset, NUM_JOINTS)
