@@ -32,9 +32,9 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
