@@ -333,7 +333,7 @@ class ScriptedPolicy:
 
 
 def run_scripted_episode(env: BimanualSim, policy: ScriptedPolicy, seed: int, *, render: bool = True,
-                         target: str | None = None) -> dict:
+                         target: str | None = None, num_steps: int | None = None) -> dict:
     """Reset `env` to `seed`, plan, execute. Returns arrays ready for a dataset episode:
 
     states (T, 14) observed before each command, actions (T, 14) commanded, images {cam: (T, H, W, 3)}
@@ -341,7 +341,7 @@ def run_scripted_episode(env: BimanualSim, policy: ScriptedPolicy, seed: int, *,
     max_reward, and the final reward.
     """
     obs = env.reset(seed=seed, target=target, render=render)
-    actions = policy.plan(env)
+    actions = policy.plan(env, num_steps)
     T = len(actions)
     states = np.empty((T, NUM_JOINTS))
     frames: dict[str, list[np.ndarray]] = {cam: [] for cam in (obs["images"] if render else {})}

@@ -1,0 +1,151 @@
+"""Scripted demonstrations -> LeRobot v3 dataset (the library behind `ki-vla collect`).
+
+Only successful episodes are kept. Memory stays bounded whatever the image size: each attempt first
+runs physics only (cheap) to learn whether the script succeeded; a kept episode is then replayed once
+per camera, rendering that camera only, and its frames stream straight into the dataset writer's
+encoder. Replays are exact because the sim is deterministic (checked: the replayed final state must
+equal the first run's bit for bit).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
+from ki_vla.sim.scenes import DEFAULT_CAMERAS, DEFAULT_IMAGE_SIZE, TASKS, BimanualSim
+from ki_vla.sim.scripted import ScriptedPolicy, run_scripted_episode
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """What `collect_dataset` produces. Seeds tried are seed, seed+1, ... up to max_attempts of them."""
+
+    task: str
+    episodes: int
+    out: Path
+    seed: int = 0
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS
+    max_attempts: int | None = None  # default: 2 * episodes + 10
+    target: str | None = None  # transfer_color only: fix the named cube instead of drawing it per seed
+    use_videos: bool = True
+    vcodec: str | None = None
+    overwrite: bool = False
+    episode_steps: int | None = None  # default: the task's (400 ticks = 8 s)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown sim task {self.task!r}; choose one of {list(TASKS)}")
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.max_attempts is not None and self.max_attempts < self.episodes:
+            raise ValueError(f"max_attempts ({self.max_attempts}) must be >= episodes ({self.episodes})")
+        if self.episode_steps is not None and self.episode_steps < 1:
+            raise ValueError(f"episode_steps must be >= 1, got {self.episode_steps}")
+        if not self.cameras:
+            raise ValueError("need at least one camera")
+        object.__setattr__(self, "out", Path(self.out))
+
+    @property
+    def attempts_limit(self) -> int:
+        return self.max_attempts if self.max_attempts is not None else 2 * self.episodes + 10
+
+
+@dataclass
+class CollectSummary:
+    """What happened; `discarded` counts scripted attempts that failed and were not written."""
+
+    out: Path
+    task: str
+    kept: int = 0
+    discarded: int = 0
+    kept_seeds: list[int] = field(default_factory=list)
+    discarded_seeds: list[int] = field(default_factory=list)
+    frames: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def attempts(self) -> int:
+        return self.kept + self.discarded
+
+    @property
+    def scripted_success_rate(self) -> float:
+        return self.kept / self.attempts if self.attempts else 0.0
+
+    def as_dict(self) -> dict:
+        return {"out": str(self.out), "task": self.task, "kept": self.kept, "discarded": self.discarded,
+                "attempts": self.attempts, "scripted_success_rate": round(self.scripted_success_rate, 4),
+                "kept_seeds": self.kept_seeds, "discarded_seeds": self.discarded_seeds,
+                "frames": self.frames, "wall_s": round(self.wall_s, 2)}
+
+
+def replay_frames(env: BimanualSim, actions: np.ndarray, seed: int, camera: str, target: str | None,
+                  expect_final_state: np.ndarray) -> Iterator[np.ndarray]:
+    """Frames of one camera along a recorded episode: frame t is the view before action t.
+
+    Raises RuntimeError if the replay diverges from the recorded run (the sim must be deterministic).
+    """
+    env.reset(seed=seed, target=target, render=False)
+    for t in range(len(actions)):
+        yield env.render((camera,))[camera]
+        env.step(actions[t], render=False)
+    if not np.array_equal(env.state(), expect_final_state):
+        raise RuntimeError(f"replay of seed {seed} diverged from the recorded episode; the sim is not deterministic")
+
+
+def collect_dataset(config: CollectConfig, progress: bool = True) -> CollectSummary:
+    """Run scripted episodes until `config.episodes` succeeded and write them as a LeRobot v3 dataset.
+
+    Raises RuntimeError (and writes nothing) if fewer than `episodes` succeed within the attempt limit.
+    """
+    from ki_vla.data.lerobot import LeRobotDatasetWriter  # heavy imports (pyarrow, av) only when writing
+    from tqdm import tqdm
+
+    if config.out.exists() and not config.overwrite:
+        raise ValueError(f"output dataset {config.out} already exists (use --overwrite to replace it)")
+    env = BimanualSim(config.task, seed=config.seed, cameras=config.cameras, image_size=config.image_size)
+    policy = ScriptedPolicy(config.task)
+    steps = config.episode_steps or env.episode_steps
+    summary = CollectSummary(out=config.out, task=config.task)
+    t0 = time.perf_counter()
+    h, w = config.image_size
+    writer = LeRobotDatasetWriter.create(
+        config.out, fps=int(CONTROL_HZ), camera_names=list(config.cameras), image_shape=(h, w, 3),
+        state_names=list(JOINT_NAMES), action_names=list(JOINT_NAMES), robot_type="aloha",
+        use_videos=config.use_videos, vcodec=config.vcodec, overwrite=config.overwrite)
+    bar = tqdm(total=config.episodes, desc=f"collect {config.task}", unit="ep", disable=not progress)
+    try:
+        seed = config.seed
+        while summary.kept < config.episodes:
+            if summary.attempts >= config.attempts_limit:
+                raise RuntimeError(
+                    f"only {summary.kept}/{config.episodes} scripted {config.task} episodes succeeded in "
+                    f"{summary.attempts} attempts (seeds {config.seed}..{seed - 1}); nothing written")
+            ep = run_scripted_episode(env, policy, seed, render=False, target=config.target, num_steps=steps)
+            if not ep["success"]:
+                summary.discarded += 1
+                summary.discarded_seeds.append(seed)
+            else:
+                final_state = env.state()
+                images = {cam: replay_frames(env, ep["actions"], seed, cam, config.target, final_state)
+                          for cam in config.cameras}
+                writer.add_episode(images=images, state=ep["states"], action=ep["actions"], task=ep["instruction"])
+                summary.kept += 1
+                summary.kept_seeds.append(seed)
+                summary.frames += len(ep["actions"])
+                bar.update(1)
+            bar.set_postfix(discarded=summary.discarded)
+            seed += 1
+        writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+        env.close()
+    summary.wall_s = time.perf_counter() - t0
+    return summary
