@@ -1,0 +1,107 @@
+"""ROS message <-> numpy conversions (thin: the math lives in ki_vla.data.images and ki_vla.infer).
+
+Why cv_bridge is optional: on a system ROS 2 install cv_bridge is the reference converter and is used for
+raw frames; on pip-only machines it does not exist and ki_vla.data.images does the same job (the tests
+compare the two where both exist).
+"""
+from __future__ import annotations
+
+import array
+
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Header
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from ki_vla.data.images import ImageDecodeError, compressed_to_rgb, raw_to_rgb, rgb_to_raw
+from ki_vla_ros.ros_util import duration_to_sec, to_duration_msg, to_time_msg
+
+try:  # system ROS 2 only
+    from cv_bridge import CvBridge, CvBridgeError  # type: ignore[import-not-found]
+
+    _BRIDGE: CvBridge | None = CvBridge()
+except ImportError:  # pip-only install: our own conversion
+    CvBridgeError = Exception  # type: ignore[misc,assignment]
+    _BRIDGE = None
+
+
+def cv_bridge_available() -> bool:
+    return _BRIDGE is not None
+
+
+def image_msg_to_rgb(msg: Image, use_cv_bridge: bool = True) -> np.ndarray:
+    """sensor_msgs/Image -> RGB uint8 (H, W, 3); raises ImageDecodeError with the reason."""
+    if use_cv_bridge and _BRIDGE is not None:
+        try:
+            out = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+        except (CvBridgeError, TypeError, ValueError) as exc:
+            raise ImageDecodeError(f"cv_bridge: {exc}") from exc
+        return np.ascontiguousarray(out)
+    return raw_to_rgb(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian))
+
+
+def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
+    return compressed_to_rgb(msg.format, msg.data)
+
+
+def rgb_to_image_msg(rgb: np.ndarray, header: Header, encoding: str = "rgb8") -> Image:
+    """RGB uint8 -> sensor_msgs/Image in `encoding` (array.array assignment avoids rosidl's per-byte check)."""
+    data, step = rgb_to_raw(rgb, encoding)
+    msg = Image(header=header, height=rgb.shape[0], width=rgb.shape[1], encoding=encoding,
+                is_bigendian=0, step=step)
+    msg.data = array.array("B", data)
+    return msg
+
+
+def joint_state_positions(msg: JointState, names: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Positions of `names` (in that order) from a JointState that may list joints in any order or carry
+    extra joints; raises ValueError when one is missing, lengths disagree, or a value is not finite."""
+    if len(msg.position) != len(msg.name):
+        raise ValueError(f"JointState has {len(msg.name)} names but {len(msg.position)} positions")
+    index = {n: i for i, n in enumerate(msg.name)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise ValueError(f"JointState lacks joint(s) {missing}")
+    q = np.array([msg.position[index[n]] for n in names], dtype=np.float64)
+    if not np.all(np.isfinite(q)):
+        raise ValueError("JointState contains NaN or inf")
+    return q
+
+
+def make_joint_state(names: tuple[str, ...] | list[str], q: np.ndarray, stamp: float) -> JointState:
+    msg = JointState(name=list(names), position=[float(x) for x in q])
+    msg.header.stamp = to_time_msg(stamp)
+    return msg
+
+
+def chunk_to_trajectory(actions: np.ndarray, names: tuple[str, ...] | list[str], stamp: float, dt: float,
+                        frame_id: str = "") -> JointTrajectory:
+    """An action chunk as JointTrajectory: header.stamp = observation time, point i at i * dt."""
+    msg = JointTrajectory(joint_names=list(names))
+    msg.header.stamp = to_time_msg(stamp)
+    msg.header.frame_id = frame_id
+    for i, row in enumerate(np.asarray(actions, dtype=np.float64)):
+        msg.points.append(JointTrajectoryPoint(positions=row.tolist(), time_from_start=to_duration_msg(i * dt)))
+    return msg
+
+
+def trajectory_to_arrays(msg: JointTrajectory) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(joint_names, times (H,), positions (H, J)); raises ValueError for ragged points (a point whose
+    positions length differs from joint_names), so malformed messages are rejected, not reshaped."""
+    names = list(msg.joint_names)
+    times = np.array([duration_to_sec(p.time_from_start) for p in msg.points], dtype=np.float64)
+    for k, p in enumerate(msg.points):
+        if len(p.positions) != len(names):
+            raise ValueError(f"point {k} has {len(p.positions)} positions for {len(names)} joint names")
+    positions = np.array([list(p.positions) for p in msg.points], dtype=np.float64).reshape(len(msg.points), len(names))
+    return names, times, positions
+
+
+def command_trajectory(names: tuple[str, ...] | list[str], positions: np.ndarray, dt: float) -> JointTrajectory:
+    """A ros2_control JointTrajectoryController command: stamp 0 (start now), point k at (k + 1) * dt,
+    strictly increasing; positions (K, J)."""
+    msg = JointTrajectory(joint_names=list(names))
+    for k, row in enumerate(np.atleast_2d(positions)):
+        msg.points.append(JointTrajectoryPoint(positions=[float(x) for x in row],
+                                               time_from_start=to_duration_msg((k + 1) * dt)))
+    return msg

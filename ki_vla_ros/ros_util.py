@@ -1,0 +1,164 @@
+"""Shared ROS wiring: parameters from config dataclasses, QoS profiles, time conversion, /diagnostics.
+
+Why in one place: every node must declare all of its names as parameters, pick QoS that interoperates
+with real drivers and ros2_control, and report on /diagnostics; doing it once keeps the nodes thin and
+consistent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+
+T = TypeVar("T")
+
+# Camera input: best effort accepts both reliable and best-effort publishers (a reliable subscription
+# would silently get nothing from a best-effort driver); depth 1 because only the newest frame matters.
+CAMERA_IN_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                           durability=DurabilityPolicy.VOLATILE)
+# Processed frames: the standard sensor-data profile (best effort, keep last 5).
+CAMERA_OUT_QOS = qos_profile_sensor_data
+# Joint states: best effort subscription so it matches any publisher; a few deep so bursts are not lost.
+JOINT_STATE_IN_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.BEST_EFFORT,
+                                durability=DurabilityPolicy.VOLATILE)
+# Chunks and commands: reliable (every chunk counts; ros2_control's JTC subscribes reliable).
+RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
+# /instruction: exactly what `ros2 topic pub` offers by default (reliable, volatile), so it connects.
+INSTRUCTION_QOS = RELIABLE_QOS
+
+
+def declare_config(node: Node, cls: type[T]) -> T:
+    """Declare one parameter per field of dataclass `cls` (default = the field default) and return the
+    config filled with the node's values (from --params-file, -p overrides, or defaults)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if isinstance(default, list) and default and isinstance(default[0], float):
+            default = [float(x) for x in default]
+        value = node.declare_parameter(f.name, default).value
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        values[f.name] = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
+    return cls(**values)
+
+
+def set_parameters(node: Node, values: dict[str, Any]) -> None:
+    """Set already-declared parameters (used by tests and the CLI to override config values)."""
+    node.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+
+
+def to_sec(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def to_time_msg(t: float) -> Time:
+    sec = int(t // 1)
+    nsec = int(round((t - sec) * 1e9))
+    if nsec >= 1_000_000_000:
+        sec, nsec = sec + 1, nsec - 1_000_000_000
+    return Time(sec=sec, nanosec=nsec)
+
+
+def to_duration_msg(d: float) -> Duration:
+    sec = int(d // 1)
+    nsec = int(round((d - sec) * 1e9))
+    if nsec >= 1_000_000_000:
+        sec, nsec = sec + 1, nsec - 1_000_000_000
+    return Duration(sec=sec, nanosec=nsec)
+
+
+def duration_to_sec(d: Duration) -> float:
+    return d.sec + d.nanosec * 1e-9
+
+
+def now_sec(node: Node) -> float:
+    """The node's clock (sim time when use_sim_time is set) in seconds."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+DiagTask = Callable[[], tuple[int, str, dict[str, Any]]]
+
+
+class Diagnostics:
+    """Publishes one DiagnosticStatus per registered task on /diagnostics at a fixed period.
+
+    A task returns (level, message, key/values); level is DiagnosticStatus.OK/WARN/ERROR/STALE. A task that
+    raises reports ERROR with the exception text rather than silencing the whole array.
+    """
+
+    OK = DiagnosticStatus.OK
+    WARN = DiagnosticStatus.WARN
+    ERROR = DiagnosticStatus.ERROR
+    STALE = DiagnosticStatus.STALE
+
+    def __init__(self, node: Node, period: float = 1.0, hardware_id: str = "ki_vla") -> None:
+        self._node = node
+        self._hardware_id = hardware_id
+        self._tasks: list[tuple[str, DiagTask]] = []
+        self._lock = threading.Lock()
+        self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._timer = node.create_timer(max(period, 0.05), self.publish)
+
+    def add(self, name: str, task: DiagTask) -> None:
+        with self._lock:
+            self._tasks.append((f"{self._node.get_name()}: {name}", task))
+
+    def publish(self) -> None:
+        msg = DiagnosticArray()
+        msg.header.stamp = self._node.get_clock().now().to_msg()
+        with self._lock:
+            tasks = list(self._tasks)
+        for name, task in tasks:
+            try:
+                level, text, kv = task()
+            except Exception as exc:  # a broken report must not take the other reports down
+                level, text, kv = DiagnosticStatus.ERROR, f"diagnostic task failed: {exc!r}", {}
+            msg.status.append(DiagnosticStatus(
+                level=level if isinstance(level, bytes) else bytes([level]), name=name, message=text, hardware_id=self._hardware_id,
+                values=[KeyValue(key=str(k), value=_fmt(v)) for k, v in kv.items()]))
+        self._pub.publish(msg)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+class ThrottledLog:
+    """Log a recurring problem at most once per `period` seconds per key, with a count of suppressed repeats.
+
+    Outside input can be bad at 30 Hz per camera; the first occurrence must be visible, the rest must not
+    flood the console.
+    """
+
+    def __init__(self, node: Node, period: float = 2.0) -> None:
+        self._node = node
+        self._period = period
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warn(self, key: str, text: str) -> None:
+        self._emit(key, text, self._node.get_logger().warning)
+
+    def error(self, key: str, text: str) -> None:
+        self._emit(key, text, self._node.get_logger().error)
+
+    def _emit(self, key: str, text: str, fn: Callable[[str], Any]) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self._period:
+            n = self._suppressed.pop(key, 0)
+            fn(text + (f" ({n} similar suppressed)" if n else ""))
+            self._last[key] = now
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1

@@ -1,0 +1,114 @@
+"""Helpers for tests and benchmarks that run real nodes over real DDS in one process.
+
+Why: every ROS test needs the same careful lifecycle (a private rclpy.Context so tests never share global
+state, an executor spinning in a background thread, bounded waits, and teardown that always destroys
+nodes and shuts the context down so a failing test cannot hang the suite).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+
+
+class RosHarness:
+    """A private context plus a background executor; add nodes, wait for conditions, tear down."""
+
+    def __init__(self, threads: int = 4) -> None:
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        self.nodes: list[Node] = []
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while self.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception as exc:  # a callback raised: record it (tests assert none did) and go on
+                if self.context.ok():
+                    self.errors.append(exc)
+                    traceback.print_exc()
+
+    def add(self, node: Node) -> Node:
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def node(self, name: str, **kwargs: Any) -> Node:
+        """A plain helper node (publishers/subscriptions made by the test) in this context."""
+        return self.add(Node(name, context=self.context, **kwargs))
+
+    def close(self) -> None:
+        for n in self.nodes:
+            try:
+                self.executor.remove_node(n)
+            except Exception:
+                pass
+        self.executor.shutdown(timeout_sec=2.0)
+        if self.context.ok():
+            self.context.try_shutdown()
+        self._thread.join(timeout=2.0)
+        for n in self.nodes:
+            try:
+                n.destroy_node()
+            except Exception:
+                pass
+
+
+@contextmanager
+def ros_harness(threads: int = 4) -> Iterator[RosHarness]:
+    """A RosHarness that is always closed; raises at exit if any callback raised (nodes must not)."""
+    h = RosHarness(threads)
+    try:
+        yield h
+    finally:
+        h.close()
+    if h.errors:
+        raise AssertionError(f"{len(h.errors)} callback(s) raised, first: {h.errors[0]!r}")
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, period: float = 0.01) -> bool:
+    """Poll `predicate` until true or `timeout` seconds pass; returns the last result (never blocks longer)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(period)
+    return bool(predicate())
+
+
+class Collector:
+    """Subscribes to a topic and keeps (receive monotonic time, message) pairs, thread-safely."""
+
+    def __init__(self, node: Node, msg_type: Any, topic: str, qos: Any) -> None:
+        self.items: list[tuple[float, Any]] = []
+        self._lock = threading.Lock()
+        self.sub = node.create_subscription(msg_type, topic, self._cb, qos)
+
+    def _cb(self, msg: Any) -> None:
+        with self._lock:
+            self.items.append((time.monotonic(), msg))
+
+    @property
+    def msgs(self) -> list[Any]:
+        with self._lock:
+            return [m for _, m in self.items]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.items)
