@@ -301,3 +301,29 @@ def test_config_validation(tmp_path):
         PolicyConfig.from_yaml(tmp_path / "missing.yaml")
     cfg = PolicyConfig.from_yaml(TINY)
     assert PolicyConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ---- the real pretrained backbone -------------------------------------------------------------------
+def test_smol_loads_pretrained_smollm2():
+    """The smol config's text model is the real SmolLM2-135M (it knows facts), the policy runs end to end."""
+    from ki_vla.model.attention import block_causal_mask, positions_from_valid
+
+    policy = KIPolicy(PolicyConfig.from_yaml("config/model/smol.yaml")).eval()
+    tok = policy.processor.text_tokenizer
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    with torch.no_grad():
+        hidden, _ = policy.backbone(policy.backbone.embed_tokens(ids), block_causal_mask(valid, torch.ones_like(ids)),
+                                    positions_from_valid(valid))
+    assert tok.decode(policy.backbone.logits(hidden[:, -1]).argmax(-1)).strip() == "Paris"
+    assert sum(p.numel() for p in policy.backbone.language_model.parameters()) == 134_515_008
+    actions = policy.sample_actions(policy.example_batch(1), num_steps=2)
+    assert actions.shape == (1, 50, 14) and torch.isfinite(actions).all()
+
+
+def test_info_cli(capsys):
+    from ki_vla.cli import main
+
+    assert main(["info", "--model", TINY, "--variant", "frozen"]) == 0
+    out = capsys.readouterr().out
+    assert "language model" in out and "action expert" in out and "frozen" in out

@@ -5,7 +5,7 @@ layers in our own loop: KI needs every layer's post-RoPE prefix K/V and masks th
 causal-LM forward does not express (bidirectional prefix, causal FAST tokens). Parameter names follow
 the upstream models, so a PaliGemma/SmolVLM state dict maps onto ours by prefix renaming:
 
-  siglip layout   vision_tower.vision_model.*   multi_modal_projector.linear.*   language_model.*  (PaliGemma)
+  siglip layout   vision_tower.*                multi_modal_projector.linear.*   language_model.*  (PaliGemma)
   idefics3 layout vision_model.*                connector.modality_projection.*  language_model.*  (SmolVLM)
 """
 from __future__ import annotations
@@ -92,7 +92,8 @@ class VLMBackbone(nn.Module):
                     attn_implementation="sdpa")
 
     def _siglip_config(self, vc: VisionConfig) -> SiglipVisionConfig:
-        return SiglipVisionConfig(**self._vision_kwargs(vc))
+        # PaliGemma reads the patch tokens; SigLIP's attention-pooling head is unused and absent from its checkpoints.
+        return SiglipVisionConfig(vision_use_head=False, **self._vision_kwargs(vc))
 
     # ---- embeddings -----------------------------------------------------------------------------
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
