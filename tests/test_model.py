@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ki_vla import FastTokenizer, KIPolicy, PolicyConfig
+from ki_vla.data.normalize import Normalizer
 from ki_vla.model.config import VARIANTS
 from ki_vla.model.expert import RMSNorm
 
@@ -175,9 +176,8 @@ def test_sample_actions_real_units_use_stats(cfg):
     batch = policy.example_batch(1)
     noise = torch.randn(1, cfg.horizon, cfg.max_action_dim, generator=torch.Generator().manual_seed(0))
     normalized = policy.sample_actions(batch, noise=noise, normalized=True)
-    stats = {"observation.state": {"q01": [-1.0] * 14, "q99": [1.0] * 14},
-             "action": {"q01": [0.0] * 14, "q99": [4.0] * 14}}
-    policy.set_stats(stats)
+    policy.set_normalizer(Normalizer({"observation.state": {"q01": [-1.0] * 14, "q99": [1.0] * 14},
+                                      "action": {"q01": [0.0] * 14, "q99": [4.0] * 14}}))
     real = policy.sample_actions(batch, noise=noise)
     torch.testing.assert_close(real, (normalized + 1) * 2.0, atol=1e-5, rtol=0)
 
@@ -244,8 +244,8 @@ def test_vlm_samples_contribute_ce_only(cfg):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_save_load_round_trip(cfg, fast_tok, tmp_path, variant):
     policy = make(cfg, variant, fast_tokenizer=fast_tok).eval()
-    policy.set_stats({"observation.state": {"q01": [-2.0] * 14, "q99": [2.0] * 14},
-                      "action": {"q01": [-0.5] * 14, "q99": [1.5] * 14}})
+    policy.set_normalizer(Normalizer({"observation.state": {"q01": [-2.0] * 14, "q99": [2.0] * 14},
+                                      "action": {"q01": [-0.5] * 14, "q99": [1.5] * 14}}))
     batch = policy.example_batch(2)
     a = policy.sample_actions(batch, generator=torch.Generator().manual_seed(7))
     policy.save_pretrained(tmp_path / "ckpt")

@@ -10,7 +10,6 @@ expert runs on its own tokens against the per-layer prefix K/V: detached for `ki
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -30,21 +29,22 @@ from ki_vla.model.backbone import KV, VLMBackbone
 from ki_vla.model.config import PolicyConfig
 from ki_vla.model.expert import ActionExpert
 from ki_vla.model.pretrained import load_text_tokenizer
-from ki_vla.model.processing import Processor, validate_stats
+from ki_vla.data.normalize import Normalizer
+from ki_vla.model.processing import Processor
 from ki_vla.observation import Observation
 
 log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
-STATS = "stats.json"
+NORMALIZER = "normalizer.json"
 TEXT_TOKENIZER = "text_tokenizer"
 FAST_TOKENIZER = "fast_tokenizer"
 
 
 class KIPolicy(nn.Module):
     def __init__(self, cfg: PolicyConfig, text_tokenizer: Any | None = None, fast_tokenizer: Any | None = None,
-                 stats: dict[str, Any] | None = None) -> None:
+                 normalizer: Normalizer | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = VLMBackbone(cfg)
@@ -53,7 +53,7 @@ class KIPolicy(nn.Module):
             self.backbone.requires_grad_(False)
         if text_tokenizer is None:
             text_tokenizer = load_text_tokenizer(cfg.text.tokenizer)
-        self.processor = Processor(cfg, text_tokenizer, fast_tokenizer, stats)
+        self.processor = Processor(cfg, text_tokenizer, fast_tokenizer, normalizer)
         if cfg.dtype != "float32":
             self.to(getattr(torch, cfg.dtype))
 
@@ -69,9 +69,9 @@ class KIPolicy(nn.Module):
     def set_fast_tokenizer(self, tokenizer: Any) -> None:
         self.processor.fast_tokenizer = tokenizer
 
-    def set_stats(self, stats: dict[str, Any]) -> None:
-        validate_stats(stats, self.cfg)
-        self.processor = Processor(self.cfg, self.processor.text_tokenizer, self.processor.fast_tokenizer, stats)
+    def set_normalizer(self, normalizer: Normalizer) -> None:
+        """Install the dataset's normalization (computed once per dataset, saved with the checkpoint)."""
+        self.processor = Processor(self.cfg, self.processor.text_tokenizer, self.processor.fast_tokenizer, normalizer)
 
     def example_batch(self, batch_size: int = 2, seed: int = 0, vlm_samples: int = 0) -> dict[str, torch.Tensor]:
         """A valid random training batch (random images/state/actions; random FAST ids stand in for a fitted
@@ -273,7 +273,8 @@ class KIPolicy(nn.Module):
         try:
             save_model(self, str(tmp / WEIGHTS))
             self.cfg.to_yaml(tmp / CONFIG)
-            (tmp / STATS).write_text(json.dumps(self.processor.stats if self.processor.has_data_stats else None))
+            if self.processor.has_data_stats:
+                self.processor.normalizer.save(tmp / NORMALIZER)
             self.processor.text_tokenizer.save_pretrained(tmp / TEXT_TOKENIZER)
             if self.processor.fast_tokenizer is not None:
                 self.processor.fast_tokenizer.save(tmp / FAST_TOKENIZER)
@@ -300,14 +301,14 @@ class KIPolicy(nn.Module):
         data.update(overrides)
         data["text"]["pretrained"] = None  # the checkpoint holds the weights; never reload the source model
         cfg = PolicyConfig.from_dict(data)
-        stats = json.loads((path / STATS).read_text()) if (path / STATS).exists() else None
+        normalizer = Normalizer.load(path / NORMALIZER) if (path / NORMALIZER).exists() else None
         fast = None
         if (path / FAST_TOKENIZER).exists():
             from ki_vla.tokenizer.fast import FastTokenizer
 
             fast = FastTokenizer.load(path / FAST_TOKENIZER)
         text_tok = load_text_tokenizer(cfg.text.tokenizer, folder=path / TEXT_TOKENIZER)
-        policy = cls(cfg, text_tokenizer=text_tok, fast_tokenizer=fast, stats=stats)
+        policy = cls(cfg, text_tokenizer=text_tok, fast_tokenizer=fast, normalizer=normalizer)
         try:
             missing, unexpected = load_model(policy, str(path / WEIGHTS), strict=False)
         except RuntimeError as exc:  # shape mismatches

@@ -22,40 +22,26 @@ import cv2
 import numpy as np
 import torch
 
+from ki_vla.data.normalize import Normalizer
 from ki_vla.model.config import PolicyConfig
-
-log = logging.getLogger(__name__)
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 
+log = logging.getLogger(__name__)
 
-def quantile_normalize(x: np.ndarray, q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
-    """q01 -> -1, q99 -> +1 (openpi). Dimensions with no spread map to 0 instead of dividing by zero."""
-    span = q99 - q01
-    safe = np.where(span > 1e-8, span, 1.0)
-    out = 2.0 * (x - q01) / safe - 1.0
-    return np.where(span > 1e-8, out, 0.0).astype(np.float32)
-
-
-def quantile_unnormalize(x: np.ndarray, q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
-    return ((x + 1.0) * 0.5 * (q99 - q01) + q01).astype(np.float32)
+def identity_normalizer(cfg: PolicyConfig) -> Normalizer:
+    """Quantile stats of [-1, 1]: normalization is the identity (random models, tests, benchmarks)."""
+    return Normalizer({STATE_KEY: {"q01": np.full(cfg.state_dim, -1.0), "q99": np.full(cfg.state_dim, 1.0)},
+                       ACTION_KEY: {"q01": np.full(cfg.action_dim, -1.0), "q99": np.full(cfg.action_dim, 1.0)}})
 
 
-def identity_stats(cfg: PolicyConfig) -> dict[str, dict[str, list[float]]]:
-    """Stats that make normalization the identity on [-1, 1]: for random models, tests and benchmarks."""
-    return {STATE_KEY: {"q01": [-1.0] * cfg.state_dim, "q99": [1.0] * cfg.state_dim},
-            ACTION_KEY: {"q01": [-1.0] * cfg.action_dim, "q99": [1.0] * cfg.action_dim}}
-
-
-def validate_stats(stats: dict[str, Any], cfg: PolicyConfig) -> None:
+def check_normalizer(normalizer: Normalizer, cfg: PolicyConfig) -> None:
+    """Fail when stats do not describe this model's state/action sizes, before any batch is built."""
     for key, dim in ((STATE_KEY, cfg.state_dim), (ACTION_KEY, cfg.action_dim)):
-        if key not in stats:
-            raise ValueError(f"normalization stats lack {key!r}")
-        for q in ("q01", "q99"):
-            arr = np.asarray(stats[key].get(q, []), dtype=np.float64)
-            if arr.shape != (dim,) or not np.all(np.isfinite(arr)):
-                raise ValueError(f"stats[{key!r}][{q!r}] must be {dim} finite numbers, got shape {arr.shape}")
+        if key not in normalizer.stats:
+            raise ValueError(f"normalization stats lack {key!r} (have {sorted(normalizer.stats)})")
+        normalizer.normalize(key, np.zeros(dim, np.float32))  # raises a ValueError naming the mismatch
 
 
 def discretize_state(state_norm: np.ndarray, bins: int) -> np.ndarray:
@@ -73,19 +59,13 @@ class Processor:
     """Turns samples into batches and model outputs back into real units. Holds the tokenizers and stats."""
 
     def __init__(self, cfg: PolicyConfig, text_tokenizer: Any, fast_tokenizer: Any | None = None,
-                 stats: dict[str, Any] | None = None) -> None:
+                 normalizer: Normalizer | None = None) -> None:
         self.cfg = cfg
         self.text_tokenizer = text_tokenizer
         self.fast_tokenizer = fast_tokenizer
-        if stats is None:
-            stats = identity_stats(cfg)
-            self.has_data_stats = False
-        else:
-            validate_stats(stats, cfg)
-            self.has_data_stats = True
-        self.stats = stats
-        self._q = {k: (np.asarray(stats[k]["q01"], np.float32), np.asarray(stats[k]["q99"], np.float32))
-                   for k in (STATE_KEY, ACTION_KEY)}
+        self.has_data_stats = normalizer is not None
+        self.normalizer = normalizer if normalizer is not None else identity_normalizer(cfg)
+        check_normalizer(self.normalizer, cfg)
         vocab = cfg.text.vocab_size
         # FAST id f <-> LM id vocab - 1 - skip - f (openpi): reuses rarely used ids at the vocab's end.
         self.fast_lm_hi = vocab - 1 - cfg.fast_skip_tokens
@@ -102,13 +82,13 @@ class Processor:
 
     # ---- normalization ---------------------------------------------------------------------------
     def normalize_state(self, state: np.ndarray) -> np.ndarray:
-        return quantile_normalize(np.asarray(state, np.float32), *self._q[STATE_KEY])
+        return self.normalizer.normalize(STATE_KEY, np.asarray(state, np.float32)).astype(np.float32)
 
     def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return quantile_normalize(np.asarray(actions, np.float32), *self._q[ACTION_KEY])
+        return self.normalizer.normalize(ACTION_KEY, np.asarray(actions, np.float32)).astype(np.float32)
 
     def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return quantile_unnormalize(np.asarray(actions, np.float32), *self._q[ACTION_KEY])
+        return self.normalizer.unnormalize(ACTION_KEY, np.asarray(actions, np.float32)).astype(np.float32)
 
     # ---- batching --------------------------------------------------------------------------------
     def _image(self, img: Any, cam: str) -> tuple[np.ndarray, bool]:
