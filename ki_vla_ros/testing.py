@@ -15,28 +15,32 @@ from typing import Any
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 
 class RosHarness:
     """A private context plus a background executor; add nodes, wait for conditions, tear down."""
 
-    def __init__(self, threads: int = 4) -> None:
+    def __init__(self) -> None:
         self.context = Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        # Single-threaded on purpose: rclpy's MultiThreadedExecutor driven by spin_once delivered timers at
+        # a few Hz instead of 50 on this project's 2-core CI; node logic that must not block (inference)
+        # runs in the node's own thread anyway.
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.nodes: list[Node] = []
         self.errors: list[BaseException] = []
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
-        while self.context.ok():
+        while not self._stop.is_set() and self.context.ok():
             try:
                 self.executor.spin_once(timeout_sec=0.05)
             except Exception as exc:  # a callback raised: record it (tests assert none did) and go on
-                if self.context.ok():
+                if not self._stop.is_set():
                     self.errors.append(exc)
                     traceback.print_exc()
 
@@ -50,26 +54,22 @@ class RosHarness:
         return self.add(Node(name, context=self.context, **kwargs))
 
     def close(self) -> None:
-        for n in self.nodes:
-            try:
-                self.executor.remove_node(n)
-            except Exception:
-                pass
-        self.executor.shutdown(timeout_sec=2.0)
-        if self.context.ok():
-            self.context.try_shutdown()
-        self._thread.join(timeout=2.0)
+        """Stop spinning first, then let in-flight callbacks finish, then destroy nodes and the context."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self.executor.shutdown(timeout_sec=5.0)
         for n in self.nodes:
             try:
                 n.destroy_node()
             except Exception:
                 pass
+        self.context.try_shutdown()
 
 
 @contextmanager
-def ros_harness(threads: int = 4) -> Iterator[RosHarness]:
+def ros_harness() -> Iterator[RosHarness]:
     """A RosHarness that is always closed; raises at exit if any callback raised (nodes must not)."""
-    h = RosHarness(threads)
+    h = RosHarness()
     try:
         yield h
     finally:

@@ -1,0 +1,172 @@
+"""executor_node: action chunks -> per-arm JointTrajectory commands at the control rate.
+
+Why a node of its own: the control loop must tick at 50 Hz whatever the policy does (slow inference, a
+crash, a GPU hiccup), so it lives in its own process with nothing heavy beside it. The logic (validation,
+merging by timestamp, limits, hold and resume) is ki_vla.infer.chunking.ChunkExecutor; this file is the
+ROS wiring: subscriptions, timer, per-arm messages with ros2_control JointTrajectoryController semantics,
+and diagnostics.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla.infer.chunking import ChunkExecutor, make_merger
+from ki_vla.infer.safety import ChunkCheck, ChunkRejected, JointLimits, JointMapping
+from ki_vla.joints import JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS
+from ki_vla_ros.config import ExecutorNodeConfig, resolve_path
+from ki_vla_ros.msgs import command_trajectory, joint_state_positions, trajectory_to_arrays
+from ki_vla_ros.ros_util import (JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config,
+                                 now_sec, to_sec)
+from ki_vla_ros.stats import Counter, RateMeter, Window
+
+
+class ExecutorNode(Node):
+    """Merges chunks, enforces limits, holds on stale input, publishes both arms' commands every tick."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("executor_node", **kwargs)
+        self.cfg = cfg = declare_config(self, ExecutorNodeConfig)
+        if cfg.control_hz <= 0:
+            raise ValueError(f"control_hz must be > 0, got {cfg.control_hz}")
+        urdf = resolve_path(cfg.urdf_path)
+        self.limits = JointLimits.from_urdf(urdf, JOINT_NAMES, velocity_scale=cfg.velocity_scale)
+        self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
+        self.dt = 1.0 / cfg.control_hz
+        check = ChunkCheck(max_points=cfg.max_points, jump_velocity_factor=cfg.jump_velocity_factor,
+                           max_start_deviation=cfg.max_start_deviation, limit_tolerance=cfg.limit_tolerance)
+        merger = make_merger(cfg.merge_strategy, cfg.ensembling_m, cfg.max_chunks)
+        self.core = ChunkExecutor(merger, self.limits, self.dt, cfg.chunk_timeout, cfg.lookahead_points, check)
+        self.log = ThrottledLog(self)
+        self.left_idx = [JOINT_NAMES.index(j) for j in LEFT_JOINTS]
+        self.right_idx = [JOINT_NAMES.index(j) for j in RIGHT_JOINTS]
+        self.pub_left = self.create_publisher(JointTrajectory, cfg.left_command_topic, RELIABLE_QOS)
+        self.pub_right = self.create_publisher(JointTrajectory, cfg.right_command_topic, RELIABLE_QOS)
+        self.create_subscription(JointTrajectory, cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)
+        self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state, JOINT_STATE_IN_QOS)
+
+        self.chunks_ok = RateMeter(5.0)
+        self.rejected = Counter()
+        self.state_errors = Counter()
+        self.period_ms = Window(3000)         # wall-clock tick period: the jitter the robot sees
+        self.latency_ms = Window(500)         # observation stamp -> first command using that chunk
+        self.chunk_age_ms = Window(500)       # observation stamp -> chunk arrival
+        self.tick_ms = Window(500)            # time spent in one tick
+        self.clamped = 0
+        self.rate_limited = 0
+        self.hold_ticks = 0
+        self.commands = 0
+        self._last_tick_wall: float | None = None
+        self.timer = self.create_timer(self.dt, self._tick)
+        self.diag = Diagnostics(self, cfg.diagnostics_period)
+        self.diag.add("control", self._report_control)
+        self.diag.add("chunks", self._report_chunks)
+        self.get_logger().info(
+            f"executor: {cfg.control_hz:g} Hz, merge={cfg.merge_strategy} (m={cfg.ensembling_m}), limits from "
+            f"{urdf}, chunks on {cfg.chunk_topic} -> {cfg.left_command_topic}, {cfg.right_command_topic}")
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            q = joint_state_positions(msg, JOINT_NAMES)
+        except ValueError as exc:
+            self.state_errors.inc(str(exc).split("(")[0][:60])
+            self.log.warn("joint_state", f"ignoring joint_states: {exc}")
+            return
+        self.core.on_state(self.mapping.from_robot(q))
+
+    def _on_chunk(self, msg: JointTrajectory) -> None:
+        now = now_sec(self)
+        stamp = to_sec(msg.header.stamp)
+        try:
+            names, times, positions = trajectory_to_arrays(msg)
+            self.core.on_chunk(names, times, positions, stamp, now)
+        except (ChunkRejected, ValueError) as exc:
+            reason = str(exc).split(":")[0][:60]
+            self.rejected.inc(reason)
+            self.log.warn("chunk", f"rejected action chunk: {exc}")
+            return
+        self.chunks_ok.tick(now)
+        self.chunk_age_ms.add((now - stamp) * 1e3)
+
+    def _tick(self) -> None:
+        wall = time.perf_counter()
+        if self._last_tick_wall is not None:
+            self.period_ms.add((wall - self._last_tick_wall) * 1e3)
+        self._last_tick_wall = wall
+        now = now_sec(self)
+        cmd = self.core.tick(now)
+        if cmd is None:
+            self.log.warn("no_state", f"waiting for {self.cfg.joint_states_topic} before commanding anything")
+            return
+        if cmd.holding:
+            self.hold_ticks += 1
+            if not self.cfg.hold_before_first_chunk and self.core.last_chunk_time is None:
+                return
+        for stamp in cmd.first_used:
+            self.latency_ms.add((now - stamp) * 1e3)
+        self.clamped += cmd.clamped
+        self.rate_limited += cmd.rate_limited
+        robot = self.mapping.to_robot(cmd.positions)
+        self.pub_left.publish(command_trajectory(LEFT_JOINTS, robot[:, self.left_idx], self.dt))
+        self.pub_right.publish(command_trajectory(RIGHT_JOINTS, robot[:, self.right_idx], self.dt))
+        self.commands += 1
+        self.tick_ms.add((time.perf_counter() - wall) * 1e3)
+
+    def _report_control(self) -> tuple[int, str, dict[str, Any]]:
+        per = self.period_ms.values()
+        kv: dict[str, Any] = {"commands": self.commands, "hold_ticks": self.hold_ticks,
+                              "holding": self.core.holding, "clamped_values": self.clamped,
+                              "rate_limited_values": self.rate_limited, "target_period_ms": self.dt * 1e3}
+        if per.size:
+            kv.update({f"period_ms_p{q}": float(np.percentile(per, q)) for q in (1, 50, 99)})
+            kv["jitter_ms_p99"] = float(np.percentile(np.abs(per - self.dt * 1e3), 99))
+        kv.update({f"tick_ms_{k}": v for k, v in self.tick_ms.percentiles().items()})
+        kv.update({f"joint_state_errors[{k}]": v for k, v in self.state_errors.counts.items()})
+        if self.core.last_command is None:
+            return Diagnostics.WARN, f"no {self.cfg.joint_states_topic} yet: not commanding", kv
+        if self.core.holding:
+            return Diagnostics.WARN, "holding: no fresh chunk", kv
+        return Diagnostics.OK, "executing", kv
+
+    def _report_chunks(self) -> tuple[int, str, dict[str, Any]]:
+        now = now_sec(self)
+        kv: dict[str, Any] = {"chunk_rate_hz": self.chunks_ok.rate(now), "accepted": self.chunks_ok.total,
+                              "rejected": self.rejected.total(), "active_chunks": len(self.core.merger.chunks)}
+        kv.update({f"latency_ms_{k}": v for k, v in self.latency_ms.percentiles().items()})
+        kv.update({f"chunk_age_ms_{k}": v for k, v in self.chunk_age_ms.percentiles().items()})
+        kv.update({f"rejected[{k}]": v for k, v in self.rejected.counts.items()})
+        if self.rejected.total():
+            return Diagnostics.WARN, f"{self.rejected.total()} chunk(s) rejected", kv
+        return Diagnostics.OK, f"{kv['chunk_rate_hz']:.1f} chunks/s", kv
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script `executor_node`."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = ExecutorNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"executor_node: configuration error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

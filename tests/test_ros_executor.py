@@ -1,0 +1,149 @@
+"""executor_node over real DDS: control rate, joint and velocity limits under adversarial chunks, hold on
+stale input and resumption without a jump, per-arm JointTrajectoryController messages, diagnostics."""
+import time
+from pathlib import Path
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla.infer.safety import JointLimits
+from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS
+from ki_vla_ros.executor_node import ExecutorNode
+from ki_vla_ros.msgs import chunk_to_trajectory, make_joint_state
+from ki_vla_ros.ros_util import RELIABLE_QOS, duration_to_sec, now_sec
+from ki_vla_ros.testing import Collector, ros_harness, wait_for
+
+URDF = Path(__file__).resolve().parents[1] / "urdf" / "aloha_vx300s.urdf"
+LIMITS = JointLimits.from_urdf(URDF, JOINT_NAMES)
+DT = 0.02
+
+
+def home():
+    q = np.zeros(NUM_JOINTS)
+    q[list(GRIPPER_INDICES)] = 0.5
+    return q
+
+
+def commands(col_left, col_right):
+    """Pair left/right messages by arrival order -> (N, lookahead, 14) positions."""
+    n = min(len(col_left), len(col_right))
+    out = []
+    for l, r in zip(col_left.msgs[:n], col_right.msgs[:n]):
+        q = np.zeros((len(l.points), NUM_JOINTS))
+        for k, (pl, pr) in enumerate(zip(l.points, r.points)):
+            q[k, :7], q[k, 7:] = pl.positions, pr.positions
+        out.append(q)
+    return np.array(out)
+
+
+def check_jtc_message(msg, names):
+    assert list(msg.joint_names) == list(names)
+    assert msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0     # start now
+    times = [duration_to_sec(p.time_from_start) for p in msg.points]
+    assert times[0] > 0 and all(b > a for a, b in zip(times, times[1:]))
+    assert all(len(p.positions) == 7 for p in msg.points)
+
+
+def test_executor_rate_limits_hold_and_resume():
+    with ros_harness() as h:
+        ex = h.add(ExecutorNode(context=h.context, parameter_overrides=[
+            Parameter("urdf_path", value=str(URDF)), Parameter("chunk_timeout", value=0.3),
+            Parameter("lookahead_points", value=3), Parameter("diagnostics_period", value=0.25)]))
+        test = h.node("executor_test")
+        left = Collector(test, JointTrajectory, "/left_arm_controller/joint_trajectory", RELIABLE_QOS)
+        right = Collector(test, JointTrajectory, "/right_arm_controller/joint_trajectory", RELIABLE_QOS)
+        diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        js_pub = test.create_publisher(JointState, "/joint_states", RELIABLE_QOS)
+        chunk_pub = test.create_publisher(JointTrajectory, "/ki_vla/action_chunk", RELIABLE_QOS)
+        # A broken joint_states message first: ignored with a log line, the node keeps running.
+        js_pub.publish(JointState(name=["left_waist"], position=[0.0, 1.0]))
+        test.create_timer(DT, lambda: js_pub.publish(make_joint_state(JOINT_NAMES, home(), now_sec(test))))
+        assert wait_for(lambda: len(left) > 10 and len(right) > 10, 10.0), "executor never commanded"
+        q_cmd = commands(left, right)
+        np.testing.assert_allclose(q_cmd[-1][0], home(), atol=1e-9)  # holding the measured position
+
+        rng = np.random.default_rng(0)
+
+        def send(kind: str, q0: np.ndarray) -> None:
+            h_ = 50
+            pos = np.repeat(q0[None], h_, axis=0)
+            pos[:, 0] += 0.8 * np.sin(np.arange(h_) * DT * 3)          # fast but legal on left_waist
+            pos[:, 8] += np.linspace(0, 0.3, h_)                        # right_shoulder ramp
+            names = list(JOINT_NAMES)
+            if kind == "nan":
+                pos[5, 3] = np.nan
+            elif kind == "jump":
+                pos[20:, 2] += 1.5
+            elif kind == "names":
+                names[0] = "left_bogus"
+            elif kind == "ragged":
+                msg = chunk_to_trajectory(pos, names, now_sec(test), DT)
+                msg.points[3].positions = msg.points[3].positions[:5]
+                chunk_pub.publish(msg)
+                return
+            elif kind == "over_limit":
+                pos[:, 1] = 3.0                                          # far past the shoulder limit
+            elif kind == "near_limit":
+                pos[:, 2] = LIMITS.upper[2] + 0.1                        # slightly out: clamped, not rejected
+            elif kind == "reordered":
+                perm = rng.permutation(NUM_JOINTS)
+                names = [names[i] for i in perm]
+                pos = pos[:, perm]
+            chunk_pub.publish(chunk_to_trajectory(pos, names, now_sec(test) - 0.03, DT))
+
+        left.clear(), right.clear()
+        kinds = ["good", "nan", "reordered", "jump", "names", "good", "ragged", "over_limit", "near_limit", "good"]
+        t_end = time.monotonic() + 2.0
+        i = 0
+        while time.monotonic() < t_end:
+            send(kinds[i % len(kinds)], ex.core.last_command if ex.core.last_command is not None else home())
+            i += 1
+            time.sleep(0.1)
+        active = commands(left, right)
+        # Control rate: 2 s at 50 Hz (tolerant of a loaded 2-core machine, but not of a stalled timer).
+        assert 80 <= len(active) <= 110, len(active)
+        for m in left.msgs[-5:]:
+            check_jtc_message(m, LEFT_JOINTS)
+        for m in right.msgs[-5:]:
+            check_jtc_message(m, RIGHT_JOINTS)
+        assert np.all(active >= LIMITS.lower - 1e-9) and np.all(active <= LIMITS.upper + 1e-9)
+        first = active[:, 0]
+        steps = np.abs(np.diff(first, axis=0))
+        assert np.all(steps <= LIMITS.velocity * DT + 1e-6)
+        assert np.abs(first[:, 8] - home()[8]).max() > 0.05       # it did execute the good chunks
+        assert first[:, 2].max() <= LIMITS.upper[2] + 1e-9
+
+        # Stale input: no chunks -> after chunk_timeout the command is held constant.
+        time.sleep(0.6)
+        left.clear(), right.clear()
+        assert wait_for(lambda: len(left) > 10 and len(right) > 10, 3.0)
+        held = commands(left, right)[:, 0]
+        assert np.ptp(held, axis=0).max() < 1e-12
+        assert ex.core.holding
+
+        # Resume with a chunk well away from the held position: a ramp, no jump.
+        left.clear(), right.clear()
+        target = held[-1].copy()
+        target[4] = np.clip(target[4] + 0.45, LIMITS.lower[4], LIMITS.upper[4])
+        for _ in range(10):
+            chunk_pub.publish(chunk_to_trajectory(np.repeat(target[None], 50, 0), JOINT_NAMES, now_sec(test), DT))
+            time.sleep(0.05)
+        resumed = commands(left, right)[:, 0]
+        seq = np.vstack([held[-1:], resumed])
+        assert np.all(np.abs(np.diff(seq, axis=0)) <= LIMITS.velocity * DT + 1e-6)
+        assert abs(resumed[-1, 4] - target[4]) < 1e-6
+
+        def report():
+            for d in reversed(diags.msgs):
+                for s in d.status:
+                    if s.name == "executor_node: chunks":
+                        return {v.key: v.value for v in s.values}
+            return None
+
+        assert wait_for(lambda: report() is not None and int(report()["rejected"]) >= 5, 3.0), report()
+        kv = report()
+        assert int(kv["accepted"]) >= 5
+        assert float(kv["latency_ms_p50"]) > 0
