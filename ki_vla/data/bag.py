@@ -214,7 +214,9 @@ def _open_reader(path: Path) -> Any:
     except BagConversionError:
         raise
     except Exception as exc:  # noqa: BLE001 - rosbags raises many types for unreadable / truncated bags
-        raise BagConversionError(f"bag {path}: cannot be opened as a rosbag2 recording ({type(exc).__name__}: {exc})") from exc
+        raise BagConversionError(
+            f"bag {path}: cannot be opened as a rosbag2 recording, truncated or corrupt? ({type(exc).__name__}: {exc})"
+        ) from exc
     return reader
 
 
@@ -585,6 +587,7 @@ def write_synthetic_bag(
     joint_names: Sequence[str] = JOINT_NAMES,
     joint_order: Sequence[int] | None = None,
     start_ns: int = 1_700_000_000_000_000_000,
+    camera_start_s: float = 0.0,
     extra: Sequence[tuple[str, str, int, Any]] = (),
 ) -> Path:
     """Record a small, fully predictable rosbag2 (mcap or sqlite3) with the stack's topics.
@@ -593,7 +596,7 @@ def write_synthetic_bag(
     `synthetic_joint_value(j, t)` on /joint_states (published in `joint_order`, names included, so readers must
     reorder by name), the arm controllers carry `synthetic_joint_value(j, t, command=True)` split per arm,
     and camera image k is uniformly `synthetic_image_value(cam, k)` (rgb8, bgr8 or mono8; or PNG on
-    `<topic>/compressed`). `extra` adds (topic, msgtype, time_ns, message) entries verbatim.
+    `<topic>/compressed`), starting `camera_start_s` late. `extra` adds (topic, msgtype, time_ns, message) entries verbatim.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -640,7 +643,7 @@ def write_synthetic_bag(
                 entries.append((t_ns, topic, TRAJECTORY_TYPE, msg))
     for c, (cam, topic) in enumerate(cameras.items()):
         for k in range(int(math.floor(duration_s * camera_hz + 1e-9)) + 1):
-            t_ns = start_ns + int(round(k / camera_hz * 1e9)) + 2_000_000
+            t_ns = start_ns + int(round((camera_start_s + k / camera_hz) * 1e9)) + 2_000_000
             rgb = np.empty((h, w, 3), dtype=np.uint8)
             rgb[:] = synthetic_image_value(c, k)
             if compressed:
