@@ -1,0 +1,93 @@
+"""The sim as a ros2_control robot, minus ROS: two JointTrajectoryControllers driving `BimanualSim`.
+
+`SimRobot` is what `ki_vla_ros/sim_node.py` wires to topics. Keeping it here means the controller
+semantics, the clock and the camera schedule are tested without DDS, and the node stays wiring.
+
+Clock: `clock` is the robot's time in seconds. It starts at `clock_start` and keeps running across
+episode resets (ROS /clock must never go backwards), so an episode's sim time is `clock - episode_start`.
+Each `tick()` advances one control period; the command applied during the tick is the controllers'
+setpoint at the *end* of the tick, so a trajectory point at time_from_start = dt is reached on the next
+tick (what the executor's commands expect).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ki_vla.joints import LEFT_JOINTS, RIGHT_JOINTS
+from ki_vla.sim.scenes import BimanualSim
+from ki_vla.sim.trajectory import TrajectoryFollower
+
+ARMS = {"left": LEFT_JOINTS, "right": RIGHT_JOINTS}
+
+
+@dataclass
+class TickResult:
+    """What a tick produced: the robot clock, joint state, images when the camera schedule fired."""
+
+    clock: float
+    state: np.ndarray
+    velocity: np.ndarray
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    step: int = 0
+
+
+class SimRobot:
+    """BimanualSim + per-arm JTC semantics + a monotonic clock + camera decimation.
+
+    camera_every: render the cameras on every n-th tick (and at reset), e.g. 2 for 25 Hz at 50 Hz control.
+    """
+
+    def __init__(self, env: BimanualSim, camera_every: int = 1, clock_start: float = 0.0) -> None:
+        if camera_every < 1:
+            raise ValueError(f"camera_every must be >= 1, got {camera_every}")
+        self.env = env
+        self.camera_every = int(camera_every)
+        self.clock = float(clock_start)
+        self.episode_start = self.clock
+        state = env.state()
+        self.controllers = {"left": TrajectoryFollower(LEFT_JOINTS, state[:7]),
+                            "right": TrajectoryFollower(RIGHT_JOINTS, state[7:])}
+
+    @property
+    def dt(self) -> float:
+        return self.env.dt
+
+    def reset(self, seed: int | None = None, target: str | None = None) -> TickResult:
+        """New episode (clock keeps running); controllers hold the home pose."""
+        obs = self.env.reset(seed=seed, target=target, render=False)
+        self.episode_start = self.clock
+        for side, ctrl in self.controllers.items():
+            ctrl.hold(obs["state"][:7] if side == "left" else obs["state"][7:])
+        return TickResult(self.clock, obs["state"], obs["velocity"], self.env.render(), self.env.step_count)
+
+    def command(self, arm: str, joint_names: Sequence[str], times: np.ndarray, positions: np.ndarray,
+                stamp: float) -> None:
+        """One JointTrajectory for `arm` ("left" | "right"); stamp 0 = start now. Raises ValueError."""
+        if arm not in self.controllers:
+            raise ValueError(f"arm must be 'left' or 'right', got {arm!r}")
+        self.controllers[arm].set_trajectory(joint_names, times, positions, stamp, self.clock)
+
+    def setpoint(self, t: float) -> np.ndarray:
+        """14-D command at robot time t (our joint order)."""
+        return np.concatenate([self.controllers["left"].command(t), self.controllers["right"].command(t)])
+
+    def tick(self) -> TickResult:
+        """Advance one control period; render if the camera schedule says so."""
+        t_next = self.clock + self.dt
+        obs = self.env.step(self.setpoint(t_next), render=False)
+        # Sim time is the source of truth; avoid float drift over long runs.
+        self.clock = self.episode_start + self.env.step_count * self.dt
+        for ctrl in self.controllers.values():
+            ctrl.prune(self.clock)
+        images = self.env.render() if self.env.step_count % self.camera_every == 0 else {}
+        return TickResult(self.clock, obs["state"], obs["velocity"], images, self.env.step_count)
+
+    def status(self) -> dict:
+        """Episode status for evaluators: seed, step, episode time, reward, success, instruction."""
+        return {"task": self.env.config.task, "seed": self.env.seed, "step": self.env.step_count,
+                "episode_time": round(self.clock - self.episode_start, 6), "clock": round(self.clock, 6),
+                "reward": self.env.reward(), "max_reward": self.env.max_reward, "success": self.env.success(),
+                "instruction": self.env.instruction, "target": self.env.target}

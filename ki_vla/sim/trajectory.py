@@ -1,0 +1,117 @@
+"""ros2_control JointTrajectoryController (JTC) semantics for one joint group, without ROS.
+
+The sim node receives `trajectory_msgs/JointTrajectory` on each arm's controller topic and must behave as
+the JTC a real robot or Gazebo runs, so that the executor cannot tell the difference:
+
+* `header.stamp` zero means "start now"; otherwise the trajectory starts at that time (same clock as the
+  robot's: sim time when the sim publishes /clock).
+* Points are reached at `start + time_from_start`; between points positions are interpolated linearly
+  (JTC's interpolation for position-only points); before the first point the setpoint moves linearly from
+  the setpoint in effect at `start` (JTC with `open_loop_control`), so a first point at
+  time_from_start 0 is applied at once; after the last point it is held.
+* A new trajectory replaces the current one from its start time on (until then the old one continues).
+* `joint_names` may come in any order but must be exactly the group's joints (JTC's default
+  `allow_partial_joints_goal: false`); times must increase strictly; positions must be finite; a
+  trajectory whose last point is already in the past is rejected. An empty trajectory holds the current
+  setpoint (JTC cancels and holds position).
+
+Invalid messages raise ValueError with the reason; the node logs it and keeps the previous command.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class _Segment:
+    start: float
+    times: np.ndarray      # (K,) seconds from start, strictly increasing
+    positions: np.ndarray  # (K, J) in the group's joint order
+    origin: np.ndarray     # (J,) setpoint at `start`
+
+
+class TrajectoryFollower:
+    """Setpoints of one joint group over time from a stream of JointTrajectory commands."""
+
+    def __init__(self, joint_names: Sequence[str], initial: np.ndarray) -> None:
+        self.joint_names = tuple(joint_names)
+        if len(set(self.joint_names)) != len(self.joint_names) or not self.joint_names:
+            raise ValueError(f"joint names must be unique and non-empty, got {self.joint_names}")
+        self._index = {n: i for i, n in enumerate(self.joint_names)}
+        self._segments: list[_Segment] = []
+        self.hold(initial)
+        self.accepted = 0
+        self.rejected = 0
+
+    def hold(self, positions: np.ndarray) -> None:
+        """Drop all trajectories and hold `positions` (reset, or an empty trajectory)."""
+        p = np.asarray(positions, dtype=np.float64)
+        if p.shape != (len(self.joint_names),):
+            raise ValueError(f"expected {len(self.joint_names)} positions, got shape {p.shape}")
+        self._segments = []
+        self._hold = p.copy()
+
+    def set_trajectory(self, joint_names: Sequence[str], times: np.ndarray, positions: np.ndarray,
+                       stamp: float, now: float) -> None:
+        """Accept one JointTrajectory (already unpacked); raises ValueError if JTC would reject it."""
+        try:
+            self._set(joint_names, times, positions, stamp, now)
+        except ValueError:
+            self.rejected += 1
+            raise
+        self.accepted += 1
+
+    def _set(self, joint_names: Sequence[str], times: np.ndarray, positions: np.ndarray,
+             stamp: float, now: float) -> None:
+        names = list(joint_names)
+        if sorted(names) != sorted(self.joint_names):
+            missing = sorted(set(self.joint_names) - set(names))
+            extra = sorted(set(names) - set(self.joint_names))
+            raise ValueError(f"joint_names must be exactly {list(self.joint_names)} (missing {missing}, unknown {extra}"
+                             f"{', duplicates' if len(names) != len(set(names)) else ''})")
+        times = np.asarray(times, dtype=np.float64).reshape(-1)
+        positions = np.asarray(positions, dtype=np.float64)
+        start = now if stamp == 0.0 else float(stamp)
+        if times.size == 0:
+            self.hold(self.command(now))
+            return
+        if positions.shape != (times.size, len(names)):
+            raise ValueError(f"positions shape {positions.shape} does not match {times.size} points x {len(names)} joints")
+        if not (np.all(np.isfinite(times)) and np.all(np.isfinite(positions))):
+            raise ValueError("trajectory contains NaN or inf")
+        if times[0] < 0 or np.any(np.diff(times) <= 0):
+            raise ValueError(f"time_from_start must be >= 0 and strictly increasing, got {times.tolist()}")
+        if start + times[-1] < now:
+            raise ValueError(f"trajectory ends at {start + times[-1]:.3f} s, before now ({now:.3f} s)")
+        order = [names.index(n) for n in self.joint_names]
+        seg = _Segment(start=start, times=times, positions=positions[:, order], origin=self.command(start))
+        # A newer trajectory replaces everything that would start at or after its own start.
+        self._segments = [s for s in self._segments if s.start < start] + [seg]
+
+    def command(self, t: float) -> np.ndarray:
+        """Setpoint (J,) at time t."""
+        active = None
+        for s in self._segments:
+            if s.start <= t:
+                active = s
+        if active is None:
+            return self._hold.copy()
+        tau = t - active.start
+        times, pos = active.times, active.positions
+        if tau >= times[-1]:
+            return pos[-1].copy()
+        if tau < times[0]:
+            a = tau / times[0]  # times[0] > 0 here, else tau >= times[0]
+            return (1 - a) * active.origin + a * pos[0]
+        k = int(np.searchsorted(times, tau, side="right")) - 1
+        a = (tau - times[k]) / (times[k + 1] - times[k])
+        return (1 - a) * pos[k] + a * pos[k + 1]
+
+    def prune(self, t: float) -> None:
+        """Forget trajectories superseded before time t (bounded memory over long runs)."""
+        started = [i for i, s in enumerate(self._segments) if s.start <= t]
+        if len(started) > 1:
+            self._segments = self._segments[started[-1]:]
