@@ -70,6 +70,8 @@ class ChunkDataset(Dataset):
         self.state_dim = int(ds.column(STATE_KEY).shape[1])
         self.action_dim = int(ds.column(ACTION_KEY).shape[1])
         self._starts = np.cumsum([0, *ds.episode_lengths]).tolist()
+        self._episode_indices = ds.episode_indices
+        self._tasks = [ds.episode_task(e) for e in range(ds.num_episodes)]
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self.decode_count = 0  # episodes decoded so far (cache misses): observable for tests and tuning
 
@@ -120,8 +122,8 @@ class ChunkDataset(Dataset):
             "actions": torch.from_numpy(actions_all[start + idx].astype(np.float32)),
             "action_is_pad": torch.from_numpy(is_pad),
             "action_mask": torch.from_numpy(~is_pad),
-            "instruction": self.ds.episode_task(ep),
-            "episode_index": int(self.ds.episode_indices[ep]),
+            "instruction": self._tasks[ep],
+            "episode_index": int(self._episode_indices[ep]),
             "frame_index": int(t),
         }
 
