@@ -55,6 +55,7 @@ class PolicyNodeConfig:
     default_instruction: str = ""                # used until one arrives on the topic ("" = wait for one)
     min_inference_period: float = 0.0            # s between inference starts; 0 = as fast as fresh data allows
     autostart: bool = True                       # configure + activate on start (no lifecycle manager needed)
+    torch_threads: int = 0                       # CPU threads for torch (0 = torch's default)
     joint_scale: list[float] = field(default_factory=lambda: [1.0] * NUM_JOINTS)
     joint_offset: list[float] = field(default_factory=lambda: [0.0] * NUM_JOINTS)
     diagnostics_period: float = 1.0

@@ -1,0 +1,284 @@
+"""policy_node: processed cameras + joint states + instruction -> action chunks (a managed lifecycle node).
+
+Why lifecycle: loading and warming a VLA takes seconds to minutes; `configure` does it (and fails cleanly
+with the reason), `activate` starts inference, `deactivate` stops it without unloading. Without a lifecycle
+manager (pip installs, `ki-vla-ros up`) the `autostart` parameter walks the transitions itself.
+Why a thread: inference takes tens to hundreds of ms; running it in a subscription callback would block
+every other callback (fresh frames, instructions) for that long. The thread always takes the newest inputs.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla.data.images import ImageDecodeError
+from ki_vla.infer.safety import JointMapping
+from ki_vla.joints import JOINT_NAMES, NUM_JOINTS
+from ki_vla_ros.config import PolicyNodeConfig, resolve_path
+from ki_vla_ros.msgs import chunk_to_trajectory, image_msg_to_rgb, joint_state_positions
+from ki_vla_ros.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
+from ki_vla_ros.ros_util import (CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics,
+                                 ThrottledLog, declare_config, now_sec, to_sec)
+from ki_vla_ros.stats import Counter, RateMeter, Window
+
+
+def pick_device(device: str) -> str:
+    """"auto" -> cuda when torch sees a GPU, else cpu; anything else is passed through to torch."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class PolicyNode(LifecycleNode):
+    """Runs a KIPolicy on the newest complete, fresh observation and publishes each chunk."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("policy_node", **kwargs)
+        self.cfg = declare_config(self, PolicyNodeConfig)
+        self.mapping = JointMapping.from_lists(self.cfg.joint_scale, self.cfg.joint_offset, NUM_JOINTS)
+        self.log = ThrottledLog(self)
+        self.policy: Any = None
+        self.assembler: ObservationAssembler | None = None
+        self.chunk_pub: Any = None
+        self._subs: list[Any] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.device = ""
+        self.chunk_rate = RateMeter(5.0)
+        self.infer_ms = Window(200)
+        self.obs_age_ms = Window(200)        # newest input stamp -> chunk published
+        self.refused = Counter()
+        self.input_errors = Counter()
+        self.instructions = Counter()
+        self.diag = Diagnostics(self, self.cfg.diagnostics_period)
+        self.diag.add("policy", self._report)
+        self._pending_instruction = self.cfg.default_instruction
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    def startup(self) -> bool:
+        """configure + activate (what a lifecycle manager would do); True when active."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from ki_vla.model.policy import KIPolicy
+
+        cfg = self.cfg
+        try:
+            if cfg.torch_threads > 0:
+                import torch
+
+                torch.set_num_threads(cfg.torch_threads)
+            path = resolve_path(cfg.model)
+            self.device = pick_device(cfg.device)
+            if path.is_file():
+                self.get_logger().warning(f"model {path} is a YAML config: RANDOM WEIGHTS, actions are noise "
+                                          "(tests and benchmarks only)")
+            t0 = time.perf_counter()
+            self.policy = KIPolicy.load(path, device=self.device)
+            pcfg = self.policy.cfg
+            if pcfg.state_dim != NUM_JOINTS:
+                raise ValueError(f"model state_dim {pcfg.state_dim} != {NUM_JOINTS} joints of this robot")
+            self.policy.warmup()
+            self.get_logger().info(
+                f"loaded {path} on {self.device} in {time.perf_counter() - t0:.1f} s (warm): cameras "
+                f"{list(pcfg.camera_names)}, image {pcfg.image_size}px, horizon {pcfg.horizon} @ {pcfg.fps:g} Hz")
+        except Exception as exc:  # any load failure: report it and stay unconfigured, never crash
+            self.get_logger().error(f"configure failed: cannot load model {cfg.model!r}: {exc}")
+            self.policy = None
+            return TransitionCallbackReturn.FAILURE
+        pcfg = self.policy.cfg
+        self.assembler = ObservationAssembler(pcfg.camera_names, pcfg.state_dim, cfg.max_image_age, cfg.max_state_age)
+        if self._pending_instruction:
+            self.assembler.set_instruction(clean_instruction(self._pending_instruction, cfg.max_instruction_chars))
+        self.chunk_pub = self.create_lifecycle_publisher(JointTrajectory, cfg.chunk_topic, RELIABLE_QOS)
+        for name in pcfg.camera_names:
+            topic = cfg.camera_topic.format(name=name)
+            self._subs.append(self.create_subscription(
+                Image, topic, lambda m, n=name: self._on_image(n, m), CAMERA_OUT_QOS))
+        self._subs.append(self.create_subscription(JointState, cfg.joint_states_topic, self._on_state,
+                                                   JOINT_STATE_IN_QOS))
+        self._subs.append(self.create_subscription(String, cfg.instruction_topic, self._on_instruction,
+                                                   INSTRUCTION_QOS))
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+        self._thread.start()
+        self.get_logger().info("active: publishing chunks on fresh observations")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_thread()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_thread()
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        if self.chunk_pub is not None:
+            self.destroy_lifecycle_publisher(self.chunk_pub)
+            self.chunk_pub = None
+        self.policy = None
+        self.assembler = None
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_thread()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_thread(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+            self._thread = None
+
+    def destroy_node(self) -> None:
+        self._stop_thread()
+        super().destroy_node()
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    def _on_image(self, name: str, msg: Image) -> None:
+        if self.assembler is None:
+            return
+        stamp = to_sec(msg.header.stamp)
+
+        def decode(m: Image = msg) -> Any:
+            try:
+                return image_msg_to_rgb(m, use_cv_bridge=False)
+            except ImageDecodeError as exc:
+                return exc  # validate() in the assembler refuses it with this reason
+        self.assembler.set_image(name, stamp, decode)
+        self._wake.set()
+
+    def _on_state(self, msg: JointState) -> None:
+        if self.assembler is None:
+            return
+        try:
+            q = joint_state_positions(msg, JOINT_NAMES)
+        except ValueError as exc:
+            self.input_errors.inc("joint_states")
+            self.log.warn("joint_states", f"ignoring joint_states: {exc}")
+            return
+        stamp = to_sec(msg.header.stamp)
+        if stamp == 0.0:
+            stamp = now_sec(self)
+        self.assembler.set_state(stamp, self.mapping.from_robot(q))
+        self._wake.set()
+
+    def _on_instruction(self, msg: String) -> None:
+        try:
+            text = clean_instruction(msg.data, self.cfg.max_instruction_chars)
+        except InstructionError as exc:
+            self.instructions.inc("rejected")
+            self.get_logger().warning(f"rejected instruction: {exc}")
+            return
+        self.instructions.inc("accepted")
+        if self.assembler is not None:
+            self.assembler.set_instruction(text)
+        else:
+            self._pending_instruction = text
+        self.get_logger().info(f"instruction: {text!r} (used from the next inference)")
+
+    # ---- inference ----------------------------------------------------------------------------------
+    def _inference_loop(self) -> None:
+        cfg = self.cfg
+        last_start = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.1)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            if cfg.min_inference_period > 0:
+                wait = last_start + cfg.min_inference_period - time.monotonic()
+                if wait > 0 and self._stop.wait(wait):
+                    break
+            assembler, policy = self.assembler, self.policy
+            if assembler is None or policy is None:
+                continue
+            try:
+                obs = assembler.assemble(now_sec(self))
+            except StaleObservation as exc:
+                if exc.reason != "no_new_data":
+                    self.refused.inc(exc.reason)
+                    self.log.warn(exc.reason, f"not running inference: {exc}")
+                continue
+            last_start = time.monotonic()
+            try:
+                chunk = np.asarray(policy.predict(obs), dtype=np.float64)
+            except Exception as exc:  # a failing forward pass is reported, and the next one is tried
+                self.refused.inc("inference_error")
+                self.log.error("inference", f"inference failed: {exc!r}")
+                continue
+            self.infer_ms.add((time.monotonic() - last_start) * 1e3)
+            expected = (policy.cfg.horizon, NUM_JOINTS)
+            if chunk.shape != expected or not np.all(np.isfinite(chunk)):
+                self.refused.inc("bad_model_output")
+                self.log.error("output", f"model returned {chunk.shape} (expected {expected}) or non-finite values")
+                continue
+            if self._stop.is_set():
+                break
+            self.chunk_pub.publish(chunk_to_trajectory(chunk, JOINT_NAMES, obs.stamp, 1.0 / policy.cfg.fps))
+            now = now_sec(self)
+            self.chunk_rate.tick(now)
+            self.obs_age_ms.add((now - obs.stamp) * 1e3)
+
+    def _report(self) -> tuple[int, str, dict[str, Any]]:
+        now = now_sec(self)
+        kv: dict[str, Any] = {"model": self.cfg.model, "device": self.device,
+                              "state": self._state_machine.current_state[1],
+                              "chunk_rate_hz": self.chunk_rate.rate(now), "chunks": self.chunk_rate.total,
+                              "instruction": (self.assembler.instruction if self.assembler else None) or "",
+                              "refused": self.refused.total()}
+        kv.update({f"inference_ms_{k}": v for k, v in self.infer_ms.percentiles().items()})
+        kv.update({f"obs_to_chunk_ms_{k}": v for k, v in self.obs_age_ms.percentiles().items()})
+        kv.update({f"refused[{k}]": v for k, v in self.refused.counts.items()})
+        kv.update({f"instructions[{k}]": v for k, v in self.instructions.counts.items()})
+        kv.update({f"input_errors[{k}]": v for k, v in self.input_errors.counts.items()})
+        if self.policy is None:
+            return Diagnostics.WARN, "not configured (no model loaded)", kv
+        if self._thread is None:
+            return Diagnostics.OK, "configured, inactive", kv
+        if kv["chunk_rate_hz"] == 0.0:
+            return Diagnostics.WARN, "active, no chunks in the last 5 s (inputs missing or stale?)", kv
+        return Diagnostics.OK, f"{kv['chunk_rate_hz']:.1f} chunks/s", kv
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script `policy_node`."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = PolicyNode()
+        if node.cfg.autostart and not node.startup():
+            node.get_logger().error("autostart failed; staying up unconfigured (see the error above)")
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

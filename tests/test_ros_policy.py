@@ -1,0 +1,101 @@
+"""policy_node over real DDS with the tiny model: chunks when fed cameras, joint states and an instruction
+(plain `ros2 topic pub` QoS); header stamp = observation time, points every 1/fps; bad instructions
+rejected; nothing published on stale input; a bad model path fails configure without crashing."""
+import time
+from pathlib import Path
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header, String
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla.joints import JOINT_NAMES
+from ki_vla_ros.msgs import make_joint_state, rgb_to_image_msg
+from ki_vla_ros.policy_node import PolicyNode
+from ki_vla_ros.ros_util import CAMERA_OUT_QOS, RELIABLE_QOS, duration_to_sec, now_sec, to_sec, to_time_msg
+from ki_vla_ros.testing import Collector, ros_harness, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+
+
+def policy_node(h, **params):
+    base = {"model": str(ROOT / "config/model/tiny.yaml"), "device": "cpu", "autostart": False,
+            "max_image_age": 2.0, "max_state_age": 2.0, "diagnostics_period": 0.25, "torch_threads": 1}
+    base.update(params)
+    return h.add(PolicyNode(context=h.context,
+                            parameter_overrides=[Parameter(k, value=v) for k, v in base.items()]))
+
+
+def diag(diags, name):
+    for d in reversed(diags.msgs):
+        for s in d.status:
+            if s.name == name:
+                return {v.key: v.value for v in s.values}
+    return None
+
+
+def test_policy_node_publishes_chunks_and_stops_on_stale_input():
+    with ros_harness() as h:
+        node = policy_node(h)
+        assert node.startup(), "configure/activate failed"
+        test = h.node("policy_test")
+        chunks = Collector(test, JointTrajectory, "/ki_vla/action_chunk", RELIABLE_QOS)
+        diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        cam_pubs = {c: test.create_publisher(Image, f"/ki_vla/camera/{c}", CAMERA_OUT_QOS) for c in CAMS}
+        js_pub = test.create_publisher(JointState, "/joint_states", RELIABLE_QOS)
+        instr_pub = test.create_publisher(String, "/instruction", QoSProfile(depth=10))  # ros2 topic pub default
+        rng = np.random.default_rng(0)
+        feeding = {"on": True}
+        sent_stamps: list[float] = []
+
+        def feed():
+            if not feeding["on"]:
+                return
+            t = now_sec(test)
+            sent_stamps.append(t)
+            header = Header(stamp=to_time_msg(t))
+            for c, p in cam_pubs.items():
+                p.publish(rgb_to_image_msg(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), header))
+            js_pub.publish(make_joint_state(JOINT_NAMES, np.zeros(14), t))
+
+        test.create_timer(0.05, feed)
+        time.sleep(0.5)
+        assert len(chunks) == 0            # no instruction yet: refused, nothing published
+        for bad in ("", "   ", "x" * 600):
+            instr_pub.publish(String(data=bad))
+        instr_pub.publish(String(data="pick up the cube"))
+        assert wait_for(lambda: len(chunks) >= 2, 30.0), "no chunks from the tiny model"
+        msg = chunks.msgs[-1]
+        assert list(msg.joint_names) == list(JOINT_NAMES)
+        assert len(msg.points) == node.policy.cfg.horizon
+        times = [duration_to_sec(p.time_from_start) for p in msg.points]
+        np.testing.assert_allclose(np.diff(times), 1.0 / node.policy.cfg.fps, atol=1e-6)
+        assert times[0] == 0.0
+        assert min(abs(to_sec(msg.header.stamp) - s) for s in sent_stamps) < 1e-6  # stamp = observation time
+        assert all(np.all(np.isfinite(p.positions)) for p in msg.points)
+        assert wait_for(lambda: (diag(diags, "policy_node: policy") or {}).get("instructions[rejected]") == "3", 3.0)
+        kv = diag(diags, "policy_node: policy")
+        assert kv["instruction"] == "pick up the cube" and kv["instructions[accepted]"] == "1"
+        assert float(kv["inference_ms_p50"]) > 0
+
+        # Stale input: stop the cameras; once the last frame is older than max_image_age, no more chunks.
+        feeding["on"] = False
+        time.sleep(2.0 + 1.5)             # max_image_age + one in-flight inference on a slow CPU
+        n = len(chunks)
+        time.sleep(1.5)
+        assert len(chunks) == n, "published chunks from stale input"
+        assert wait_for(lambda: "refused[stale_camera]" in (diag(diags, "policy_node: policy") or {}), 3.0)
+
+
+def test_bad_model_fails_configure_and_node_survives():
+    with ros_harness() as h:
+        node = policy_node(h, model="/nonexistent/model")
+        test = h.node("policy_test2")
+        diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        assert not node.startup()
+        assert node.policy is None
+        assert wait_for(lambda: diag(diags, "policy_node: policy") is not None, 3.0)
