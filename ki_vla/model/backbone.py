@@ -11,6 +11,7 @@ the upstream models, so a PaliGemma/SmolVLM state dict maps onto ours by prefix 
 from __future__ import annotations
 
 import logging
+import types
 from pathlib import Path
 
 import torch
@@ -75,6 +76,11 @@ class VLMBackbone(nn.Module):
             hf_cfg = hf_text_config(tc)
             model = GemmaModel(hf_cfg) if tc.arch == "gemma" else LlamaModel(hf_cfg)
         self.language_model = model
+        for layer in model.layers:
+            # Our layer computation (K/V out, explicit masks) replaces transformers' forward on each instance.
+            # Calling the layer module itself (rather than reaching into its submodules) keeps module hooks
+            # working: FSDP2 gathers each layer's shards in its forward pre-hook.
+            layer.forward = types.MethodType(_decoder_layer_forward, layer)
         if vc.arch == "siglip":
             self.vision_tower = SiglipVisionModel(self._siglip_config(vc))
             self.multi_modal_projector = MultiModalProjector(vc.hidden_size, tc.hidden_size)
@@ -131,28 +137,29 @@ class VLMBackbone(nn.Module):
         for i, layer in enumerate(self.language_model.layers):
             past = past_kv[i] if past_kv is not None else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, k, v = checkpoint(self._layer, layer, x, mask, cos, sin, past, use_reentrant=False)
+                x, k, v = checkpoint(layer, x, mask, cos, sin, past, use_reentrant=False)
             else:
-                x, k, v = self._layer(layer, x, mask, cos, sin, past)
+                x, k, v = layer(x, mask, cos, sin, past)
             new_kv.append((k, v))
         return self.language_model.norm(x), new_kv
 
-    @staticmethod
-    def _layer(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               past: KV | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        shape = (*h.shape[:2], -1, attn.head_dim)
-        q = attn.q_proj(h).view(shape).transpose(1, 2)
-        k = attn.k_proj(h).view(shape).transpose(1, 2)
-        v = attn.v_proj(h).view(shape).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        x = x + attn.o_proj(attend(q, k, v, mask))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return x, k, v
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.language_model.embed_tokens.weight.T
+
+
+def _decoder_layer_forward(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                           past: KV | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Llama/Gemma decoder layer: pre-norm attention with RoPE, then the MLP; returns (x, K, V) post-RoPE."""
+    attn = layer.self_attn
+    h = layer.input_layernorm(x)
+    shape = (*h.shape[:2], -1, attn.head_dim)
+    q = attn.q_proj(h).view(shape).transpose(1, 2)
+    k = attn.k_proj(h).view(shape).transpose(1, 2)
+    v = attn.v_proj(h).view(shape).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    if past is not None:
+        k = torch.cat([past[0], k], dim=2)
+        v = torch.cat([past[1], v], dim=2)
+    x = x + attn.o_proj(attend(q, k, v, mask))
+    x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return x, k, v

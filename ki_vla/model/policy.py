@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ki_vla.model.attention import block_causal_mask, positions_from_valid
@@ -136,6 +136,10 @@ class KIPolicy(nn.Module):
         return t * 0.999 + 0.001
 
     # ---- training ----------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The training forward is the loss: DDP and FSDP hook module calls, so trainers call `policy(batch)`."""
+        return self.compute_loss(batch, generator)
+
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """{"loss", "ce", "flow"} scalars. Samples without actions contribute CE only; `pi0` has no CE and
         `pi0_fast` no flow term (their entries are 0)."""
@@ -263,15 +267,17 @@ class KIPolicy(nn.Module):
         self.predict(obs)
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Weights (safetensors), config, both tokenizers and stats in one folder, written atomically: the
         folder is built beside the target and renamed into place, so a killed process leaves either the old
-        checkpoint or the new one, never a mix."""
+        checkpoint or the new one, never a mix. `state_dict` overrides the module's own tensors (an EMA copy, or the
+        full state gathered from FSDP shards)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
-            save_model(self, str(tmp / WEIGHTS))
+            tensors = self.state_dict() if state_dict is None else state_dict
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
             self.cfg.to_yaml(tmp / CONFIG)
             if self.processor.has_data_stats:
                 self.processor.normalizer.save(tmp / NORMALIZER)
@@ -310,12 +316,9 @@ class KIPolicy(nn.Module):
         text_tok = load_text_tokenizer(cfg.text.tokenizer, folder=path / TEXT_TOKENIZER)
         policy = cls(cfg, text_tokenizer=text_tok, fast_tokenizer=fast, normalizer=normalizer)
         try:
-            missing, unexpected = load_model(policy, str(path / WEIGHTS), strict=False)
-        except RuntimeError as exc:  # shape mismatches
-            raise ValueError(f"{path / WEIGHTS} does not match the config: {str(exc).splitlines()[0]}") from exc
-        if missing or unexpected:
-            raise ValueError(f"{path / WEIGHTS} does not match the config: missing {sorted(missing)[:5]}, "
-                             f"unexpected {sorted(unexpected)[:5]}")
+            policy.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+        except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
+            raise ValueError(f"{path / WEIGHTS} does not match the config: {' '.join(str(exc).split())[:400]}") from exc
         return policy.to(device).eval()
 
     @classmethod

@@ -1,9 +1,11 @@
 """Raw samples -> model batch: image resizing, the pi0.5 prompt, FAST targets, normalization.
 
-Two kinds of samples share one batch (that is what co-training needs):
-  robot  {"images": {cam: uint8 (H, W, 3) | None}, "state": (state_dim,), "instruction": str,
+Two kinds of samples share one batch (that is what co-training needs); `ki_vla.data.samples` and
+`ki_vla.data.cotrain` produce both:
+  robot  {"images": {cam: uint8 (H, W, 3)}, "state": (state_dim,), "instruction": str,
           "actions": (horizon, action_dim) real units (training only), "action_is_pad": (horizon,) bool}
-  vlm    {"images": {cam: ... } (cameras may be missing), "prompt": str, "answer": str}
+  vlm    {"images": {...}, "is_vlm": True, "instruction" or "prompt": str, "answer": str}
+  either may carry "image_mask": {cam: bool}; a camera that is absent or masked is zero with image_valid False.
 
 Batch layout (all tensors; L_img = cameras x tokens per image):
   images (B, N_cam, 3, S, S) float in [-1, 1]     image_valid (B, N_cam) bool
@@ -111,8 +113,8 @@ class Processor:
             ids = ids[: self.cfg.max_text_tokens]
         return ids
 
-    def _targets(self, sample: dict[str, Any], norm_actions: np.ndarray | None) -> list[int]:
-        if "answer" in sample:
+    def _targets(self, sample: dict[str, Any], norm_actions: np.ndarray | None, is_vlm: bool) -> list[int]:
+        if is_vlm:
             ids = list(self.text_tokenizer(str(sample["answer"]), add_special_tokens=False)["input_ids"])
         elif norm_actions is not None and self.cfg.trains_backbone_ce:
             if self.fast_tokenizer is None:
@@ -143,11 +145,14 @@ class Processor:
         action_valid = np.zeros((b, h), bool)
         for i, sample in enumerate(samples):
             cams = sample.get("images") or {}
+            masks = sample.get("image_mask") or {}
             for j, cam in enumerate(cfg.camera_names):
-                images[i, j], image_valid[i, j] = self._image(cams.get(cam), cam)
+                img = cams.get(cam) if bool(masks.get(cam, True)) else None
+                images[i, j], image_valid[i, j] = self._image(img, cam)
             norm_actions = None
-            if "prompt" in sample:
-                prompt = str(sample["prompt"])
+            is_vlm = bool(sample.get("is_vlm", "prompt" in sample))
+            if is_vlm:
+                prompt = str(sample.get("prompt", sample.get("instruction", "")))
             else:
                 state = np.asarray(sample["state"], np.float32)
                 if state.shape != (cfg.state_dim,):
@@ -165,7 +170,7 @@ class Processor:
             text_ids[i, cfg.max_text_tokens - len(ids):] = ids
             text_valid[i, cfg.max_text_tokens - len(ids):] = True
             if with_targets:
-                tgt = self._targets(sample, norm_actions)
+                tgt = self._targets(sample, norm_actions, is_vlm)
                 target_ids[i, : len(tgt)] = tgt
                 target_valid[i, : len(tgt)] = True
         batch = {"images": images, "image_valid": image_valid, "text_ids": text_ids, "text_valid": text_valid,

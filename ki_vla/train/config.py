@@ -1,0 +1,95 @@
+"""Training configuration: a dataclass loaded from YAML, overridable with `key=value` on the command line."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ki_vla.model.config import VARIANTS
+
+
+@dataclass
+class TrainConfig:
+    model: str = "config/model/tiny.yaml"  # model YAML (new model) or a checkpoint folder (fine-tune)
+    variant: str | None = None  # override the model config's variant
+    dataset: str = ""  # LeRobot dataset folder (v3.0 or v2.1)
+    vlm_dataset: str | None = None  # co-training folder (samples.jsonl + images), see ki_vla.data.cotrain
+    vlm_ratio: float = 0.0
+    output_dir: str = "outputs/train"
+    max_steps: int = 1000
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum_steps: int = 1
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at max_steps
+    grad_clip: float = 1.0
+    ema_decay: float | None = 0.999  # None disables EMA
+    gradient_checkpointing: bool = False
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    distributed: str = "ddp"  # under torchrun: ddp | fsdp
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    num_workers: int = 0
+    fast_vocab_size: int = 1024  # when the dataset has no FAST tokenizer yet
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"invalid train config: {msg}")
+
+        need(self.variant is None or self.variant in VARIANTS, f"variant {self.variant!r} not in {VARIANTS}")
+        need(self.max_steps > 0, "max_steps must be > 0")
+        need(self.batch_size > 0 and self.grad_accum_steps > 0, "batch_size and grad_accum_steps must be > 0")
+        need(self.lr > 0 and 0 <= self.min_lr_ratio <= 1, "lr must be > 0 and min_lr_ratio in [0, 1]")
+        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas must be two numbers in [0, 1)")
+        need(self.warmup_steps >= 0 and self.grad_clip >= 0, "warmup_steps and grad_clip must be >= 0")
+        need(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be in (0, 1) or null")
+        need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
+        need(self.distributed in ("ddp", "fsdp"), "distributed must be ddp or fsdp")
+        need(0 <= self.vlm_ratio < 1, "vlm_ratio must be in [0, 1)")
+        need(self.vlm_ratio == 0 or bool(self.vlm_dataset), "vlm_ratio > 0 needs vlm_dataset")
+        need(self.save_every > 0 and self.log_every > 0 and self.keep_checkpoints > 0,
+             "save_every, log_every and keep_checkpoints must be > 0")
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> "TrainConfig":
+        """YAML file (optional) + `key=value` overrides; values are parsed as YAML (`1e-3`, `true`, `[0.9, 0.95]`)."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"train config not found: {path}")
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a mapping at the top level")
+            data.update(loaded)
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"override {item!r} is not key=value")
+            data[key.strip()] = yaml.safe_load(value)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown train config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["betas"] = list(self.betas)
+        return out
