@@ -336,3 +336,59 @@ def test_feature_names_forms() -> None:
     assert lr._feature_names({"shape": [2], "names": ["a", "b"]}, "x") == ["a", "b"]
     assert lr._feature_names({"shape": [2], "names": {"motors": ["a", "b"]}}, "x") == ["a", "b"]
     assert lr._feature_names({"shape": [2], "names": None}, "x") == ["x_0", "x_1"]
+
+
+def test_read_hand_built_v3_with_gaps_in_concatenated_video(tmp_path: Path) -> None:
+    """A v3 folder assembled independently of our writer, as LeRobot tools produce it: pandas-written tasks
+    with an unnamed index, list (not fixed-size) vectors, and episodes addressed inside one mp4 by
+    from/to timestamps that are not back to back (ep 1 starts at frame 15 after a 5-frame gap)."""
+    root = tmp_path / "v3"
+    frames = smooth_frames(30, 0)
+    enc = VideoEncoder(root / "videos/observation.images.top/chunk-000/file-000.mp4", 50, W, H, codec="mpeg4")
+    for f in frames:
+        enc.add(f)
+    enc.close()
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    (root / "data/chunk-000").mkdir(parents=True)
+    info = {
+        "codebase_version": "v3.0", "robot_type": "aloha", "total_episodes": 2, "total_frames": 25, "total_tasks": 2,
+        "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500, "fps": 50,
+        "splits": {"train": "0:2"}, "data_path": lr.DEFAULT_DATA_PATH, "video_path": lr.DEFAULT_VIDEO_PATH,
+        "features": {
+            "observation.images.top": {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
+                                       "info": {"video.codec": "mpeg4", "video.fps": 50}},
+            "observation.state": {"dtype": "float32", "shape": [2], "names": ["a", "b"]},
+            "action": {"dtype": "float32", "shape": [2], "names": ["a", "b"]},
+            **{k: {"dtype": "int64", "shape": [1], "names": None} for k in ("frame_index", "episode_index", "index", "task_index")},
+            "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+        },
+    }
+    (root / "meta/info.json").write_text(json.dumps(info))
+    pd.DataFrame({"task_index": [0, 1]}, index=["pick", "place"]).to_parquet(root / "meta/tasks.parquet")
+    pd.DataFrame({
+        "episode_index": [0, 1], "tasks": [["place"], ["pick"]], "length": [10, 15],
+        "data/chunk_index": [0, 0], "data/file_index": [0, 0], "dataset_from_index": [0, 10], "dataset_to_index": [10, 25],
+        "videos/observation.images.top/chunk_index": [0, 0], "videos/observation.images.top/file_index": [0, 0],
+        "videos/observation.images.top/from_timestamp": [0.0, 0.3], "videos/observation.images.top/to_timestamp": [0.2, 0.6],
+    }).to_parquet(root / "meta/episodes/chunk-000/file-000.parquet")
+    rows = [(0, t, 1) for t in range(10)] + [(1, t, 0) for t in range(15)]
+    pd.DataFrame({
+        "observation.state": [np.array([e, t], dtype=np.float32) for e, t, _ in rows],
+        "action": [np.array([e, -t], dtype=np.float32) for e, t, _ in rows],
+        "timestamp": np.array([t / 50 for _, t, _ in rows], dtype=np.float32),
+        "frame_index": [t for _, t, _ in rows], "episode_index": [e for e, _, _ in rows],
+        "index": list(range(25)), "task_index": [k for _, _, k in rows],
+    }).iloc[::-1].to_parquet(root / "data/chunk-000/file-000.parquet")  # row order must not matter
+    ds = LeRobotDataset(root)
+    assert ds.tasks == ["pick", "place"] and ds.stats == {}
+    ep1 = ds.episode(1)
+    assert ep1["task"] == "pick" and ep1["state"][:, 1].tolist() == list(range(15))
+    # MPEG-4 part 2 at 32x32 is coarse, so check which source frame each decoded frame is closest to.
+    assert nearest_source_frames(ep1["images"]["top"], frames) == list(range(15, 30))
+    assert ds.episode(0)["task"] == "place"
+    assert nearest_source_frames(ds.episode(0)["images"]["top"], frames) == list(range(10))
+
+
+def nearest_source_frames(decoded: np.ndarray, source: np.ndarray) -> list[int]:
+    err = ((decoded[:, None].astype(float) - source[None].astype(float)) ** 2).mean(axis=(2, 3, 4))
+    return err.argmin(axis=1).tolist()

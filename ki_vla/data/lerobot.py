@@ -249,11 +249,15 @@ class LeRobotDataset:
 
     @property
     def image_shape(self) -> tuple[int, ...] | None:
-        """Stored (H, W, C) of the first camera, from info.json."""
+        """(H, W, C) of the first camera as declared in info.json."""
         if not self.camera_keys:
             return None
-        shape = self.features[next(iter(self.camera_keys.values()))].get("shape")
-        return tuple(shape) if shape else None
+        feat = self.features[next(iter(self.camera_keys.values()))]
+        shape = [int(v) for v in feat.get("shape") or []]
+        names = feat.get("names") or []
+        if len(shape) == 3 and isinstance(names, list) and names and str(names[0]).startswith("channel"):
+            shape = [shape[1], shape[2], shape[0]]  # some datasets declare (C, H, W); frames decode as (H, W, C)
+        return tuple(shape) if len(shape) == 3 else None
 
     def _load_tasks(self) -> dict[int, str]:
         if self.is_v3:
@@ -815,8 +819,8 @@ class LeRobotDatasetWriter:
             "total_frames": self._num_frames,
             "total_tasks": len(self._tasks),
             "chunks_size": self.chunks_size,
-            "data_files_size_in_mb": self.data_file_size_mb,
-            "video_files_size_in_mb": self.video_file_size_mb,
+            "data_files_size_in_mb": _int_if_whole(self.data_file_size_mb),
+            "video_files_size_in_mb": _int_if_whole(self.video_file_size_mb),
             "fps": self.fps,
             "splits": {"train": f"0:{len(self._episodes)}"},
             "data_path": DEFAULT_DATA_PATH,
@@ -875,6 +879,10 @@ class LeRobotDatasetWriter:
             self.finalize()
         else:
             self.abort()
+
+
+def _int_if_whole(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
 
 
 def _downsample(frame: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ _ENCODERS: tuple[tuple[str, str, dict[str, str]], ...] = (
     ("libsvtav1", "av1", {"preset": "10", "crf": "30", "g": "2"}),
     ("libaom-av1", "av1", {"cpu-used": "8", "crf": "30", "g": "2"}),
     ("libx264", "h264", {"preset": "veryfast", "crf": "18", "g": "2"}),
-    ("mpeg4", "mpeg4", {"qscale": "2", "g": "2"}),
+    ("mpeg4", "mpeg4", {"g": "2"}),  # bitrate set per resolution in VideoEncoder
 )
 
 
@@ -89,6 +89,10 @@ class VideoEncoder:
         self.width = width
         self.height = height
         encoder, self.codec, options = available_encoder(codec)
+        if encoder == "mpeg4" and "b" not in options:
+            # MPEG-4 part 2 is rate-controlled; its default 200 kb/s turns small P-frame changes into copies of the
+            # keyframe. ~1 bit per pixel keeps frames distinct and close to the source.
+            options["b"] = str(max(2_000_000, width * height * self.fps))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(self.path), mode="w")
         self._stream = self._container.add_stream(encoder, rate=self.fps)
