@@ -27,7 +27,7 @@ from ki_vla.joints import JOINT_NAMES, NUM_JOINTS
 from ki_vla_ros.config import PolicyNodeConfig, resolve_path
 from ki_vla_ros.msgs import chunk_to_trajectory, image_msg_to_rgb, joint_state_positions
 from ki_vla_ros.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
-from ki_vla_ros.ros_util import (CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics,
+from ki_vla_ros.ros_util import (CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS, Diagnostics,
                                  ThrottledLog, declare_config, now_sec, to_sec)
 from ki_vla_ros.stats import Counter, RateMeter, Window
 
@@ -66,6 +66,13 @@ class PolicyNode(LifecycleNode):
         self.diag = Diagnostics(self, self.cfg.diagnostics_period)
         self.diag.add("policy", self._report)
         self._pending_instruction = self.cfg.default_instruction
+        # Instructions are accepted in every lifecycle state (the newest one is used once active). Two
+        # subscriptions: a volatile one matches any publisher (`ros2 topic pub` included); a transient-local
+        # one also receives the current value from latched publishers (e.g. the sim's episode task) that
+        # published before this node came up. A repeated identical text is accepted quietly.
+        self.create_subscription(String, self.cfg.instruction_topic, self._on_instruction, INSTRUCTION_QOS)
+        self.create_subscription(String, self.cfg.instruction_topic, self._on_instruction, LATCHED_INSTRUCTION_QOS)
+        self._last_instruction = ""
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def startup(self) -> bool:
@@ -104,7 +111,10 @@ class PolicyNode(LifecycleNode):
         pcfg = self.policy.cfg
         self.assembler = ObservationAssembler(pcfg.camera_names, pcfg.state_dim, cfg.max_image_age, cfg.max_state_age)
         if self._pending_instruction:
-            self.assembler.set_instruction(clean_instruction(self._pending_instruction, cfg.max_instruction_chars))
+            try:
+                self.assembler.set_instruction(clean_instruction(self._pending_instruction, cfg.max_instruction_chars))
+            except InstructionError as exc:
+                self.get_logger().warning(f"ignoring default_instruction: {exc}")
         self.chunk_pub = self.create_lifecycle_publisher(JointTrajectory, cfg.chunk_topic, RELIABLE_QOS)
         for name in pcfg.camera_names:
             topic = cfg.camera_topic.format(name=name)
@@ -112,8 +122,6 @@ class PolicyNode(LifecycleNode):
                 Image, topic, lambda m, n=name: self._on_image(n, m), CAMERA_OUT_QOS))
         self._subs.append(self.create_subscription(JointState, cfg.joint_states_topic, self._on_state,
                                                    JOINT_STATE_IN_QOS))
-        self._subs.append(self.create_subscription(String, cfg.instruction_topic, self._on_instruction,
-                                                   INSTRUCTION_QOS))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -190,11 +198,13 @@ class PolicyNode(LifecycleNode):
             self.instructions.inc("rejected")
             self.get_logger().warning(f"rejected instruction: {exc}")
             return
+        if text == self._last_instruction:
+            return
+        self._last_instruction = text
         self.instructions.inc("accepted")
+        self._pending_instruction = text
         if self.assembler is not None:
             self.assembler.set_instruction(text)
-        else:
-            self._pending_instruction = text
         self.get_logger().info(f"instruction: {text!r} (used from the next inference)")
 
     # ---- inference ----------------------------------------------------------------------------------

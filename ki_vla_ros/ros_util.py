@@ -35,6 +35,10 @@ RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability
                           durability=DurabilityPolicy.VOLATILE)
 # /instruction: exactly what `ros2 topic pub` offers by default (reliable, volatile), so it connects.
 INSTRUCTION_QOS = RELIABLE_QOS
+# A second /instruction subscription that also gets the last value a latched (transient-local) publisher sent
+# before we subscribed; it does not match volatile publishers, which INSTRUCTION_QOS covers.
+LATCHED_INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 def declare_config(node: Node, cls: type[T]) -> T:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile
+from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 from trajectory_msgs.msg import JointTrajectory
@@ -24,7 +24,7 @@ CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 
 def policy_node(h, **params):
     base = {"model": str(ROOT / "config/model/tiny.yaml"), "device": "cpu", "autostart": False,
-            "max_image_age": 2.0, "max_state_age": 2.0, "diagnostics_period": 0.25, "torch_threads": 1}
+            "max_image_age": 1.0, "max_state_age": 1.0, "diagnostics_period": 0.25, "torch_threads": 1}
     base.update(params)
     return h.add(PolicyNode(context=h.context,
                             parameter_overrides=[Parameter(k, value=v) for k, v in base.items()]))
@@ -84,18 +84,22 @@ def test_policy_node_publishes_chunks_and_stops_on_stale_input():
 
         # Stale input: stop the cameras; once the last frame is older than max_image_age, no more chunks.
         feeding["on"] = False
-        time.sleep(2.0 + 1.5)             # max_image_age + one in-flight inference on a slow CPU
+        time.sleep(1.0 + 1.5)             # max_image_age + one in-flight inference on a slow CPU
         n = len(chunks)
         time.sleep(1.5)
         assert len(chunks) == n, "published chunks from stale input"
         assert wait_for(lambda: "refused[stale_camera]" in (diag(diags, "policy_node: policy") or {}), 3.0)
 
 
-def test_bad_model_fails_configure_and_node_survives():
+def test_bad_model_fails_configure_and_latched_instruction_is_received():
     with ros_harness() as h:
-        node = policy_node(h, model="/nonexistent/model")
         test = h.node("policy_test2")
+        latched = test.create_publisher(String, "/instruction", QoSProfile(
+            depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        latched.publish(String(data="fold the towel"))     # before the policy node exists (like the sim)
+        node = policy_node(h, model="/nonexistent/model")
         diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
         assert not node.startup()
         assert node.policy is None
-        assert wait_for(lambda: diag(diags, "policy_node: policy") is not None, 3.0)
+        assert wait_for(lambda: (diag(diags, "policy_node: policy") or {}).get("instructions[accepted]") == "1", 5.0)
+        assert node._pending_instruction == "fold the towel"
