@@ -1,7 +1,6 @@
 """ChunkDataset: action chunks with end padding and masks, per-episode decode caching, block sampler."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

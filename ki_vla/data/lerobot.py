@@ -42,7 +42,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from ki_vla.data import normalize
 from ki_vla.data.video import VideoEncoder, decode_frames
@@ -103,19 +105,12 @@ def _column_to_numpy(col: pa.ChunkedArray | pa.Array, key: str) -> np.ndarray:
         values = arr.flatten().to_numpy(zero_copy_only=False)
         return values.reshape(len(arr), arr.type.list_size)
     if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        lengths = np.asarray(pc_list_lengths(arr))
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
         if len(arr) and not np.all(lengths == lengths[0]):
             raise ValueError(f"column {key!r} has rows of different lengths {sorted(set(lengths.tolist()))[:5]}")
         values = arr.flatten().to_numpy(zero_copy_only=False)
         return values.reshape(len(arr), int(lengths[0]) if len(arr) else 0)
     return arr.to_numpy(zero_copy_only=False)
-
-
-def pc_list_lengths(arr: pa.Array) -> np.ndarray:
-    """Lengths of the lists in a list array."""
-    import pyarrow.compute as pc
-
-    return pc.list_value_length(arr).to_numpy(zero_copy_only=False)
 
 
 def _decode_png_cell(cell: Any, root: Path, key: str) -> np.ndarray:
@@ -330,7 +325,8 @@ class LeRobotDataset:
             raise ValueError(f"{self.root}: data files missing: {missing[:3]}")
         numeric = [STATE_KEY, ACTION_KEY, *_INDEX_FEATURES]
         tables = []
-        for f in files:
+        # v2.x keeps one parquet per episode: thousands of small reads on big datasets deserve a progress bar.
+        for f in tqdm(files, desc=f"read {self.root.name}", unit="file", disable=len(files) < 200, leave=False):
             names = pq.read_schema(f).names
             for need in (STATE_KEY, ACTION_KEY, "episode_index", "frame_index"):
                 if need not in names:
