@@ -1,0 +1,117 @@
+"""`ki-vla-ros up`: the launch file's node graph for machines without `ros2 launch`.
+
+Why one process per node (not one process with a MultiThreadedExecutor): the executor's 50 Hz timer must
+not share a Python interpreter (GIL, garbage collector pauses) with model inference and image decoding; a
+crash in one node must not take the control loop with it; and it is what `ros2 launch` does, so both ways
+of starting the graph behave the same. The Fast DDS LARGE_DATA transport is set for every child because
+it must be in the environment before a DDS participant exists.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from ki_vla_ros.config import DEFAULT_CONFIG
+from ki_vla_ros.graph import GraphPlan, build_plan, graph_env
+
+STOP_GRACE_S = 10.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ki-vla-ros", description="ROS 2 runtime of ki_vla: start the node graph.")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start camera, policy and executor nodes (and the sim) from a config")
+    up.add_argument("--config", default=DEFAULT_CONFIG, help="ROS 2 parameter file (default %(default)s)")
+    up.add_argument("--model", default=None, help="checkpoint folder, or model YAML (random weights, warns)")
+    up.add_argument("--device", default=None, help="policy device: auto | cpu | cuda[:N]")
+    up.add_argument("--sim", action="store_true", help="also start the MuJoCo sim node (when installed)")
+    up.add_argument("--use-sim-time", action="store_true", help="nodes follow /clock")
+    up.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
+    up.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    return p
+
+
+class Supervisor:
+    """Starts the processes, watches them, and stops all of them on Ctrl-C, SIGTERM or any child's exit."""
+
+    def __init__(self, plan: GraphPlan) -> None:
+        self.plan = plan
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._stop = False
+
+    def _signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop = True
+
+    def run(self, duration: float = 0.0) -> int:
+        old_int = signal.signal(signal.SIGINT, self._signal)
+        old_term = signal.signal(signal.SIGTERM, self._signal)
+        env = graph_env()
+        rc = 0
+        try:
+            for p in self.plan.processes:
+                print(f"[ki-vla-ros] starting {p.name}: {p.describe()}", flush=True)
+                # Own process group: the terminal's Ctrl-C reaches only us, and we stop children in order.
+                self.procs.append((p.name, subprocess.Popen(p.argv, env=env, start_new_session=True)))
+            deadline = time.monotonic() + duration if duration > 0 else None
+            while not self._stop:
+                for name, proc in self.procs:
+                    code = proc.poll()
+                    if code is not None:
+                        print(f"[ki-vla-ros] {name} exited with code {code}; stopping the graph", flush=True)
+                        rc = code or 1
+                        self._stop = True
+                        break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                time.sleep(0.1)
+        finally:
+            self.stop_all()
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            for f in self.plan.temp_files:
+                f.unlink(missing_ok=True)
+        return rc
+
+    def stop_all(self) -> None:
+        """SIGINT (rclpy shuts down cleanly), then SIGTERM, then SIGKILL for anything still running."""
+        for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            alive = [(n, p) for n, p in self.procs if p.poll() is None]
+            if not alive:
+                break
+            for name, p in alive:
+                try:
+                    p.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+            end = time.monotonic() + grace
+            while time.monotonic() < end and any(p.poll() is None for _, p in alive):
+                time.sleep(0.05)
+        for name, p in self.procs:
+            print(f"[ki-vla-ros] {name} stopped (code {p.poll()})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        plan = build_plan(args.config, model=args.model, device=args.device, sim=args.sim,
+                          use_sim_time=args.use_sim_time)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"ki-vla-ros: {exc}", file=sys.stderr)
+        return 2
+    for note in plan.notes:
+        print(f"[ki-vla-ros] note: {note}", flush=True)
+    if args.dry_run:
+        for p in plan.processes:
+            print(p.describe())
+        for f in plan.temp_files:
+            f.unlink(missing_ok=True)
+        return 0
+    return Supervisor(plan).run(args.duration)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The node graph of config/bimanual.yaml as data: which processes, with which arguments (no rclpy).
+
+Why: `ki-vla-ros up` (pip machines without `ros2 launch`) and launch/bimanual.launch.py must start the
+same graph from the same config. This module is what `up` runs and what the launch test compares the
+launch file against.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ki_vla_ros.config import read_parameter_file, resolve_path
+
+CORE_NODES = ("camera_node", "policy_node", "executor_node")
+LARGE_DATA_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
+
+
+@dataclass
+class NodeProcess:
+    """One process of the graph: a command line and the node name it runs."""
+
+    name: str
+    argv: list[str]
+    optional_reason: str = ""   # non-empty when the process is started only if available
+
+    def describe(self) -> str:
+        return " ".join(self.argv)
+
+
+@dataclass
+class GraphPlan:
+    processes: list[NodeProcess]
+    notes: list[str] = field(default_factory=list)   # what is skipped and why (printed by `up`)
+    temp_files: list[Path] = field(default_factory=list)
+
+
+def sim_available() -> bool:
+    """True once the sim node module exists in this install (it is added to the graph only then)."""
+    return importlib.util.find_spec("ki_vla_ros.sim_node") is not None
+
+
+def robot_state_publisher_executable() -> str | None:
+    """The robot_state_publisher binary of a system ROS 2 install, if any (it is not on PyPI)."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+
+        exe = Path(get_package_prefix("robot_state_publisher")) / "lib" / "robot_state_publisher" / "robot_state_publisher"
+        return str(exe) if exe.exists() else None
+    except Exception:  # no ament index (pip install) or package not installed
+        return shutil.which("robot_state_publisher")
+
+
+def ros_args(params_file: str | Path, node_name: str, overrides: dict[str, object]) -> list[str]:
+    args = ["--ros-args", "-r", f"__node:={node_name}", "--params-file", str(params_file)]
+    for k, v in overrides.items():
+        value = str(v).lower() if isinstance(v, bool) else str(v)
+        args += ["-p", f"{k}:={value}"]
+    return args
+
+
+def build_plan(config: str | Path, model: str | None = None, device: str | None = None, sim: bool = False,
+               use_sim_time: bool = False, python: str = sys.executable) -> GraphPlan:
+    """The processes for the graph of `config`; model/device override the policy node's parameters."""
+    config_path = resolve_path(str(config))
+    params = read_parameter_file(config_path)
+    missing = [n for n in CORE_NODES if n not in params]
+    if missing:
+        raise ValueError(f"{config_path} has no section for {missing}")
+    plan = GraphPlan(processes=[])
+    common = {"use_sim_time": use_sim_time}
+    for name in CORE_NODES:
+        overrides: dict[str, object] = dict(common)
+        if name == "policy_node":
+            if model:
+                overrides["model"] = str(resolve_path(model))
+            if device:
+                overrides["device"] = device
+        plan.processes.append(NodeProcess(name, [python, "-m", f"ki_vla_ros.{name}"]
+                                          + ros_args(config_path, name, overrides)))
+    if sim:
+        if sim_available():
+            plan.processes.insert(0, NodeProcess("sim_node", [python, "-m", "ki_vla_ros.sim_node"]
+                                                 + ros_args(config_path, "sim_node", {})))
+        else:
+            plan.notes.append("--sim requested but the sim is unavailable (ki_vla_ros.sim_node is not installed): "
+                              "starting without it")
+    rsp = robot_state_publisher_executable()
+    rsp_params = params.get("robot_state_publisher", {})
+    if rsp is None:
+        plan.notes.append("robot_state_publisher is not installed (a system ROS 2 package): arm TF frames will not "
+                          "be published; the executor still reads its limits from the URDF")
+    else:
+        urdf = resolve_path(str(rsp_params.get("urdf_path", "urdf/aloha_vx300s.urdf"))).read_text()
+        fd, tmp = tempfile.mkstemp(prefix="ki_vla_rsp_", suffix=".yaml")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump({"robot_state_publisher": {"ros__parameters": {
+                "robot_description": urdf, "use_sim_time": use_sim_time,
+                "publish_frequency": float(rsp_params.get("publish_frequency", 20.0))}}}, f)
+        plan.temp_files.append(Path(tmp))
+        plan.processes.append(NodeProcess("robot_state_publisher", [rsp, "--ros-args", "--params-file", tmp]))
+    return plan
+
+
+def graph_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for the graph: Fast DDS LARGE_DATA transport unless the user chose one (ARCHITECTURE.md:
+    the default transport delays small messages to ~70 ms and drops some while 640x480 frames flow)."""
+    env = dict(os.environ if base is None else base)
+    for k, v in LARGE_DATA_ENV.items():
+        env.setdefault(k, v)
+    return env
