@@ -26,6 +26,7 @@ commands give bit-identical trajectories.
 from __future__ import annotations
 
 import atexit
+import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,7 +292,8 @@ class BimanualSim:
         self.instruction = ""
         self.target: str | None = None
         self.step_count = 0
-        self.reset()
+        self._render_thread: int | None = None
+        self.reset(render=False)  # renderer (a GL context) is made lazily, on the thread that renders
 
     # ------------------------------------------------------------------ properties / info
     @property
@@ -507,7 +509,15 @@ class BimanualSim:
             raise ValueError(f"unknown camera(s) {unknown}; this scene has {self.camera_names}")
         if not cams:
             return {}
+        if self._renderer is not None and self._render_thread != threading.get_ident():
+            # A GL context is bound to the thread that made it (EGL_BAD_ACCESS elsewhere): start afresh.
+            try:
+                self._renderer.close()
+            except Exception:  # noqa: BLE001 - the old context may not be releasable from here
+                pass
+            self._renderer = None
         if self._renderer is None:
+            self._render_thread = threading.get_ident()
             h, w = self.config.image_size
             if h > self.model.vis.global_.offheight or w > self.model.vis.global_.offwidth:
                 self.model.vis.global_.offheight = max(h, self.model.vis.global_.offheight)

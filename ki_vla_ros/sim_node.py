@@ -1,0 +1,316 @@
+"""sim_node: the MuJoCo bimanual sim behind the interface a ros2_control robot offers.
+
+Publishes `/<cam>/image_raw` (sensor_msgs/Image rgb8), `/joint_states` (the 14 joints of
+ki_vla.joints), `/clock` (sim time, for nodes run with use_sim_time), the episode's instruction
+(latched) and a JSON status per tick (reward, success: what evaluators need). Subscribes to the two
+arm controller topics with JointTrajectoryController semantics (ki_vla.sim.trajectory), plus
+`/sim/step` (std_msgs/UInt32: advance N ticks) and `/sim/reset` (std_msgs/Int64: new episode with
+that seed, negative = next seed).
+
+Modes:
+* realtime: ticks at control_hz against the wall clock (demos, like a real robot).
+* lockstep: the sim only advances when asked: N ticks per /sim/step message, and, when
+  lockstep_on_command is true, one tick each time both arms have received a command since the last
+  tick (an executor publishing both arms once per control period then drives the sim at its own pace).
+  Results depend only on the messages, not on the machine's speed: deterministic tests.
+
+All simulation (physics, rendering, publishing) runs in one worker thread: a MuJoCo GL context must
+stay on the thread that made it, and ROS callbacks only queue requests. The physics, controllers and
+clock are ki_vla.sim.robot.SimRobot; this file is wiring.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header, Int64, String, UInt32
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
+from ki_vla.sim.robot import SimRobot, TickResult
+from ki_vla.sim.scenes import DEFAULT_CAMERAS, TASKS, BimanualSim
+from ki_vla_ros.msgs import rgb_to_image_msg, trajectory_to_arrays
+from ki_vla_ros.ros_util import RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, to_sec, to_time_msg
+
+MODES = ("realtime", "lockstep")
+
+# Images: reliable keep-last-1 matches both reliable and best-effort subscribers and never queues
+# stale frames. Latched topics (instruction) use transient local so late joiners get the current one.
+IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.VOLATILE)
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+CLOCK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.VOLATILE)
+
+
+@dataclass
+class SimNodeConfig:
+    """sim_node parameters (every name is one)."""
+
+    task: str = "transfer_cube"                  # transfer_cube | insertion | transfer_color
+    seed: int = 0                                # first episode's seed
+    target: str = ""                             # transfer_color: "red" | "blue" | "" (drawn per seed)
+    mode: str = "realtime"                       # realtime | lockstep
+    lockstep_on_command: bool = True             # lockstep: tick when both arms were commanded
+    control_hz: float = CONTROL_HZ
+    camera_names: list[str] = field(default_factory=lambda: list(DEFAULT_CAMERAS))
+    image_height: int = 240
+    image_width: int = 320
+    camera_hz: float = 25.0                      # must divide control_hz; 0 = no cameras published
+    camera_topic: str = "/{name}/image_raw"
+    camera_frame_id: str = "{name}_optical_frame"
+    joint_states_topic: str = "/joint_states"
+    left_command_topic: str = "/left_arm_controller/joint_trajectory"
+    right_command_topic: str = "/right_arm_controller/joint_trajectory"
+    step_topic: str = "/sim/step"
+    reset_topic: str = "/sim/reset"
+    status_topic: str = "/sim/status"
+    instruction_topic: str = "/sim/instruction"  # "" = do not publish; "/instruction" feeds the policy directly
+    publish_clock: bool = True
+    clock_topic: str = "/clock"
+    idle_republish_period: float = 0.5           # lockstep: re-send the last observation while idle (s, 0 = off)
+    diagnostics_period: float = 1.0
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {list(TASKS)}, got {self.task!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.target not in ("", "red", "blue"):
+            raise ValueError(f"target must be '', 'red' or 'blue', got {self.target!r}")
+        if self.target and self.task != "transfer_color":
+            raise ValueError("target only applies to task transfer_color")
+        if self.camera_hz < 0 or (self.camera_hz > 0 and abs(self.control_hz / self.camera_hz
+                                                             - round(self.control_hz / self.camera_hz)) > 1e-6):
+            raise ValueError(f"camera_hz ({self.camera_hz}) must divide control_hz ({self.control_hz}) or be 0")
+
+    @property
+    def camera_every(self) -> int:
+        return max(1, int(round(self.control_hz / self.camera_hz))) if self.camera_hz > 0 else 0
+
+
+class SimNode(Node):
+    """Wiring around SimRobot; see the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("sim_node", **kwargs)
+        self.cfg = declare_config(self, SimNodeConfig)
+        self.cfg.validate()
+        cams = tuple(self.cfg.camera_names) if self.cfg.camera_hz > 0 else ()
+        self.env = BimanualSim(self.cfg.task, seed=self.cfg.seed, cameras=cams,
+                               image_size=(self.cfg.image_height, self.cfg.image_width), control_hz=self.cfg.control_hz)
+        clock_start = 0.0 if self.cfg.publish_clock else self.get_clock().now().nanoseconds * 1e-9
+        self.robot = SimRobot(self.env, camera_every=self.cfg.camera_every or 1, clock_start=clock_start)
+        self.log = ThrottledLog(self)
+
+        self.image_pubs = {c: self.create_publisher(Image, self.cfg.camera_topic.format(name=c), IMAGE_QOS)
+                           for c in cams}
+        self.joint_pub = self.create_publisher(JointState, self.cfg.joint_states_topic, RELIABLE_QOS)
+        self.status_pub = self.create_publisher(String, self.cfg.status_topic, RELIABLE_QOS)
+        self.instruction_pub = (self.create_publisher(String, self.cfg.instruction_topic, LATCHED_QOS)
+                                if self.cfg.instruction_topic else None)
+        self.clock_pub = self.create_publisher(Clock, self.cfg.clock_topic, CLOCK_QOS) if self.cfg.publish_clock else None
+        for arm, topic in (("left", self.cfg.left_command_topic), ("right", self.cfg.right_command_topic)):
+            self.create_subscription(JointTrajectory, topic, lambda m, a=arm: self._on_trajectory(a, m), RELIABLE_QOS)
+        self.create_subscription(UInt32, self.cfg.step_topic, self._on_step, RELIABLE_QOS)
+        self.create_subscription(Int64, self.cfg.reset_topic, self._on_reset, RELIABLE_QOS)
+
+        # Requests from callbacks to the worker thread, in arrival order: ("traj", arm, msg),
+        # ("steps", n, None), ("reset", seed, None). Order matters in lockstep: a tick triggered by a
+        # command pair runs after that pair and before any later command is applied.
+        self._cond = threading.Condition()
+        self._events: deque[tuple[str, Any, Any]] = deque()
+        self._unpaired = {"left": 0, "right": 0}
+        self._stop = threading.Event()
+        # Counters for diagnostics (written by the worker only).
+        self.ticks = 0
+        self.rejected = 0
+        self.behind_ticks = 0
+        self._rt_window: deque[tuple[float, float]] = deque(maxlen=100)  # (wall, sim clock)
+        self._last: TickResult | None = None
+
+        self.diag = Diagnostics(self, self.cfg.diagnostics_period, hardware_id="mujoco_sim")
+        self.diag.add("sim", self._report)
+        self._worker = threading.Thread(target=self._run, name="sim_node_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"{self.cfg.task} seed {self.cfg.seed}, {self.cfg.mode} at {self.cfg.control_hz:g} Hz, cameras "
+            f"{list(cams)} {self.cfg.image_height}x{self.cfg.image_width} @ {self.cfg.camera_hz:g} Hz, "
+            f"/clock {'on' if self.cfg.publish_clock else 'off'}")
+
+    # ------------------------------------------------------------------ callbacks (queue only)
+    def _on_trajectory(self, arm: str, msg: JointTrajectory) -> None:
+        with self._cond:
+            self._events.append(("traj", arm, msg))
+            if self.cfg.mode == "lockstep" and self.cfg.lockstep_on_command:
+                self._unpaired[arm] += 1
+                if all(self._unpaired.values()):
+                    self._unpaired = {a: n - 1 for a, n in self._unpaired.items()}
+                    self._events.append(("steps", 1, None))
+            self._cond.notify()
+
+    def _on_step(self, msg: UInt32) -> None:
+        if self.cfg.mode != "lockstep":
+            self.log.warn("step-realtime", f"ignoring {self.cfg.step_topic}: the sim runs in realtime mode")
+            return
+        with self._cond:
+            self._events.append(("steps", int(msg.data), None))
+            self._cond.notify()
+
+    def _on_reset(self, msg: Int64) -> None:
+        with self._cond:
+            self._events.append(("reset", int(msg.data), None))
+            self._unpaired = {"left": 0, "right": 0}
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ worker thread
+    def _run(self) -> None:
+        try:
+            self._publish(self.robot.reset(seed=self.cfg.seed, target=self.cfg.target or None), reset=True)
+            if self.cfg.mode == "realtime":
+                self._run_realtime()
+            else:
+                self._run_lockstep()
+        except Exception as exc:  # noqa: BLE001 - report, never die silently in a thread
+            self.get_logger().error(f"sim worker stopped: {exc!r}")
+            raise
+        finally:
+            self.env.close()  # the GL context is freed on the thread that made it
+
+    def _take_events(self) -> list[tuple[str, Any, Any]]:
+        with self._cond:
+            events = list(self._events)
+            self._events.clear()
+        return events
+
+    def _process(self, events: list[tuple[str, Any, Any]]) -> None:
+        """Apply events in order; "steps" events tick (lockstep only)."""
+        for kind, a, b in events:
+            if self._stop.is_set():
+                return
+            if kind == "reset":
+                seed = None if a < 0 else a
+                self._publish(self.robot.reset(seed=seed, target=self.cfg.target or None), reset=True)
+            elif kind == "traj":
+                try:
+                    names, times, positions = trajectory_to_arrays(b)
+                    self.robot.command(a, names, times, positions, to_sec(b.header.stamp))
+                except ValueError as exc:
+                    self.rejected += 1
+                    self.log.warn(f"reject-{a}", f"{a} arm: rejected trajectory: {exc}")
+            elif kind == "steps":
+                for _ in range(a):
+                    if self._stop.is_set():
+                        return
+                    self._tick()
+
+    def _tick(self) -> None:
+        self._publish(self.robot.tick())
+        self.ticks += 1
+        self._rt_window.append((time.monotonic(), self.robot.clock))
+
+    def _run_realtime(self) -> None:
+        period = 1.0 / self.cfg.control_hz
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            self._process(self._take_events())  # no "steps" events arrive in realtime mode
+            self._tick()
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay < -5 * period:  # far behind: do not try to catch up in a burst
+                self.behind_ticks += 1
+                self.log.warn("behind", "sim is slower than real time (rendering?); skipping catch-up")
+                next_t = time.monotonic()
+            elif delay > 0:
+                self._stop.wait(delay)
+
+    def _run_lockstep(self) -> None:
+        idle = self.cfg.idle_republish_period
+        while not self._stop.is_set():
+            with self._cond:
+                if not self._events:
+                    self._cond.wait(timeout=idle if idle > 0 else 0.5)
+            events = self._take_events()
+            if events:
+                self._process(events)
+            elif idle > 0 and self._last is not None:
+                self._publish(self._last, republish=True)
+
+    # ------------------------------------------------------------------ publishing
+    def _publish(self, r: TickResult, reset: bool = False, republish: bool = False) -> None:
+        stamp = to_time_msg(r.clock)
+        if self.clock_pub is not None and not republish:
+            self.clock_pub.publish(Clock(clock=stamp))
+        images = r.images if r.images or not republish else (self._last.images if self._last else {})
+        for cam, img in images.items():
+            header = Header(stamp=stamp, frame_id=self.cfg.camera_frame_id.format(name=cam))
+            self.image_pubs[cam].publish(rgb_to_image_msg(img, header))
+        js = JointState(name=list(JOINT_NAMES), position=[float(x) for x in r.state],
+                        velocity=[float(x) for x in r.velocity])
+        js.header.stamp = stamp
+        self.joint_pub.publish(js)
+        if reset and self.instruction_pub is not None:
+            self.instruction_pub.publish(String(data=self.env.instruction))
+        if not republish:
+            self.status_pub.publish(String(data=json.dumps(self.robot.status())))
+        if r.images or self._last is None:
+            self._last = r
+        else:
+            self._last = TickResult(r.clock, r.state, r.velocity, self._last.images, r.step)
+
+    def _report(self) -> tuple[int, str, dict[str, Any]]:
+        kv: dict[str, Any] = {"mode": self.cfg.mode, "task": self.cfg.task, "seed": self.env.seed,
+                              "ticks": self.ticks, "clock": self.robot.clock, "rejected_trajectories": self.rejected,
+                              "behind_events": self.behind_ticks}
+        w = list(self._rt_window)
+        if len(w) >= 2 and w[-1][0] > w[0][0]:
+            kv["real_time_factor"] = (w[-1][1] - w[0][1]) / (w[-1][0] - w[0][0])
+        if not self._worker.is_alive():
+            return Diagnostics.ERROR, "sim worker thread stopped", kv
+        if self.rejected:
+            return Diagnostics.WARN, f"{self.rejected} trajectory command(s) rejected", kv
+        return Diagnostics.OK, f"{self.cfg.mode}, {self.ticks} ticks", kv
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script `sim_node`."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = SimNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"sim_node: configuration error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
