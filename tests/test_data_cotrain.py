@@ -108,3 +108,11 @@ def test_mixture_rejects_bad_ratio(tmp_path: Path, robot: ChunkDataset) -> None:
         with pytest.raises(ValueError, match="vlm_ratio"):
             MixtureDataset(robot, vlm, vlm_ratio=ratio, seed=0)
     assert MixtureDataset(robot, vlm, vlm_ratio=0.0, seed=0).is_vlm.sum() == 0
+    only_robot = MixtureDataset(robot, None, vlm_ratio=0.0, seed=0)
+    assert len(only_robot) == len(robot) and not only_robot[0]["is_vlm"]
+    with pytest.raises(ValueError, match="needs a non-empty VLM dataset"):
+        MixtureDataset(robot, None, vlm_ratio=0.2, seed=0)
+    epoch0 = [mix_id for mix_id in MixtureDataset(robot, vlm, 0.25, seed=7).is_vlm.tolist()]
+    mix = MixtureDataset(robot, vlm, 0.25, seed=7)
+    mix.set_epoch(1)
+    assert mix.is_vlm.tolist() != epoch0 and mix.is_vlm.sum() == 10

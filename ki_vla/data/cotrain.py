@@ -19,7 +19,8 @@ relative path or null/absent. Blank lines and lines starting with `#` are ignore
 line.
 
 `MixtureDataset(robot_ds, vlm_ds, vlm_ratio, seed)` is a map-style dataset whose order is already shuffled
-(iterate it with `shuffle=False`): exactly `round(len * vlm_ratio)` of its items are VLM samples, placed and
+(iterate it with `shuffle=False`; call `set_epoch(e)` for the next epoch's order, before creating persistent
+DataLoader workers, which hold their own copy): exactly `round(len * vlm_ratio)` of its items are VLM samples, placed and
 chosen deterministically from `seed` (and `set_epoch`). Every item has the robot sample's keys (see
 `ki_vla.data.samples`) plus `answer` (str, "" for robot samples) and `is_vlm` (bool). A VLM sample's image goes
 into the first camera slot (other cameras zero with `image_mask` False); its state/actions are zeros with
@@ -118,15 +119,15 @@ class MixtureDataset(Dataset):
     def __init__(
         self,
         robot_ds: ChunkDataset,
-        vlm_ds: VLMDataset,
+        vlm_ds: VLMDataset | None,
         vlm_ratio: float,
         seed: int = 0,
         length: int | None = None,
     ) -> None:
         if not 0.0 <= vlm_ratio < 1.0:
             raise ValueError(f"vlm_ratio must be in [0, 1), got {vlm_ratio}")
-        if vlm_ratio > 0 and len(vlm_ds) == 0:
-            raise ValueError("vlm_ratio > 0 but the VLM dataset is empty")
+        if vlm_ratio > 0 and (vlm_ds is None or len(vlm_ds) == 0):
+            raise ValueError("vlm_ratio > 0 needs a non-empty VLM dataset")
         if len(robot_ds) == 0:
             raise ValueError("the robot dataset is empty")
         self.robot_ds = robot_ds
@@ -147,7 +148,8 @@ class MixtureDataset(Dataset):
         self.is_vlm = np.zeros(self.length, dtype=bool)
         self.is_vlm[rng.permutation(self.length)[:n_vlm]] = True
         robot_order = self.robot_ds.block_order(self.seed, self.epoch)
-        vlm_order = rng.permutation(len(self.vlm_ds)) if len(self.vlm_ds) else np.zeros(0, dtype=np.int64)
+        n_records = len(self.vlm_ds) if self.vlm_ds is not None else 0
+        vlm_order = rng.permutation(n_records) if n_records else np.zeros(0, dtype=np.int64)
         self._source = np.empty(self.length, dtype=np.int64)
         r = v = 0
         for i in range(self.length):
@@ -197,6 +199,7 @@ class MixtureDataset(Dataset):
             raise IndexError(f"mixture index {index} out of range [0, {self.length})")
         src = int(self._source[index])
         if self.is_vlm[index]:
+            assert self.vlm_ds is not None  # guaranteed by the ratio check in __init__
             return self._vlm_sample(self.vlm_ds[src])
         sample = self.robot_ds[src]
         sample["answer"] = ""
