@@ -215,6 +215,12 @@ def test_context_manager_aborts_on_error_and_refuses_existing(tmp_path: Path) ->
 
 
 def test_add_episode_validation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no encoder"):
+        LeRobotDatasetWriter.create(
+            tmp_path / "x", fps=50, camera_names=CAMS, image_shape=(H, W, 3), state_names=JOINT_NAMES,
+            action_names=JOINT_NAMES, vcodec="nonsense",
+        )
+    assert list(tmp_path.iterdir()) == []
     w = LeRobotDatasetWriter.create(
         tmp_path / "ds", fps=50, camera_names=CAMS, image_shape=(H, W, 3), state_names=JOINT_NAMES,
         action_names=JOINT_NAMES,

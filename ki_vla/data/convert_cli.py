@@ -31,7 +31,7 @@ def _camera(text: str) -> tuple[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the subcommand's arguments."""
-    parser.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 folders, one episode each")
+    parser.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 folders (or bare .mcap files), one episode each")
     parser.add_argument("--out", required=True, metavar="DATASET", help="output dataset folder (must not exist)")
     parser.add_argument("--config", metavar="YAML", help="conversion config (topics, fps, cameras, image size)")
     parser.add_argument("--fps", type=int, help="control rate to resample to (default 50)")

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ki_vla.data import normalize
-from ki_vla.data.video import VideoEncoder, decode_frames
+from ki_vla.data.video import VideoEncoder, available_encoder, decode_frames
 
 CODEBASE_VERSION = "v3.0"
 STATE_KEY = "observation.state"
@@ -505,12 +505,15 @@ class LeRobotDatasetWriter:
         self.robot_type = robot_type
         self.use_videos = bool(use_videos)
         self.vcodec = vcodec
+        self.codec: str | None = None
         self.overwrite = overwrite
         self.data_file_size_mb = float(data_file_size_mb)
         self.video_file_size_mb = float(video_file_size_mb)
         self.chunks_size = int(chunks_size)
         if self.use_videos and (self.image_shape[0] % 2 or self.image_shape[1] % 2):
             raise ValueError(f"videos need even image height and width, got {self.image_shape}; use use_videos=False")
+        if self.use_videos and self.camera_names:
+            self.codec = available_encoder(vcodec)[1]  # an unusable codec fails now, not after an episode
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.root.parent / f".{self.root.name}.partial-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
@@ -526,7 +529,6 @@ class LeRobotDatasetWriter:
         self._data_bytes = 0
         self._video_pos = {c: (0, 0) for c in self.camera_names}
         self._video: dict[str, VideoEncoder] = {}
-        self.codec: str | None = None
         self._schema = self._build_schema()
 
     @classmethod
