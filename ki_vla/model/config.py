@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from ki_vla.paths import resolve
+
 VARIANTS = ("ki", "joint", "pi0", "frozen", "pi0_fast")
 TEXT_ARCHS = ("llama", "gemma")
 VISION_ARCHS = ("siglip", "idefics3")
@@ -130,7 +132,7 @@ class PolicyConfig:
     # ---- YAML ---------------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PolicyConfig":
-        path = Path(path)
+        path = resolve(path)
         if not path.is_file():
             raise FileNotFoundError(f"model config not found: {path}")
         data = yaml.safe_load(path.read_text())

@@ -32,6 +32,7 @@ from ki_vla.model.pretrained import load_text_tokenizer
 from ki_vla.data.normalize import Normalizer
 from ki_vla.model.processing import Processor
 from ki_vla.observation import Observation
+from ki_vla.paths import resolve
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ class KIPolicy(nn.Module):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "KIPolicy":
         """A checkpoint folder, or a model YAML for a randomly initialized policy (tests, benchmarks)."""
-        path = Path(path)
+        path = resolve(path)
         if path.is_dir():
             return cls.from_pretrained(path, device=device)
         if path.suffix in (".yaml", ".yml") and path.is_file():

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from ki_vla.paths import resolve
+
 from ki_vla.model.config import VARIANTS
 
 
@@ -71,7 +73,7 @@ class TrainConfig:
         """YAML file (optional) + `key=value` overrides; values are parsed as YAML (`1e-3`, `true`, `[0.9, 0.95]`)."""
         data: dict[str, Any] = {}
         if path is not None:
-            path = Path(path)
+            path = resolve(path)
             if not path.is_file():
                 raise FileNotFoundError(f"train config not found: {path}")
             loaded = yaml.safe_load(path.read_text()) or {}

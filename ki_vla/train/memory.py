@@ -1,0 +1,82 @@
+"""`ki-vla train --dry-run`: parameter counts and a memory estimate before any GPU is touched.
+
+The model is built on the meta device (no memory, seconds even for pi0.5), so the counts are exact; the memory
+figure is an estimate from standard accounting (weights, gradients, AdamW's two moments, EMA copy, activations).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ki_vla.model.config import PolicyConfig
+from ki_vla.model.policy import KIPolicy
+from ki_vla.paths import resolve
+from ki_vla.train.config import TrainConfig
+
+GiB = 1024**3
+
+
+@dataclasses.dataclass
+class MemoryEstimate:
+    trainable: int
+    frozen: int
+    rows: list[tuple[str, float]]  # (what, GiB)
+
+    @property
+    def total_gib(self) -> float:
+        return sum(g for _, g in self.rows)
+
+
+def activation_bytes(pcfg: PolicyConfig, batch: int, checkpointing: bool, bytes_per: int) -> float:
+    """Saved activations for backward. Per layer and token a pre-norm decoder keeps roughly the layer input,
+    norms, q/k/v/attention output and the MLP's three intermediates: ~(6 * width + 3 * mlp) values. With
+    gradient checkpointing only each layer's input is kept (plus one layer recomputed at a time)."""
+    tc, ec, vc = pcfg.text, pcfg.expert, pcfg.vision
+    seq = pcfg.prefix_len + pcfg.max_target_tokens
+    per_tok_bb = 6 * tc.hidden_size + 3 * tc.intermediate_size
+    per_tok_ex = 6 * ec.hidden_size + 3 * ec.intermediate_size
+    vis_tok = (vc.image_size // vc.patch_size) ** 2 * len(pcfg.camera_names)
+    per_tok_vis = 6 * vc.hidden_size + 2 * vc.intermediate_size
+    if checkpointing:
+        layers = tc.num_layers * (seq * tc.hidden_size + pcfg.horizon * ec.hidden_size) + seq * per_tok_bb + pcfg.horizon * per_tok_ex
+        vision = vc.num_layers * vis_tok * per_tok_vis  # the vision tower is not checkpointed
+    else:
+        layers = tc.num_layers * (seq * per_tok_bb + pcfg.horizon * per_tok_ex)
+        vision = vc.num_layers * vis_tok * per_tok_vis
+    logits = pcfg.max_target_tokens * tc.vocab_size * 4  # fp32 logits of the CE positions
+    return batch * ((layers + vision) * bytes_per + logits)
+
+
+def estimate(cfg: TrainConfig) -> tuple[PolicyConfig, MemoryEstimate]:
+    path = resolve(cfg.model)
+    pcfg = PolicyConfig.from_yaml(path / "config.yaml" if path.is_dir() else path)
+    if cfg.variant:
+        pcfg = dataclasses.replace(pcfg, variant=cfg.variant)
+    pcfg = dataclasses.replace(pcfg, text=dataclasses.replace(pcfg.text, pretrained=None))
+    with torch.device("meta"):
+        policy = KIPolicy(pcfg)
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in policy.parameters() if not p.requires_grad)
+    wbytes = 2 if pcfg.dtype == "bfloat16" else 4
+    bf16_compute = cfg.precision != "fp32"  # the estimate is for a GPU, where "auto" means bf16 autocast
+    rows = [
+        (f"weights ({pcfg.dtype})", (trainable + frozen) * wbytes / GiB),
+        (f"gradients ({pcfg.dtype})", trainable * wbytes / GiB),
+        ("AdamW moments (2 x weight dtype)", 2 * trainable * wbytes / GiB),
+    ]
+    if cfg.ema_decay is not None:
+        rows.append(("EMA copy", (trainable + frozen) * wbytes / GiB))
+    act = activation_bytes(pcfg, cfg.batch_size, cfg.gradient_checkpointing, 2 if bf16_compute else 4)
+    rows.append((f"activations (batch {cfg.batch_size}, checkpointing {'on' if cfg.gradient_checkpointing else 'off'})", act / GiB))
+    return pcfg, MemoryEstimate(trainable, frozen, rows)
+
+
+def report(cfg: TrainConfig) -> str:
+    pcfg, est = estimate(cfg)
+    lines = [f"model {cfg.model}  variant={pcfg.variant}  dtype={pcfg.dtype}",
+             f"parameters: trainable {est.trainable:,}  frozen {est.frozen:,}  total {est.trainable + est.frozen:,}",
+             "estimated peak memory per process:"]
+    lines += [f"  {what:<58}{gib:8.2f} GiB" for what, gib in est.rows]
+    lines.append(f"  {'total':<58}{est.total_gib:8.2f} GiB")
+    return "\n".join(lines)

@@ -1,0 +1,361 @@
+"""The training loop: dataset -> KIPolicy -> checkpoints, single process or under torchrun.
+
+Exact resume rests on two choices: the data order is a pure function of (seed, step) (`StepSchedule`), and the
+flow-matching noise/time of every micro-batch come from a generator seeded by (seed, step, rank, micro-step).
+A checkpoint therefore only needs weights, optimizer, scheduler, EMA and the step; the RNG states are saved too
+for anything else that draws random numbers.
+
+Output folder:
+  checkpoints/step_<N>/policy/  (KIPolicy.save_pretrained)   ema/ (EMA weights, when enabled)
+                      training_state.pt (optimizer, scheduler, step, RNG, EMA count)
+  final/                the deployable checkpoint (EMA weights when enabled), loadable by the policy node
+  metrics.jsonl         one JSON line per logged step (step, loss, ce, flow, lr, grad_norm, samples_per_s)
+  tb/                   TensorBoard scalars
+  fast_tokenizer/       the FAST tokenizer fitted on the dataset (when it had none)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from ki_vla.data.cotrain import MixtureDataset, VLMDataset
+from ki_vla.data.lerobot import LeRobotDataset
+from ki_vla.data.normalize import Normalizer
+from ki_vla.data.samples import ChunkDataset
+from ki_vla.model.config import PolicyConfig
+from ki_vla.model.policy import KIPolicy
+from ki_vla.paths import resolve
+from ki_vla.tokenizer.fast import FastTokenizer
+from ki_vla.train.config import TrainConfig
+from ki_vla.train.distributed import DistEnv, wrap_model
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.pt"
+FAST_DIR = "fast_tokenizer"
+
+
+class StepSchedule:
+    """Which dataset indices each (step, rank, micro-step) reads: a pure function of the seed and the step.
+
+    Epoch e's order comes from the dataset itself (cache-friendly block shuffle for robot data, the mixture's
+    own placement for co-training); global position p = step * global_batch walks through the epochs.
+    """
+
+    def __init__(self, dataset: Any, seed: int, batch_size: int, accum: int, world_size: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.batch_size, self.accum, self.world = batch_size, accum, world_size
+        self._epoch, self._order = -1, []
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.accum * self.world
+
+    def _order_for(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            if isinstance(self.dataset, MixtureDataset):
+                self.dataset.set_epoch(epoch)
+                self._order = list(range(len(self.dataset)))
+            else:
+                self._order = self.dataset.block_order(self.seed, epoch)
+            self._epoch = epoch
+        return self._order
+
+    def indices(self, step: int, rank: int, micro: int) -> list[int]:
+        n = len(self.dataset)
+        start = step * self.global_batch + (micro * self.world + rank) * self.batch_size
+        out = []
+        for p in range(start, start + self.batch_size):
+            out.append(self._order_for(p // n)[p % n])
+        return out
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _atomic_dir(final: Path, write) -> None:
+    """Build a folder beside `final` with `write(tmp)` and rename it into place (never half-written)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        write(tmp)
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    ckpts = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    return next((c for c in reversed(ckpts) if (c / STATE_FILE).is_file() and (c / "policy").is_dir()), None)
+
+
+def fit_fast_tokenizer(chunks: ChunkDataset, normalizer: Normalizer, vocab_size: int, max_chunks: int = 20000,
+                       seed: int = 0) -> FastTokenizer:
+    """FAST on the dataset's normalized action chunks (a seeded subset when the dataset is large)."""
+    all_chunks = chunks.all_action_chunks()
+    if len(all_chunks) > max_chunks:
+        all_chunks = all_chunks[np.random.default_rng(seed).choice(len(all_chunks), max_chunks, replace=False)]
+    return FastTokenizer.fit(normalizer.normalize("action", all_chunks), vocab_size=vocab_size)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        if not cfg.dataset:
+            raise ValueError("train config needs dataset=<LeRobot dataset folder>")
+        self.cfg = cfg
+        self.env = DistEnv.from_env()
+        self.device = self.env.device(cfg.device)
+        self.out = Path(cfg.output_dir)
+        self.resume_from = latest_checkpoint(self.out) if cfg.resume else None
+        if cfg.resume and self.resume_from is None:
+            log.warning("resume=true but %s has no complete checkpoint: starting from step 0", self.out)
+        self._seed_everything(cfg.seed + self.env.rank)
+
+        self.policy = self._build_policy()
+        pcfg = self.policy.cfg
+        ds = LeRobotDataset(cfg.dataset)
+        self._check_dataset(ds, pcfg)
+        robot = ChunkDataset(ds, horizon=pcfg.horizon, camera_names=list(pcfg.camera_names),
+                             image_size=(pcfg.image_size, pcfg.image_size))
+        if self.resume_from is None:
+            self._prepare_normalization(ds, robot)
+        self.dataset: Any = robot
+        if cfg.vlm_ratio > 0:
+            self.dataset = MixtureDataset(robot, VLMDataset(cfg.vlm_dataset), cfg.vlm_ratio, seed=cfg.seed)
+        self.schedule = StepSchedule(self.dataset, cfg.seed, cfg.batch_size, cfg.grad_accum_steps, self.env.world_size)
+
+        self.policy.backbone.gradient_checkpointing = cfg.gradient_checkpointing
+        if self.policy.expert is not None:
+            self.policy.expert.gradient_checkpointing = cfg.gradient_checkpointing
+        self.policy.to(self.device)
+        self.ema = None
+        if cfg.ema_decay is not None:
+            if self.env.enabled and cfg.distributed == "fsdp":
+                raise ValueError("EMA is not supported with FSDP sharding (set ema_decay=null)")
+            self.ema = AveragedModel(self.policy, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=False)
+        self.model = wrap_model(self.policy, self.env, cfg.distributed, self.device)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("nothing to train: every parameter is frozen")
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+        self.start_step = 0
+        if self.resume_from is not None:
+            self._load_state(self.resume_from)
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    # ---- set-up ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def _build_policy(self) -> KIPolicy:
+        cfg = self.cfg
+        overrides = {"variant": cfg.variant} if cfg.variant else {}
+        if self.resume_from is not None:
+            return KIPolicy.from_pretrained(self.resume_from / "policy", **overrides)
+        path = resolve(cfg.model)
+        if path.is_dir():
+            return KIPolicy.from_pretrained(path, **overrides)
+        pcfg = PolicyConfig.from_yaml(path)
+        if cfg.variant:
+            pcfg = PolicyConfig.from_dict({**pcfg.to_dict(), "variant": cfg.variant})
+        return KIPolicy(pcfg)
+
+    @staticmethod
+    def _check_dataset(ds: LeRobotDataset, pcfg: PolicyConfig) -> None:
+        missing = [c for c in pcfg.camera_names if c not in ds.camera_names]
+        if missing:
+            raise ValueError(f"dataset {ds.root} lacks camera(s) {missing} the model needs (it has {ds.camera_names})")
+        if len(ds.state_names) != pcfg.state_dim or len(ds.action_names) != pcfg.action_dim:
+            raise ValueError(f"dataset {ds.root} has state/action dims {len(ds.state_names)}/{len(ds.action_names)}, "
+                             f"the model expects {pcfg.state_dim}/{pcfg.action_dim}")
+
+    def _prepare_normalization(self, ds: LeRobotDataset, robot: ChunkDataset) -> None:
+        """Stats from the dataset (computed when it has none); FAST tokenizer from the dataset or fitted once."""
+        normalizer = Normalizer.from_dataset(ds)
+        self.policy.set_normalizer(normalizer)
+        if not self.policy.cfg.trains_backbone_ce or self.policy.fast_tokenizer is not None:
+            return
+        shipped = Path(ds.root) / "meta" / FAST_DIR
+        if shipped.is_dir():
+            tok = FastTokenizer.load(shipped)
+        else:
+            local = self.out / FAST_DIR
+            if self.env.is_main:
+                tok = fit_fast_tokenizer(robot, normalizer, self.cfg.fast_vocab_size, seed=self.cfg.seed)
+                tok.save(local)
+            self.env.barrier()
+            tok = FastTokenizer.load(local)
+        self.policy.set_fast_tokenizer(tok)
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def _load_state(self, ckpt: Path) -> None:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.start_step = int(state["step"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.ema is not None and (ckpt / "ema").is_dir():
+            ema_policy = KIPolicy.from_pretrained(ckpt / "ema")
+            self.ema.module.load_state_dict(ema_policy.state_dict())
+            self.ema.n_averaged.fill_(int(state.get("ema_n_averaged", 0)))
+        log.info("resumed from %s at step %d", ckpt, self.start_step)
+
+    def save_checkpoint(self, step: int) -> Path:
+        ckpt = self.out / "checkpoints" / f"step_{step:07d}"
+        if self.env.enabled and self.cfg.distributed == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_sd = get_model_state_dict(self.policy, options=opts)
+            optim_sd = get_optimizer_state_dict(self.policy, self.optimizer, options=opts)
+        else:
+            model_sd, optim_sd = None, self.optimizer.state_dict()
+        if self.env.is_main:
+            def write(tmp: Path) -> None:
+                self.policy.save_pretrained(tmp / "policy", state_dict=model_sd)
+                if self.ema is not None:
+                    self.policy.save_pretrained(tmp / "ema", state_dict=self.ema.module.state_dict())
+                torch.save({"optimizer": optim_sd, "scheduler": self.scheduler.state_dict(), "step": step,
+                            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+                            "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
+                            "train_config": self.cfg.to_dict()}, tmp / STATE_FILE)
+
+            _atomic_dir(ckpt, write)
+            for old in sorted((self.out / "checkpoints").glob("step_*"))[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.env.barrier()
+        return ckpt
+
+    def _export_final(self, step: int) -> Path:
+        final = self.out / "final"
+        ckpt = self.out / "checkpoints" / f"step_{step:07d}"
+        source = ckpt / ("ema" if self.ema is not None else "policy")
+        if self.env.is_main:
+            _atomic_dir(final, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+        self.env.barrier()
+        return final
+
+    # ---- loop --------------------------------------------------------------------------------------------
+    def _micro_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        samples = [self.dataset[i] for i in self.schedule.indices(step, self.env.rank, micro)]
+        return self.policy.processor(samples, device=self.device)
+
+    def _generator(self, step: int, micro: int) -> torch.Generator:
+        seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self.env.rank * 31 + micro
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _metrics_file(self):
+        path = self.out / "metrics.jsonl"
+        if self.start_step > 0 and path.exists():
+            # Drop lines logged after the checkpoint we resumed from, so the file is one consistent history.
+            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.start_step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)
+        return open(path, "a" if self.start_step > 0 else "w")
+
+    def train(self, until: int | None = None) -> list[dict[str, float]]:
+        """Run to max_steps, or stop after step `until` (checkpointed, resumable: splits a job over time-limited
+        allocations). Returns the logged metric rows of this run."""
+        cfg, env = self.cfg, self.env
+        stop = min(cfg.max_steps, until) if until is not None else cfg.max_steps
+        history: list[dict[str, float]] = []
+        writer = metrics = None
+        if env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            metrics = self._metrics_file()
+            if cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.out / "tb"))
+        bar = tqdm(total=cfg.max_steps, initial=self.start_step, desc="train", disable=not (env.is_main and cfg.progress),
+                   dynamic_ncols=True)
+        self.model.train()
+        step = self.start_step
+        t_last, samples_since = time.perf_counter(), 0
+        try:
+            while step < stop:
+                sums = {"loss": 0.0, "ce": 0.0, "flow": 0.0}
+                for micro in range(cfg.grad_accum_steps):
+                    batch = self._micro_batch(step, micro)
+                    sync = micro == cfg.grad_accum_steps - 1
+                    ctx = self.model.no_sync() if (env.enabled and not sync and hasattr(self.model, "no_sync")) else contextlib.nullcontext()
+                    with ctx:
+                        with self.autocast:
+                            out = self.model(batch, self._generator(step, micro))
+                        (out["loss"] / cfg.grad_accum_steps).backward()
+                    for k in sums:
+                        sums[k] += float(out[k].detach()) / cfg.grad_accum_steps
+                    samples_since += cfg.batch_size * env.world_size
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.policy.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update_parameters(self.policy)
+                step += 1
+                if not all(math.isfinite(v) for v in sums.values()):
+                    raise FloatingPointError(f"non-finite loss at step {step}: {sums}")
+                if step % cfg.log_every == 0 or step == cfg.max_steps or step == self.start_step + 1:
+                    now = time.perf_counter()
+                    row = {"step": step, **env.mean(sums), "lr": self.scheduler.get_last_lr()[0],
+                           "grad_norm": float(grad_norm), "samples_per_s": samples_since / max(now - t_last, 1e-9)}
+                    t_last, samples_since = now, 0
+                    history.append(row)
+                    if env.is_main:
+                        metrics.write(json.dumps(row) + "\n")
+                        metrics.flush()
+                        if writer is not None:
+                            for k, v in row.items():
+                                if k != "step":
+                                    writer.add_scalar(f"train/{k}", v, step)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", ce=f"{row['ce']:.3f}", flow=f"{row['flow']:.4f}")
+                bar.update(1)
+                if step % cfg.save_every == 0 or step == stop:
+                    self.save_checkpoint(step)
+            if step == cfg.max_steps:
+                self._export_final(step)
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+            if writer is not None:
+                writer.close()
+        return history
+

@@ -1,0 +1,115 @@
+"""Bags -> dataset -> training -> checkpoint, exact resume, and the torchrun paths (gloo on CPU)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ki_vla import KIPolicy
+from ki_vla.data.bag import convert_bags, write_synthetic_bag
+from ki_vla.train.config import TrainConfig
+from ki_vla.train.trainer import Trainer, latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Two recorded episodes (mcap and sqlite3) converted to LeRobot v3 at the tiny model's image size."""
+    d = tmp_path_factory.mktemp("bags")
+    bags = [write_synthetic_bag(d / "ep0", storage="mcap", duration_s=1.2),
+            write_synthetic_bag(d / "ep1", storage="sqlite3", duration_s=1.0, instruction="transfer the blue cube")]
+    from ki_vla.data.bag import BagConversionConfig
+
+    return convert_bags(bags, d / "dataset", BagConversionConfig(image_size=(32, 32)), progress=False)
+
+
+def config(dataset: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(model=str(ROOT / "config/model/tiny.yaml"), dataset=str(dataset), output_dir=str(out), max_steps=20,
+                batch_size=4, lr=1e-2, warmup_steps=2, min_lr_ratio=0.5, save_every=10, log_every=1, ema_decay=0.9, progress=False,
+                tensorboard=False, fast_vocab_size=256)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_bag_to_checkpoint(dataset, tmp_path):
+    out = tmp_path / "run"
+    history = Trainer(config(dataset, out, tensorboard=True)).train()
+    first, last = history[0], history[-1]
+    assert last["loss"] < 0.8 * first["loss"] and last["flow"] < 0.6 * first["flow"], (first, last)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    assert {"step", "loss", "ce", "flow", "lr", "grad_norm", "samples_per_s"} <= set(rows[0])
+    assert any((out / "tb").iterdir())
+    policy = KIPolicy.from_pretrained(out / "final")
+    assert policy.fast_tokenizer is not None and policy.processor.has_data_stats
+    batch = policy.example_batch(1)
+    assert torch.isfinite(policy.sample_actions(batch)).all()
+    assert latest_checkpoint(out).name == "step_0000020"
+
+
+def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
+    full = tmp_path / "full"
+    Trainer(config(dataset, full, save_every=5, max_steps=12)).train()
+    split = tmp_path / "split"
+    Trainer(config(dataset, split, save_every=5, max_steps=12)).train(until=7)  # checkpoints at 5 and 7
+    assert latest_checkpoint(split).name == "step_0000007"
+    assert not (split / "final").exists()
+    Trainer(config(dataset, split, save_every=5, max_steps=12, resume=True)).train()
+    assert losses(split) == losses(full)
+    a = KIPolicy.from_pretrained(full / "final").state_dict()
+    b = KIPolicy.from_pretrained(split / "final").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("variant", ["pi0", "joint", "frozen", "pi0_fast"])
+def test_every_variant_trains_from_the_same_config(dataset, tmp_path, variant):
+    history = Trainer(config(dataset, tmp_path / variant, variant=variant, max_steps=3, save_every=3)).train()
+    assert len(history) == 3 and all(map(lambda r: r["loss"] == r["loss"], history))
+    assert KIPolicy.from_pretrained(tmp_path / variant / "final").cfg.variant == variant
+
+
+def test_config_errors(dataset, tmp_path):
+    with pytest.raises(ValueError, match="unknown train config key"):
+        TrainConfig.load(None, ["nope=1"])
+    with pytest.raises(ValueError, match="not key=value"):
+        TrainConfig.load(None, ["dataset"])
+    with pytest.raises(ValueError, match="vlm_ratio"):
+        TrainConfig.load(None, ["vlm_ratio=0.5"])
+    with pytest.raises(ValueError, match="does not exist"):
+        Trainer(config(tmp_path / "missing", tmp_path / "o"))
+    cfg = TrainConfig.load(str(ROOT / "config/train/tiny.yaml"), ["max_steps=7", "betas=[0.8, 0.9]", "resume=true"])
+    assert cfg.max_steps == 7 and cfg.betas == (0.8, 0.9) and cfg.resume is True
+
+
+def test_dry_run_counts(capsys):
+    from ki_vla.cli import main
+
+    assert main(["train", "--config", str(ROOT / "config/train/pi05.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "trainable 3,353,433,872" in out and "GiB" in out
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_torchrun_two_processes_gloo(dataset, tmp_path, strategy):
+    """Two CPU processes with the gloo backend train the same model; the checkpoint loads."""
+    out = tmp_path / strategy
+    ema = "0.9" if strategy == "ddp" else "null"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 1000 + (7 if strategy == "fsdp" else 0)),
+           "-m", "ki_vla.train.cli", "--config", str(ROOT / "config/train/tiny.yaml"), f"dataset={dataset}",
+           f"output_dir={out}", "max_steps=4", "batch_size=2", "save_every=2", "log_every=1", f"distributed={strategy}",
+           f"ema_decay={ema}", "progress=false", "tensorboard=false", "fast_vocab_size=256"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    policy = KIPolicy.from_pretrained(out / "final")
+    assert torch.isfinite(policy.sample_actions(policy.example_batch(1))).all()
