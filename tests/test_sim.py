@@ -106,6 +106,15 @@ def test_seeded_and_deterministic():
         p = a.object_positions()
         assert np.linalg.norm(p["box"][:2] - p["blue_box_body"][:2]) >= 0.09
     assert instructions == {"transfer the red cube", "transfer the blue cube"}
+    # reset() without a seed: first the constructor's episode, then a reproducible stream of seeds.
+    c, d = BimanualSim("transfer_cube", seed=7, cameras=()), BimanualSim("transfer_cube", seed=7, cameras=())
+    p0 = c.object_positions()["box"]
+    c.reset(render=False)
+    assert c.seed == 7 and np.array_equal(c.object_positions()["box"], p0)
+    c.reset(render=False)
+    d.reset(render=False)
+    d.reset(render=False)
+    assert c.seed == d.seed != 7
 
 
 def test_bad_input_raises_clear_errors(cube_env):

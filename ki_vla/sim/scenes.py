@@ -294,6 +294,7 @@ class BimanualSim:
         self.step_count = 0
         self._render_thread: int | None = None
         self.reset(render=False)  # renderer (a GL context) is made lazily, on the thread that renders
+        self._first_seed = int(seed)  # a first reset() without a seed still starts the constructor's episode
 
     # ------------------------------------------------------------------ properties / info
     @property

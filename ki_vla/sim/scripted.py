@@ -22,7 +22,7 @@ import mujoco
 import numpy as np
 
 from ki_vla.joints import NUM_JOINTS
-from ki_vla.sim.scenes import COLOR_BODIES, CUBE_HALF, TASKS, BimanualSim
+from ki_vla.sim.scenes import COLOR_BODIES, TASKS, BimanualSim
 
 SIDES = ("left", "right")
 
