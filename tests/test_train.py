@@ -113,3 +113,20 @@ def test_torchrun_two_processes_gloo(dataset, tmp_path, strategy):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     policy = KIPolicy.from_pretrained(out / "final")
     assert torch.isfinite(policy.sample_actions(policy.example_batch(1))).all()
+
+
+def test_fit_tokenizer_cli_then_train_uses_it(dataset, tmp_path, capsys):
+    import shutil
+
+    from ki_vla.cli import main
+
+    ds = tmp_path / "ds"
+    shutil.copytree(dataset, ds)
+    assert main(["fit-tokenizer", "--dataset", str(ds), "--vocab-size", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/chunk" in out and "round-trip RMS" in out
+    assert (ds / "meta" / "fast_tokenizer").is_dir()
+    Trainer(config(ds, tmp_path / "run", max_steps=2, save_every=2)).train()
+    policy = KIPolicy.from_pretrained(tmp_path / "run" / "final")
+    assert policy.fast_tokenizer.vocab_size == 300
+    assert main(["fit-tokenizer", "--dataset", str(tmp_path / "missing")]) == 2

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
 FAST_DIR = "fast_tokenizer"
+MAX_FAST_CHUNKS = 20000
 
 
 class StepSchedule:
@@ -113,15 +114,6 @@ def _atomic_dir(final: Path, write) -> None:
 def latest_checkpoint(output_dir: Path) -> Path | None:
     ckpts = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
     return next((c for c in reversed(ckpts) if (c / STATE_FILE).is_file() and (c / "policy").is_dir()), None)
-
-
-def fit_fast_tokenizer(chunks: ChunkDataset, normalizer: Normalizer, vocab_size: int, max_chunks: int = 20000,
-                       seed: int = 0) -> FastTokenizer:
-    """FAST on the dataset's normalized action chunks (a seeded subset when the dataset is large)."""
-    all_chunks = chunks.all_action_chunks()
-    if len(all_chunks) > max_chunks:
-        all_chunks = all_chunks[np.random.default_rng(seed).choice(len(all_chunks), max_chunks, replace=False)]
-    return FastTokenizer.fit(normalizer.normalize("action", all_chunks), vocab_size=vocab_size)
 
 
 class Trainer:
@@ -213,8 +205,10 @@ class Trainer:
         else:
             local = self.out / FAST_DIR
             if self.env.is_main:
-                tok = fit_fast_tokenizer(robot, normalizer, self.cfg.fast_vocab_size, seed=self.cfg.seed)
-                tok.save(local)
+                chunks = normalizer.normalize("action", robot.all_action_chunks())
+                if len(chunks) > MAX_FAST_CHUNKS:  # a seeded subset keeps fitting fast on large datasets
+                    chunks = chunks[np.random.default_rng(self.cfg.seed).choice(len(chunks), MAX_FAST_CHUNKS, replace=False)]
+                FastTokenizer.fit(chunks, vocab_size=self.cfg.fast_vocab_size).save(local)
             self.env.barrier()
             tok = FastTokenizer.load(local)
         self.policy.set_fast_tokenizer(tok)
