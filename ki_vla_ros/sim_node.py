@@ -128,11 +128,12 @@ class SimNode(Node):
         self.create_subscription(Int64, self.cfg.reset_topic, self._on_reset, RELIABLE_QOS)
 
         # Requests from callbacks to the worker thread, in arrival order: ("traj", arm, msg),
-        # ("steps", n, None), ("reset", seed, None). Order matters in lockstep: a tick triggered by a
-        # command pair runs after that pair and before any later command is applied.
+        # ("pair", left_msg, right_msg), ("steps", n, None), ("reset", seed, None). In lockstep with
+        # lockstep_on_command, the k-th left command is paired with the k-th right command and the pair
+        # ticks once, however the two topics interleave on the wire: bit-reproducible runs.
         self._cond = threading.Condition()
         self._events: deque[tuple[str, Any, Any]] = deque()
-        self._unpaired = {"left": 0, "right": 0}
+        self._unpaired: dict[str, deque[JointTrajectory]] = {"left": deque(), "right": deque()}
         self._stop = threading.Event()
         # Counters for diagnostics (written by the worker only).
         self.ticks = 0
@@ -153,12 +154,12 @@ class SimNode(Node):
     # ------------------------------------------------------------------ callbacks (queue only)
     def _on_trajectory(self, arm: str, msg: JointTrajectory) -> None:
         with self._cond:
-            self._events.append(("traj", arm, msg))
             if self.cfg.mode == "lockstep" and self.cfg.lockstep_on_command:
-                self._unpaired[arm] += 1
-                if all(self._unpaired.values()):
-                    self._unpaired = {a: n - 1 for a, n in self._unpaired.items()}
-                    self._events.append(("steps", 1, None))
+                self._unpaired[arm].append(msg)
+                if self._unpaired["left"] and self._unpaired["right"]:
+                    self._events.append(("pair", self._unpaired["left"].popleft(), self._unpaired["right"].popleft()))
+            else:
+                self._events.append(("traj", arm, msg))
             self._cond.notify()
 
     def _on_step(self, msg: UInt32) -> None:
@@ -166,13 +167,18 @@ class SimNode(Node):
             self.log.warn("step-realtime", f"ignoring {self.cfg.step_topic}: the sim runs in realtime mode")
             return
         with self._cond:
+            # Commands still waiting for their partner arm take effect before the explicit ticks.
+            for arm, queue in self._unpaired.items():
+                self._events.extend(("traj", arm, m) for m in queue)
+                queue.clear()
             self._events.append(("steps", int(msg.data), None))
             self._cond.notify()
 
     def _on_reset(self, msg: Int64) -> None:
         with self._cond:
             self._events.append(("reset", int(msg.data), None))
-            self._unpaired = {"left": 0, "right": 0}
+            for queue in self._unpaired.values():
+                queue.clear()
             self._cond.notify()
 
     # ------------------------------------------------------------------ worker thread
@@ -196,7 +202,7 @@ class SimNode(Node):
         return events
 
     def _process(self, events: list[tuple[str, Any, Any]]) -> None:
-        """Apply events in order; "steps" events tick (lockstep only)."""
+        """Apply events in order; "pair" and "steps" events tick (lockstep only)."""
         for kind, a, b in events:
             if self._stop.is_set():
                 return
@@ -204,17 +210,24 @@ class SimNode(Node):
                 seed = None if a < 0 else a
                 self._publish(self.robot.reset(seed=seed, target=self.cfg.target or None), reset=True)
             elif kind == "traj":
-                try:
-                    names, times, positions = trajectory_to_arrays(b)
-                    self.robot.command(a, names, times, positions, to_sec(b.header.stamp))
-                except ValueError as exc:
-                    self.rejected += 1
-                    self.log.warn(f"reject-{a}", f"{a} arm: rejected trajectory: {exc}")
+                self._command(a, b)
+            elif kind == "pair":
+                self._command("left", a)
+                self._command("right", b)
+                self._tick()
             elif kind == "steps":
                 for _ in range(a):
                     if self._stop.is_set():
                         return
                     self._tick()
+
+    def _command(self, arm: str, msg: JointTrajectory) -> None:
+        try:
+            names, times, positions = trajectory_to_arrays(msg)
+            self.robot.command(arm, names, times, positions, to_sec(msg.header.stamp))
+        except ValueError as exc:
+            self.rejected += 1
+            self.log.warn(f"reject-{arm}", f"{arm} arm: rejected trajectory: {exc}")
 
     def _tick(self) -> None:
         self._publish(self.robot.tick())

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+TIME_EPS = 1e-9  # seconds; times closer than this are the same instant
+
 
 @dataclass
 class _Segment:
@@ -101,12 +103,16 @@ class TrajectoryFollower:
             return self._hold.copy()
         tau = t - active.start
         times, pos = active.times, active.positions
-        if tau >= times[-1]:
+        # Clock arithmetic (start + k * dt) is inexact; within TIME_EPS of a point the point itself is
+        # the setpoint, so commands sent one point per tick are applied exactly (bit-reproducible runs).
+        if tau >= times[-1] - TIME_EPS:
             return pos[-1].copy()
-        if tau < times[0]:
-            a = tau / times[0]  # times[0] > 0 here, else tau >= times[0]
+        if tau < times[0] - TIME_EPS:
+            a = max(tau, 0.0) / times[0]  # times[0] > TIME_EPS here
             return (1 - a) * active.origin + a * pos[0]
-        k = int(np.searchsorted(times, tau, side="right")) - 1
+        k = int(np.searchsorted(times, tau + TIME_EPS, side="right")) - 1
+        if tau - times[k] <= TIME_EPS:
+            return pos[k].copy()
         a = (tau - times[k]) / (times[k + 1] - times[k])
         return (1 - a) * pos[k] + a * pos[k + 1]
 
