@@ -52,6 +52,8 @@ class PolicyNodeConfig:
     max_image_age: float = 0.25                  # s; older frames make the observation stale
     max_state_age: float = 0.1                   # s
     max_instruction_chars: int = 512
+    instruction_latched: bool = True             # also subscribe transient-local (gets a latched publisher's
+                                                 # last value; volatile publishers then log a QoS notice)
     default_instruction: str = ""                # used until one arrives on the topic ("" = wait for one)
     min_inference_period: float = 0.0            # s between inference starts; 0 = as fast as fresh data allows
     autostart: bool = True                       # configure + activate on start (no lifecycle manager needed)
@@ -82,6 +84,8 @@ class ExecutorNodeConfig:
     max_start_deviation: float = 0.5
     limit_tolerance: float = 0.2
     hold_before_first_chunk: bool = True         # command the measured position until the first chunk
+    realtime_priority: int = 0                   # >0: SCHED_FIFO priority for the control thread (needs
+                                                 # CAP_SYS_NICE / rtprio limits; falls back to nice -10)
     joint_scale: list[float] = field(default_factory=lambda: [1.0] * NUM_JOINTS)
     joint_offset: list[float] = field(default_factory=lambda: [0.0] * NUM_JOINTS)
     diagnostics_period: float = 1.0

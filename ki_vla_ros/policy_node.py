@@ -71,7 +71,11 @@ class PolicyNode(LifecycleNode):
         # one also receives the current value from latched publishers (e.g. the sim's episode task) that
         # published before this node came up. A repeated identical text is accepted quietly.
         self.create_subscription(String, self.cfg.instruction_topic, self._on_instruction, INSTRUCTION_QOS)
-        self.create_subscription(String, self.cfg.instruction_topic, self._on_instruction, LATCHED_INSTRUCTION_QOS)
+        if self.cfg.instruction_latched:
+            # Volatile publishers see this subscription as QoS-incompatible (a one-line notice on their side);
+            # their messages still arrive through the volatile subscription above.
+            self.create_subscription(String, self.cfg.instruction_topic, self._on_instruction,
+                                     LATCHED_INSTRUCTION_QOS)
         self._last_instruction = ""
 
     # ---- lifecycle ----------------------------------------------------------------------------------
