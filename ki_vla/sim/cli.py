@@ -6,10 +6,11 @@ import json
 import re
 import sys
 
-from ki_vla.sim.collect import CollectConfig, collect_dataset
+from ki_vla.sim.collect import CollectConfig, collect_bags, collect_dataset
 from ki_vla.sim.scenes import DEFAULT_CAMERAS, DEFAULT_IMAGE_SIZE, TASKS
 
-help = "Collect scripted demonstrations in the MuJoCo bimanual sim into a LeRobot v3 dataset."
+help = ("Collect scripted demonstrations in the MuJoCo bimanual sim into a LeRobot v3 dataset (--out) "
+        "or rosbag2 recordings with the robot's topics (--bag).")
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -23,7 +24,9 @@ def parse_image_size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, choices=TASKS, help="sim task")
     parser.add_argument("--episodes", type=int, required=True, help="successful episodes to write")
-    parser.add_argument("--out", required=True, help="dataset directory to create (LeRobot v3 layout)")
+    dest = parser.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="dataset directory to create (LeRobot v3 layout)")
+    dest.add_argument("--bag", help="folder to create with one rosbag2 per episode (episode_000000, ...)")
     parser.add_argument("--seed", type=int, default=0, help="first episode seed; later attempts use seed+1, ...")
     parser.add_argument("--image-size", type=parse_image_size, default=DEFAULT_IMAGE_SIZE, metavar="HxW",
                         help=f"camera image size (default {DEFAULT_IMAGE_SIZE[0]}x{DEFAULT_IMAGE_SIZE[1]})")
@@ -36,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="transfer_color: always name this cube (default: drawn per seed)")
     parser.add_argument("--no-video", action="store_true", help="store frames as PNG in parquet instead of mp4")
     parser.add_argument("--vcodec", default=None, help="video codec: av1 | h264 | mpeg4 (default: best available)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    parser.add_argument("--bag-storage", choices=("mcap", "sqlite3"), default="mcap", help="bag mode: rosbag2 storage")
+    parser.add_argument("--camera-hz", type=float, default=25.0, help="bag mode: image rate, divides 50 (default 25)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -44,12 +49,14 @@ def run(args: argparse.Namespace) -> int:
     cameras = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
     if args.target is not None and args.task != "transfer_color":
         raise ValueError("--target only applies to --task transfer_color")
-    config = CollectConfig(task=args.task, episodes=args.episodes, out=args.out, seed=args.seed,
+    config = CollectConfig(task=args.task, episodes=args.episodes, out=args.bag or args.out, seed=args.seed,
                            image_size=tuple(args.image_size), cameras=cameras, max_attempts=args.max_attempts,
                            target=args.target, use_videos=not args.no_video, vcodec=args.vcodec,
-                           overwrite=args.overwrite, episode_steps=args.episode_steps)
+                           overwrite=args.overwrite, episode_steps=args.episode_steps,
+                           bag_storage=args.bag_storage, bag_camera_hz=args.camera_hz)
+    collect = collect_bags if args.bag else collect_dataset
     try:
-        summary = collect_dataset(config, progress=not args.no_progress)
+        summary = collect(config, progress=not args.no_progress)
     except RuntimeError as exc:
         print(f"ki-vla collect: {exc}", file=sys.stderr)
         return 1

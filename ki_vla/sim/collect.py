@@ -1,17 +1,21 @@
-"""Scripted demonstrations -> LeRobot v3 dataset (the library behind `ki-vla collect`).
+"""Scripted demonstrations -> LeRobot v3 dataset or rosbag2 recordings (the library behind `ki-vla collect`).
 
 Only successful episodes are kept. Memory stays bounded whatever the image size: each attempt first
 runs physics only (cheap) to learn whether the script succeeded; a kept episode is then replayed once
 per camera, rendering that camera only, and its frames stream straight into the dataset writer's
 encoder. Replays are exact because the sim is deterministic (checked: the replayed final state must
-equal the first run's bit for bit).
+equal the first run's bit for bit). Bag mode (`collect_bags`) writes one rosbag2 per kept episode
+with the robot's topics (ki_vla.sim.bag).
 """
 from __future__ import annotations
 
+import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +40,8 @@ class CollectConfig:
     vcodec: str | None = None
     overwrite: bool = False
     episode_steps: int | None = None  # default: the task's (400 ticks = 8 s)
+    bag_storage: str = "mcap"  # bag mode: mcap | sqlite3
+    bag_camera_hz: float = 25.0  # bag mode: image rate (must divide 50 Hz)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -97,6 +103,32 @@ def replay_frames(env: BimanualSim, actions: np.ndarray, seed: int, camera: str,
         raise RuntimeError(f"replay of seed {seed} diverged from the recorded episode; the sim is not deterministic")
 
 
+def _successful_episodes(config: CollectConfig, env: BimanualSim, policy: ScriptedPolicy,
+                         summary: CollectSummary, bar: Any) -> Iterator[dict]:
+    """Scripted attempts from config.seed on; yields successful ones (the consumer writes each before
+    asking for the next) and books failures. Raises RuntimeError when the attempt limit is hit."""
+    steps = config.episode_steps or env.episode_steps
+    seed = config.seed
+    while summary.kept < config.episodes:
+        if summary.attempts >= config.attempts_limit:
+            raise RuntimeError(
+                f"only {summary.kept}/{config.episodes} scripted {config.task} episodes succeeded in "
+                f"{summary.attempts} attempts (seeds {config.seed}..{seed - 1}); nothing written")
+        ep = run_scripted_episode(env, policy, seed, render=False, target=config.target, num_steps=steps)
+        if ep["success"]:
+            ep["final_state"] = env.state()
+            yield ep
+            summary.kept += 1
+            summary.kept_seeds.append(seed)
+            summary.frames += len(ep["actions"])
+            bar.update(1)
+        else:
+            summary.discarded += 1
+            summary.discarded_seeds.append(seed)
+        bar.set_postfix(discarded=summary.discarded)
+        seed += 1
+
+
 def collect_dataset(config: CollectConfig, progress: bool = True) -> CollectSummary:
     """Run scripted episodes until `config.episodes` succeeded and write them as a LeRobot v3 dataset.
 
@@ -109,7 +141,6 @@ def collect_dataset(config: CollectConfig, progress: bool = True) -> CollectSumm
         raise ValueError(f"output dataset {config.out} already exists (use --overwrite to replace it)")
     env = BimanualSim(config.task, seed=config.seed, cameras=config.cameras, image_size=config.image_size)
     policy = ScriptedPolicy(config.task)
-    steps = config.episode_steps or env.episode_steps
     summary = CollectSummary(out=config.out, task=config.task)
     t0 = time.perf_counter()
     h, w = config.image_size
@@ -119,30 +150,49 @@ def collect_dataset(config: CollectConfig, progress: bool = True) -> CollectSumm
         use_videos=config.use_videos, vcodec=config.vcodec, overwrite=config.overwrite)
     bar = tqdm(total=config.episodes, desc=f"collect {config.task}", unit="ep", disable=not progress)
     try:
-        seed = config.seed
-        while summary.kept < config.episodes:
-            if summary.attempts >= config.attempts_limit:
-                raise RuntimeError(
-                    f"only {summary.kept}/{config.episodes} scripted {config.task} episodes succeeded in "
-                    f"{summary.attempts} attempts (seeds {config.seed}..{seed - 1}); nothing written")
-            ep = run_scripted_episode(env, policy, seed, render=False, target=config.target, num_steps=steps)
-            if not ep["success"]:
-                summary.discarded += 1
-                summary.discarded_seeds.append(seed)
-            else:
-                final_state = env.state()
-                images = {cam: replay_frames(env, ep["actions"], seed, cam, config.target, final_state)
-                          for cam in config.cameras}
-                writer.add_episode(images=images, state=ep["states"], action=ep["actions"], task=ep["instruction"])
-                summary.kept += 1
-                summary.kept_seeds.append(seed)
-                summary.frames += len(ep["actions"])
-                bar.update(1)
-            bar.set_postfix(discarded=summary.discarded)
-            seed += 1
+        for ep in _successful_episodes(config, env, policy, summary, bar):
+            images = {cam: replay_frames(env, ep["actions"], ep["seed"], cam, config.target, ep["final_state"])
+                      for cam in config.cameras}
+            writer.add_episode(images=images, state=ep["states"], action=ep["actions"], task=ep["instruction"])
         writer.finalize()
     except BaseException:
         writer.abort()
+        raise
+    finally:
+        bar.close()
+        env.close()
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def collect_bags(config: CollectConfig, progress: bool = True) -> CollectSummary:
+    """Like `collect_dataset`, but `config.out` becomes a folder of rosbag2 recordings, one per kept
+    episode (`episode_000000`, ...). Written to a temp folder and renamed into place when complete."""
+    from tqdm import tqdm
+
+    from ki_vla.sim.bag import write_episode_bag
+
+    if config.out.exists() and not config.overwrite:
+        raise ValueError(f"output folder {config.out} already exists (use --overwrite to replace it)")
+    env = BimanualSim(config.task, seed=config.seed, cameras=config.cameras, image_size=config.image_size)
+    policy = ScriptedPolicy(config.task)
+    summary = CollectSummary(out=config.out, task=config.task)
+    t0 = time.perf_counter()
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = config.out.parent / f".{config.out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    bar = tqdm(total=config.episodes, desc=f"collect {config.task} (bags)", unit="ep", disable=not progress)
+    try:
+        for ep in _successful_episodes(config, env, policy, summary, bar):
+            write_episode_bag(tmp / f"episode_{summary.kept:06d}", env, ep["actions"], ep["seed"],
+                              target=config.target, camera_hz=config.bag_camera_hz, storage=config.bag_storage)
+            if not np.array_equal(env.state(), ep["final_state"]):
+                raise RuntimeError(f"bag replay of seed {ep['seed']} diverged; the sim is not deterministic")
+        if config.out.exists():
+            shutil.rmtree(config.out)
+        tmp.rename(config.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         bar.close()
