@@ -78,8 +78,7 @@ class CameraNode(Node):
             rgb = compressed_msg_to_rgb(msg) if compressed else image_msg_to_rgb(msg, self.use_bridge)
             out = resize_for_model(rgb, self.cfg.image_size, self.cfg.resize_mode)
         except (ImageDecodeError, ValueError) as exc:
-            reason = type(exc).__name__ if not str(exc) else str(exc).split(";")[0][:80]
-            stream.dropped.inc(reason)
+            stream.dropped.inc(type(exc).__name__)
             self.log.warn(f"drop-{stream.name}", f"{stream.name}: dropped malformed frame: {exc}")
             return
         header = msg.header

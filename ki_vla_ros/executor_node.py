@@ -99,7 +99,7 @@ class ExecutorNode(Node):
         try:
             q = joint_state_positions(msg, JOINT_NAMES)
         except ValueError as exc:
-            self.state_errors.inc(str(exc).split("(")[0][:60])
+            self.state_errors.inc("invalid")
             self.log.warn("joint_state", f"ignoring joint_states: {exc}")
             return
         self.core.on_state(self.mapping.from_robot(q))
@@ -110,9 +110,8 @@ class ExecutorNode(Node):
         try:
             names, times, positions = trajectory_to_arrays(msg)
             self.core.on_chunk(names, times, positions, stamp, now)
-        except (ChunkRejected, ValueError) as exc:
-            reason = str(exc).split(":")[0][:60]
-            self.rejected.inc(reason)
+        except (ChunkRejected, ValueError) as exc:  # ValueError: ragged message from trajectory_to_arrays
+            self.rejected.inc(exc.reason if isinstance(exc, ChunkRejected) else "malformed")
             self.log.warn("chunk", f"rejected action chunk: {exc}")
             return
         self.chunks_ok.tick(now)

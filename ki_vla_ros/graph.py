@@ -74,6 +74,12 @@ def build_plan(config: str | Path, model: str | None = None, device: str | None 
     if missing:
         raise ValueError(f"{config_path} has no section for {missing}")
     plan = GraphPlan(processes=[])
+    with_sim = sim and sim_available()
+    if with_sim and not use_sim_time:
+        # The sim stamps frames and joint states with its own clock and publishes /clock: nodes that
+        # compare stamps with their clock (age limits, latency compensation) must follow it.
+        use_sim_time = True
+        plan.notes.append("--sim: the nodes use the sim's /clock (use_sim_time=true)")
     common = {"use_sim_time": use_sim_time}
     for name in CORE_NODES:
         overrides: dict[str, object] = dict(common)
@@ -85,7 +91,7 @@ def build_plan(config: str | Path, model: str | None = None, device: str | None 
         plan.processes.append(NodeProcess(name, [python, "-m", f"ki_vla_ros.{name}"]
                                           + ros_args(config_path, name, overrides)))
     if sim:
-        if sim_available():
+        if with_sim:
             plan.processes.insert(0, NodeProcess("sim_node", [python, "-m", "ki_vla_ros.sim_node"]
                                                  + ros_args(config_path, "sim_node", {})))
         else:

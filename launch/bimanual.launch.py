@@ -34,6 +34,9 @@ def _nodes(context, *args, **kwargs):
     device = LaunchConfiguration("device").perform(context)
     use_sim_time = _truthy(LaunchConfiguration("use_sim_time").perform(context))
     sim = _truthy(LaunchConfiguration("sim").perform(context))
+    sim_installed = importlib.util.find_spec(f"{PACKAGE}.sim_node") is not None
+    # The sim publishes /clock and stamps everything with it: the other nodes must follow it.
+    use_sim_time = use_sim_time or (sim and sim_installed)
     with open(config) as f:
         params = yaml.safe_load(f)
     rsp = params.get("robot_state_publisher", {}).get("ros__parameters", {})
@@ -59,7 +62,7 @@ def _nodes(context, *args, **kwargs):
                           "publish_frequency": float(rsp.get("publish_frequency", 20.0))}]),
     ]
     if sim:
-        if importlib.util.find_spec(f"{PACKAGE}.sim_node") is not None:
+        if sim_installed:
             actions.insert(0, Node(package=PACKAGE, executable="sim_node", name="sim_node", output="screen",
                                    parameters=[config, common]))
         else:

@@ -146,4 +146,6 @@ def test_executor_rate_limits_hold_and_resume():
         assert wait_for(lambda: report() is not None and int(report()["rejected"]) >= 5, 3.0), report()
         kv = report()
         assert int(kv["accepted"]) >= 5
+        for reason in ("nan", "jump", "names", "malformed", "limits"):
+            assert int(kv.get(f"rejected[{reason}]", 0)) >= 1, (reason, kv)
         assert float(kv["latency_ms_p50"]) > 0

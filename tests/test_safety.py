@@ -89,8 +89,11 @@ def test_valid_chunk_is_reordered(limits):
     (lambda n, t, p: (n, t, p + 10.0), "beyond"),
 ])
 def test_bad_chunks_rejected(limits, mutate, match):
-    with pytest.raises(ChunkRejected, match=match):
+    with pytest.raises(ChunkRejected, match=match) as e:
         validate_chunk(*mutate(*chunk()), limits)
+    reasons = {"NaN": "nan", "mismatch": "names", "duplicate": "names", "shape": "length", "increase": "timing",
+               "no points": "length", "jump": "jump", "beyond": "limits"}
+    assert e.value.reason == reasons[match]
 
 
 def test_too_many_points_and_start_deviation(limits):

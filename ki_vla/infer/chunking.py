@@ -223,9 +223,9 @@ class ChunkExecutor:
                  stamp: float, now: float) -> Chunk:
         """Validate and add a chunk; raises ChunkRejected (and keeps the previous plan) when it is bad."""
         if not math.isfinite(stamp):
-            raise ChunkRejected("chunk stamp is not finite")
+            raise ChunkRejected("timing", "chunk stamp is not finite")
         if stamp > now + 1.0:
-            raise ChunkRejected(f"chunk stamped {stamp - now:.3f} s in the future (clock mismatch?)")
+            raise ChunkRejected("timing", f"chunk stamped {stamp - now:.3f} s in the future (clock mismatch?)")
         reference = self.last_command if self.last_command is not None else self.measured
         q = validate_chunk(joint_names, times, positions, self.limits, self.check,
                            reference=reference, reference_offset=now - stamp)
@@ -233,13 +233,13 @@ class ChunkExecutor:
         if q.shape[0] > 1:
             dts = np.diff(times)
             if np.ptp(dts) > 1e-6 * max(1.0, float(dts.mean())):
-                raise ChunkRejected("chunk points are not evenly spaced in time")
+                raise ChunkRejected("timing", "chunk points are not evenly spaced in time")
             dt = float(dts.mean())
         else:
             dt = self.dt
         chunk = Chunk(stamp=stamp + float(times[0]), dt=dt, actions=q)
         if chunk.end < now:
-            raise ChunkRejected(f"chunk ended {now - chunk.end:.3f} s ago (inference slower than the horizon)")
+            raise ChunkRejected("expired", f"chunk ended {now - chunk.end:.3f} s ago (inference slower than the horizon)")
         self.merger.add(chunk)
         self.last_chunk_time = now
         return chunk

@@ -16,7 +16,12 @@ import numpy as np
 
 
 class ChunkRejected(ValueError):
-    """A chunk that must not reach the robot; the message says why (logged and counted by the caller)."""
+    """A chunk that must not reach the robot. `reason` is a short fixed key (names, length, nan, timing,
+    limits, jump, start_jump, expired) for counters; the message has the details for the log."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -145,30 +150,30 @@ def validate_chunk(joint_names: list[str] | tuple[str, ...], times: np.ndarray, 
     names = list(joint_names)
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise ChunkRejected(f"duplicate joint names {dup}")
+        raise ChunkRejected("names", f"duplicate joint names {dup}")
     if set(names) != set(limits.names):
         missing = sorted(set(limits.names) - set(names))
         extra = sorted(set(names) - set(limits.names))
-        raise ChunkRejected(f"joint names mismatch: missing {missing}, unexpected {extra}")
+        raise ChunkRejected("names", f"joint names mismatch: missing {missing}, unexpected {extra}")
     times = np.asarray(times, dtype=np.float64)
     positions = np.asarray(positions, dtype=np.float64)
     if times.ndim != 1 or times.size == 0:
-        raise ChunkRejected("chunk has no points")
+        raise ChunkRejected("length", "chunk has no points")
     if times.size > check.max_points:
-        raise ChunkRejected(f"chunk has {times.size} points, more than max_points={check.max_points}")
+        raise ChunkRejected("length", f"chunk has {times.size} points, more than max_points={check.max_points}")
     if positions.shape != (times.size, len(names)):
-        raise ChunkRejected(f"positions have shape {positions.shape}, expected ({times.size}, {len(names)})")
+        raise ChunkRejected("length", f"positions have shape {positions.shape}, expected ({times.size}, {len(names)})")
     if not np.all(np.isfinite(times)) or not np.all(np.isfinite(positions)):
-        raise ChunkRejected("chunk contains NaN or inf")
+        raise ChunkRejected("nan", "chunk contains NaN or inf")
     if times[0] < 0 or np.any(np.diff(times) <= 0):
-        raise ChunkRejected("time_from_start must start >= 0 and strictly increase")
+        raise ChunkRejected("timing", "time_from_start must start >= 0 and strictly increase")
     order = [names.index(n) for n in limits.names]
     q = positions[:, order]
     tol = check.limit_tolerance
     if not limits.within(q, tol):
         over = np.maximum(q - limits.upper, limits.lower - q).max(axis=0)
         worst = int(np.argmax(over))
-        raise ChunkRejected(f"joint {limits.names[worst]!r} goes {over[worst]:.3f} beyond its limits "
+        raise ChunkRejected("limits", f"joint {limits.names[worst]!r} goes {over[worst]:.3f} beyond its limits "
                             f"(tolerance {tol})")
     if times.size > 1:
         dts = np.diff(times)[:, None]
@@ -177,7 +182,7 @@ def validate_chunk(joint_names: list[str] | tuple[str, ...], times: np.ndarray, 
         bad = speed > allowed
         if np.any(bad):
             k, j = np.argwhere(bad)[0]
-            raise ChunkRejected(f"jump on {limits.names[j]!r} between points {k} and {k + 1}: "
+            raise ChunkRejected("jump", f"jump on {limits.names[j]!r} between points {k} and {k + 1}: "
                                 f"{speed[k, j]:.2f}/s > {allowed[j]:.2f}/s")
     if reference is not None:
         ref = np.asarray(reference, dtype=np.float64)
@@ -185,7 +190,7 @@ def validate_chunk(joint_names: list[str] | tuple[str, ...], times: np.ndarray, 
         dev = np.abs(q[idx] - ref)
         if np.any(dev > check.max_start_deviation):
             j = int(np.argmax(dev))
-            raise ChunkRejected(f"chunk starts {dev[j]:.3f} away from the current command on "
+            raise ChunkRejected("start_jump", f"chunk starts {dev[j]:.3f} away from the current command on "
                                 f"{limits.names[j]!r} (max_start_deviation {check.max_start_deviation})")
     return q
 
