@@ -26,16 +26,24 @@ commands give bit-identical trajectories.
 from __future__ import annotations
 
 import atexit
+import os
+import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import mujoco
-import numpy as np
+# Headless Linux (CI, servers, containers): MuJoCo's default GLFW backend needs a display, OSMesa is
+# rarely installed, EGL works with Mesa's software rasterizer. The choice is read when the first
+# renderer is made, so setting it here (unless the user chose) is early enough.
+if sys.platform.startswith("linux") and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    os.environ["MUJOCO_GL"] = "egl"
 
-from ki_vla.joints import ARM_JOINTS, CONTROL_HZ, JOINT_NAMES, NUM_JOINTS
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ki_vla.joints import ARM_JOINTS, CONTROL_HZ, JOINT_NAMES, NUM_JOINTS  # noqa: E402
 
 TASKS = ("transfer_cube", "insertion", "transfer_color")
 DEFAULT_CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
