@@ -9,15 +9,17 @@ ROS graph share one convention, the one in ARCHITECTURE.md:
   mapping to finger travel (`FINGER_CLOSED` .. `FINGER_OPEN`, metres) lives here and nowhere else;
 * one `step` is one control tick at `CONTROL_HZ` (50 Hz): the command becomes the targets of the
   scene's position actuators and physics advances by as many 2 ms substeps as fit in the tick;
-* cameras are named `cam_high`, `cam_left_wrist`, `cam_right_wrist` (renamed from the asset's
-  `top`, `left_wrist`, `right_wrist`); `cam_front` (the asset's `angle`) is there for videos.
+* cameras are named `cam_high` (the asset's `top`), `cam_left_wrist` and `cam_right_wrist` (ours:
+  gripper-mounted, wide angle, fingers in view, like ALOHA's; the asset's narrow 20-degree wrist views
+  keep their names `left_wrist` / `right_wrist`); `cam_front` (the asset's `angle`) is there for videos.
 
 Scenes come from gym-aloha's MJCF assets (transfer cube, insertion); `transfer_color` is ours: the
 transfer-cube scene with a second, blue cube and an instruction naming the cube to hand over.
 
 Rendering is the expensive part on CPU, so only the cameras asked for are rendered, one reusable
 `mujoco.Renderer` serves them all, and shadows, reflections, the skybox and multisampling are off
-(measured on llvmpipe: about 7x cheaper than the defaults for three 240x320 views).
+(measured on llvmpipe: about 7x cheaper than the defaults for three 240x320 views). A renderer
+belongs to the thread that made it; rendering from another thread makes a new one.
 
 Episodes are seeded: `reset(seed)` samples object poses (and the target colour) from
 `numpy.random.default_rng(seed)`; MuJoCo itself is deterministic, so the same seed and the same
@@ -548,10 +550,20 @@ class BimanualSim:
         return out
 
     def close(self) -> None:
-        """Release the GL context (safe to call twice)."""
+        """Release the GL context (safe to call twice). Call it from the thread that rendered; from
+        another thread the context cannot be made current, and it is only dropped."""
         if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+            renderer, self._renderer = self._renderer, None
+            try:
+                renderer.close()
+            except Exception:  # noqa: BLE001 - e.g. EGL_BAD_ACCESS from a foreign thread, or at teardown
+                pass
+
+    @classmethod
+    def from_config(cls, config: SimConfig, seed: int = 0) -> "BimanualSim":
+        """Build from a SimConfig (e.g. one stored with an evaluation)."""
+        return cls(config.task, seed, cameras=config.cameras, image_size=config.image_size,
+                   control_hz=config.control_hz)
 
     def __enter__(self) -> "BimanualSim":
         return self
