@@ -137,4 +137,21 @@ def test_up_dry_run_and_sim_flag(capsys):
         assert "sim is unavailable" in out
     else:
         assert "ki_vla_ros.sim_node" in out
+        assert "use_sim_time:=true" in out       # the sim owns the clock
     assert main(["up", "--dry-run", "--config", "/nonexistent.yaml"]) == 2
+
+
+def test_up_stops_the_graph_when_a_node_dies(tmp_path):
+    """A node that exits (here: a config error in the executor) takes the graph down with a non-zero code."""
+    import subprocess
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["executor_node"]["ros__parameters"]["merge_strategy"] = "no_such_strategy"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "up", "--config", str(bad), "--duration", "60"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert out.returncode != 0
+    assert "executor_node exited with code 2" in out.stdout, out.stdout[-2000:]
+    assert "unknown merge strategy" in out.stderr + out.stdout

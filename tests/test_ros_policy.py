@@ -77,10 +77,24 @@ def test_policy_node_publishes_chunks_and_stops_on_stale_input():
         assert times[0] == 0.0
         assert min(abs(to_sec(msg.header.stamp) - s) for s in sent_stamps) < 1e-6  # stamp = observation time
         assert all(np.all(np.isfinite(p.positions)) for p in msg.points)
-        assert wait_for(lambda: (diag(diags, "policy_node: policy") or {}).get("instructions[rejected]") == "3", 3.0)
+        def reported():
+            kv = diag(diags, "policy_node: policy") or {}
+            return kv.get("instructions[rejected]") == "3" and kv.get("inference_ms_p50", "nan") != "nan"
+
+        assert wait_for(reported, 3.0), diag(diags, "policy_node: policy")
         kv = diag(diags, "policy_node: policy")
         assert kv["instruction"] == "pick up the cube" and kv["instructions[accepted]"] == "1"
         assert float(kv["inference_ms_p50"]) > 0
+
+        # Lifecycle: deactivate stops publishing (model stays loaded), activate resumes.
+        from rclpy.lifecycle import TransitionCallbackReturn
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        time.sleep(0.3)
+        n = len(chunks)
+        time.sleep(1.0)
+        assert len(chunks) == n, "published while inactive"
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert wait_for(lambda: len(chunks) > n, 20.0), "no chunks after re-activation"
 
         # Stale input: stop the cameras; once the last frame is older than max_image_age, no more chunks.
         feeding["on"] = False
