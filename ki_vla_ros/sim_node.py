@@ -266,8 +266,7 @@ class SimNode(Node):
         stamp = to_time_msg(r.clock)
         if self.clock_pub is not None and not republish:
             self.clock_pub.publish(Clock(clock=stamp))
-        images = r.images if r.images or not republish else (self._last.images if self._last else {})
-        for cam, img in images.items():
+        for cam, img in r.images.items():  # a republished result carries the latest frames
             header = Header(stamp=stamp, frame_id=self.cfg.camera_frame_id.format(name=cam))
             self.image_pubs[cam].publish(rgb_to_image_msg(img, header))
         js = JointState(name=list(JOINT_NAMES), position=[float(x) for x in r.state],
