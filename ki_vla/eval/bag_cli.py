@@ -283,10 +283,14 @@ def build_report(m: dict[str, Any], result: Any, recorded: dict[int, np.ndarray]
 
     r = Report("Open-loop evaluation (bag replay)")
     r.paragraph(_weights_line(m))
-    src = m["dataset"] or ", ".join(f"`{p}`" for p in m["inputs"][:5]) + (" ..." if len(m["inputs"]) > 5 else "")
+    if m["dataset"]:
+        src = f"`{m['dataset']}`"
+    else:
+        src = ", ".join(f"`{p}`" for p in m["inputs"][:5]) + (" ..." if len(m["inputs"]) > 5 else "")
+    every = "every frame" if m["stride"] == 1 else f"every {m['stride']} frames"
     r.paragraph(
         f"Data: {m['input_kind']} {src}: {m['episodes']} episodes, {m['frames']} frames at {m['fps']:g} Hz. "
-        f"Evaluated {m['frames_evaluated']} frames of {m['episodes_evaluated']} episodes (every {m['stride']}th"
+        f"Evaluated {m['frames_evaluated']} frames of {m['episodes_evaluated']} episodes ({every}"
         f"{', at most ' + str(m['max_frames']) if m['max_frames'] else ''}); chunks of {m['horizon']} steps, "
         f"{m['num_steps']} flow steps, seed {m['seed']}, on {m['device']} (torch {m['torch_version']}). "
         "Errors are in the recorded action units (radians; gripper normalized)."
