@@ -276,3 +276,20 @@ def test_bad_inputs_exit_2_with_a_clear_message(bags, dataset, tmp_path, capsys)
     if not torch.cuda.is_available():
         fails(["--model", TINY, str(dataset), "--device", "cuda"], "no CUDA device")
     assert not (tmp_path / "r").exists()
+
+
+def test_policy_predictor_is_seeded(dataset):
+    """Same seed, same chunks (reports are reproducible); another seed, other flow-matching noise."""
+    import warnings
+
+    from ki_vla.model.policy import KIPolicy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        policy = KIPolicy.load(TINY)
+    chunks = ChunkDataset(LeRobotDataset(dataset), H, policy.cfg.camera_names, (32, 32))
+    obs = [offline._observation(chunks[i]) for i in (0, 5)]
+    a, b, c = (offline.policy_predictor(policy, num_steps=1, seed=s)(obs) for s in (3, 3, 4))
+    assert a.shape == (2, H, 14) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
