@@ -95,7 +95,9 @@ class ExpertLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(ec.hidden_size, tc.rms_norm_eps, gemma, cond_dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None, prefix_kv: KV, mask: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+                cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False) -> torch.Tensor:
+        """kv_is_buffer: `prefix_kv` are preallocated (B, Hkv, L_prefix + H, D) buffers holding the prefix; the
+        layer writes its own K/V into the tail in place instead of concatenating (the inference engine's path)."""
         attn = self.self_attn
         h, gate = self.input_layernorm(x, cond)
         shape = (*h.shape[:2], -1, attn.head_dim)
@@ -103,8 +105,14 @@ class ExpertLayer(nn.Module):
         k = attn.k_proj(h).view(shape).transpose(1, 2)
         v = attn.v_proj(h).view(shape).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        keys = torch.cat([prefix_kv[0].to(k.dtype), k], dim=2)
-        values = torch.cat([prefix_kv[1].to(v.dtype), v], dim=2)
+        if kv_is_buffer:
+            keys, values = prefix_kv
+            own = keys.shape[2] - k.shape[2]
+            keys[:, :, own:].copy_(k)
+            values[:, :, own:].copy_(v)
+        else:
+            keys = torch.cat([prefix_kv[0].to(k.dtype), k], dim=2)
+            values = torch.cat([prefix_kv[1].to(v.dtype), v], dim=2)
         x = gated_residual(x, attn.o_proj(attend(q, keys, values, mask)), gate)
         h, gate = self.post_attention_layernorm(x, cond)
         return gated_residual(x, self.mlp(h), gate)
@@ -154,13 +162,13 @@ class ActionExpert(nn.Module):
         return self.action_time_mlp_out(nn.functional.silu(self.action_time_mlp_in(mixed))), None
 
     def forward(self, noisy_actions: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], mask: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+                cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False) -> torch.Tensor:
         """mask: (B, H, L_prefix + H) bool. Returns the predicted velocity (B, H, max_action_dim)."""
         x, cond = self.embed(noisy_actions, t)
         for layer, kv in zip(self.layers, prefix_kv, strict=True):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cond, kv, mask, cos, sin, use_reentrant=False)
             else:
-                x = layer(x, cond, kv, mask, cos, sin)
+                x = layer(x, cond, kv, mask, cos, sin, kv_is_buffer)
         x, _ = self.norm(x, cond)
         return self.action_out_proj(x)

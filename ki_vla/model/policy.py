@@ -117,14 +117,20 @@ class KIPolicy(nn.Module):
         hidden, kv = self.backbone(emb, mask, positions_from_valid(valid))
         return hidden, [(k[:, :, :lp], v[:, :, :lp]) for k, v in kv], valid[:, :lp]
 
-    def _expert_velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], prefix_valid: torch.Tensor) -> torch.Tensor:
-        b, h = x_t.shape[:2]
-        own = torch.ones(b, h, h, dtype=torch.bool, device=x_t.device)
+    def expert_inputs(self, prefix_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The expert's attention mask (B, H, L_p + H) and RoPE tables for its H tokens, whose positions continue
+        after the valid prefix. They depend on the prefix only, so a denoising loop computes them once."""
+        b, h = prefix_valid.shape[0], self.cfg.horizon
+        own = torch.ones(b, h, h, dtype=torch.bool, device=prefix_valid.device)
         mask = torch.cat([prefix_valid[:, None, :].expand(b, h, -1), own], dim=2)
         offset = prefix_valid.long().sum(dim=1)
-        positions = offset[:, None] + torch.arange(h, device=x_t.device)[None, :]
-        cos, sin = self.backbone.rope(positions, x_t.to(self.backbone.dtype))
-        return self.expert(x_t, t, prefix_kv, mask, cos, sin)
+        positions = offset[:, None] + torch.arange(h, device=prefix_valid.device)[None, :]
+        like = torch.empty((), dtype=self.backbone.dtype, device=prefix_valid.device)
+        cos, sin = self.backbone.rope(positions, like)
+        return mask, cos, sin
+
+    def _expert_velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], prefix_valid: torch.Tensor) -> torch.Tensor:
+        return self.expert(x_t, t, prefix_kv, *self.expert_inputs(prefix_valid))
 
     def sample_time(self, b: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         a, c = self.cfg.time_beta

@@ -1,0 +1,78 @@
+"""The arithmetic and memory-traffic floor of one inference, computed from a config.
+
+Counted (multiply-add = 2 FLOPs): every linear layer of the vision tower, projector, language model (prefix
+tokens) and expert (H tokens x denoising steps), plus attention scores and weighted sums (QK^T and PV).
+Bytes: weights read once per pass (the expert's once per denoising step: at pi0.5 size they do not fit in
+L2), plus the expert's reads of the prefix K/V cache at every step. Norms, RoPE and softmax are left out:
+they are a few percent. The floor time is max(FLOPs / peak FLOP/s, bytes / bandwidth) on a named GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ki_vla.model.config import PolicyConfig
+
+# Dense bf16 tensor-core peak and HBM bandwidth (vendor datasheets, SXM parts).
+GPU_PEAKS = {
+    "H100": (989e12, 3.35e12),
+    "H200": (989e12, 4.8e12),
+    "A100": (312e12, 2.0e12),
+    "RTX 4090": (165e12, 1.0e12),
+}
+
+
+@dataclass
+class Floor:
+    flops: dict[str, float]
+    bytes: dict[str, float]
+
+    @property
+    def total_flops(self) -> float:
+        return sum(self.flops.values())
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(self.bytes.values())
+
+    def time_ms(self, peak_flops: float, bandwidth: float) -> dict[str, float]:
+        out = {k: 1e3 * max(self.flops[k] / peak_flops, self.bytes[k] / bandwidth) for k in self.flops}
+        out["total"] = sum(out.values())
+        return out
+
+
+def _decoder(tokens: int, ctx: int, width: int, mlp: int, layers: int, heads: int, kv_heads: int, head_dim: int) -> tuple[float, float]:
+    """(FLOPs, weight parameters) of `layers` gated-MLP decoder layers over `tokens` attending to `ctx` keys."""
+    proj = width * head_dim * (heads + 2 * kv_heads) + heads * head_dim * width
+    params = layers * (proj + 3 * width * mlp)
+    attn = layers * 4 * tokens * ctx * heads * head_dim
+    return 2.0 * tokens * params + attn, float(params)
+
+
+def inference_floor(cfg: PolicyConfig, batch_size: int = 1, num_steps: int | None = None, bytes_per_param: int = 2) -> Floor:
+    steps = num_steps or cfg.num_flow_steps
+    vc, tc, ec = cfg.vision, cfg.text, cfg.expert
+    n_cam = len(cfg.camera_names)
+    patches = (vc.image_size // vc.patch_size) ** 2
+    vis_params = vc.num_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size) + 3 * vc.patch_size**2 * vc.hidden_size
+    proj_in = vc.hidden_size * (vc.scale_factor**2 if vc.arch == "idefics3" else 1)
+    proj_params = proj_in * tc.hidden_size
+    vis_flops = n_cam * (2.0 * patches * vis_params + vc.num_layers * 4 * patches * patches * vc.hidden_size
+                         + 2.0 * vc.tokens_per_image * proj_params)
+    lp = cfg.num_image_tokens + cfg.max_text_tokens
+    pre_flops, lm_params = _decoder(lp, lp, tc.hidden_size, tc.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+    h = cfg.horizon
+    exp_flops, exp_params = _decoder(h, lp + h, ec.hidden_size, ec.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+    kv_bytes = tc.num_layers * 2 * (lp + h) * tc.num_kv_heads * tc.head_dim * bytes_per_param * batch_size
+    return Floor(
+        flops={"vision": batch_size * vis_flops, "prefix": batch_size * pre_flops, "expert": batch_size * steps * exp_flops},
+        bytes={"vision": (vis_params + proj_params) * bytes_per_param, "prefix": lm_params * bytes_per_param + kv_bytes,
+               "expert": steps * (exp_params * bytes_per_param + kv_bytes)},
+    )
+
+
+def gpu_peak(device_name: str) -> tuple[str, float, float] | None:
+    """(key, peak FLOP/s, bandwidth) for a CUDA device name such as 'NVIDIA H100 80GB HBM3', else None."""
+    for key, (flops, bw) in GPU_PEAKS.items():
+        if key.lower() in device_name.lower():
+            return key, flops, bw
+    return None
