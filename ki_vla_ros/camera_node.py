@@ -10,16 +10,15 @@ import sys
 import time
 from typing import Any
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
 from ki_vla.data.images import RESIZE_MODES, ImageDecodeError, resize_for_model
 from ki_vla_ros.config import CameraNodeConfig
 from ki_vla_ros.msgs import compressed_msg_to_rgb, cv_bridge_available, image_msg_to_rgb, rgb_to_image_msg
-from ki_vla_ros.ros_util import (CAMERA_IN_QOS, CAMERA_OUT_QOS, Diagnostics, ThrottledLog, declare_config,
-                                 now_sec, to_sec)
+from ki_vla_ros.ros_util import (
+    CAMERA_IN_QOS, CAMERA_OUT_QOS, Diagnostics, ThrottledLog, declare_config, now_sec, run_node,
+    to_sec)
 from ki_vla_ros.stats import Counter, RateMeter, Window
 
 
@@ -113,22 +112,7 @@ class CameraNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script `camera_node`."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = CameraNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        print(f"camera_node: configuration error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(CameraNode, "camera_node", args)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ import time
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
@@ -24,8 +22,9 @@ from ki_vla.infer.safety import ChunkCheck, ChunkRejected, JointLimits, JointMap
 from ki_vla.joints import JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS
 from ki_vla_ros.config import ExecutorNodeConfig, resolve_path
 from ki_vla_ros.msgs import command_trajectory, joint_state_positions, trajectory_to_arrays
-from ki_vla_ros.ros_util import (JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config,
-                                 now_sec, to_sec)
+from ki_vla_ros.ros_util import (
+    JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, now_sec, run_node,
+    to_sec)
 from ki_vla_ros.stats import Counter, RateMeter, Window
 
 
@@ -85,6 +84,7 @@ class ExecutorNode(Node):
         self.hold_ticks = 0
         self.commands = 0
         self._last_tick_wall: float | None = None
+        self._last_state_wall: float | None = None
         if cfg.realtime_priority > 0:
             self.get_logger().info(raise_priority(cfg.realtime_priority))
         self.timer = self.create_timer(self.dt, self._tick)
@@ -103,6 +103,7 @@ class ExecutorNode(Node):
             self.log.warn("joint_state", f"ignoring joint_states: {exc}")
             return
         self.core.on_state(self.mapping.from_robot(q))
+        self._last_state_wall = time.monotonic()
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
         now = now_sec(self)
@@ -151,8 +152,12 @@ class ExecutorNode(Node):
             kv["jitter_ms_p99"] = float(np.percentile(np.abs(per - self.dt * 1e3), 99))
         kv.update({f"tick_ms_{k}": v for k, v in self.tick_ms.percentiles().items()})
         kv.update({f"joint_state_errors[{k}]": v for k, v in self.state_errors.counts.items()})
+        state_age = time.monotonic() - self._last_state_wall if self._last_state_wall is not None else float("inf")
+        kv["joint_states_age_s"] = state_age
         if self.core.last_command is None:
             return Diagnostics.WARN, f"no {self.cfg.joint_states_topic} yet: not commanding", kv
+        if state_age > 0.5:
+            return Diagnostics.WARN, f"{self.cfg.joint_states_topic} silent for {state_age:.1f} s", kv
         if self.core.holding:
             return Diagnostics.WARN, "holding: no fresh chunk", kv
         return Diagnostics.OK, "executing", kv
@@ -171,22 +176,7 @@ class ExecutorNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script `executor_node`."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = ExecutorNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"executor_node: configuration error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(ExecutorNode, "executor_node", args)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ import time
 from typing import Any
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -27,8 +25,9 @@ from ki_vla.joints import JOINT_NAMES, NUM_JOINTS
 from ki_vla_ros.config import PolicyNodeConfig, resolve_path
 from ki_vla_ros.msgs import chunk_to_trajectory, image_msg_to_rgb, joint_state_positions
 from ki_vla_ros.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
-from ki_vla_ros.ros_util import (CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS, Diagnostics,
-                                 ThrottledLog, declare_config, now_sec, to_sec)
+from ki_vla_ros.ros_util import (
+    CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
+    Diagnostics, ThrottledLog, declare_config, now_sec, run_node, to_sec)
 from ki_vla_ros.stats import Counter, RateMeter, Window
 
 
@@ -275,23 +274,14 @@ class PolicyNode(LifecycleNode):
         return Diagnostics.OK, f"{kv['chunk_rate_hz']:.1f} chunks/s", kv
 
 
+def _autostart(node: PolicyNode) -> None:
+    if node.cfg.autostart and not node.startup():
+        node.get_logger().error("autostart failed; staying up unconfigured (see the error above)")
+
+
 def main(args: list[str] | None = None) -> int:
     """Console script `policy_node`."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = PolicyNode()
-        if node.cfg.autostart and not node.startup():
-            node.get_logger().error("autostart failed; staying up unconfigured (see the error above)")
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(PolicyNode, "policy_node", args, after_start=_autostart)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -43,17 +44,52 @@ LATCHED_INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, r
 
 def declare_config(node: Node, cls: type[T]) -> T:
     """Declare one parameter per field of dataclass `cls` (default = the field default) and return the
-    config filled with the node's values (from --params-file, -p overrides, or defaults)."""
+    config filled with the node's values (from --params-file, -p overrides, or defaults).
+
+    Parameters are declared with dynamic typing and coerced here, so `-p control_hz:=50` (an integer) or
+    `joint_scale: [1, 1, ...]` work as users expect; a value that cannot be coerced raises ValueError naming
+    the parameter.
+    """
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if isinstance(default, list) and default and isinstance(default[0], float):
-            default = [float(x) for x in default]
-        value = node.declare_parameter(f.name, default).value
-        if isinstance(default, float) and isinstance(value, int):
-            value = float(value)
-        values[f.name] = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
+        value = node.declare_parameter(f.name, default, ParameterDescriptor(dynamic_typing=True)).value
+        values[f.name] = _coerce(f.name, value, default)
     return cls(**values)
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    def bad() -> ValueError:
+        return ValueError(f"parameter {name!r}: expected {type(default).__name__} like {default!r}, got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+            raise bad()
+        return int(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if isinstance(default, list):
+        if not (isinstance(value, (list, tuple)) or hasattr(value, "tolist")):
+            raise bad()
+        items = list(value.tolist() if hasattr(value, "tolist") else value)
+        if default and isinstance(default[0], float):
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
+                raise bad()
+            return [float(x) for x in items]
+        if default and isinstance(default[0], str) and not all(isinstance(x, str) for x in items):
+            raise bad()
+        return items
+    return value
 
 
 def set_parameters(node: Node, values: dict[str, Any]) -> None:
@@ -166,3 +202,38 @@ class ThrottledLog:
             self._last[key] = now
         else:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
+
+
+def run_node(factory: Callable[[], Node], label: str, args: list[str] | None = None,
+             after_start: Callable[[Node], None] | None = None) -> int:
+    """A node executable's main: init, build, spin until Ctrl-C / shutdown, clean up.
+
+    Configuration mistakes (bad parameter value or type, invalid topic name, missing file) end the process
+    with one clear line and exit code 2 instead of a traceback, so `ki-vla-ros up` and `ros2 launch` show
+    the cause; anything else is a bug and keeps its traceback.
+    """
+    import sys
+
+    import rclpy
+    from rclpy.exceptions import NameValidationException, ParameterException
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args if args is not None else sys.argv)
+    node: Node | None = None
+    code = 0
+    try:
+        node = factory()
+        if after_start is not None:
+            after_start(node)
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, FileNotFoundError, ParameterException, NameValidationException) as exc:
+        print(f"{label}: configuration error: {exc}", file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code

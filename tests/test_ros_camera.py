@@ -4,7 +4,6 @@ import time
 
 import cv2
 import numpy as np
-import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image

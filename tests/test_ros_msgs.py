@@ -88,3 +88,16 @@ def test_stats():
     c = Counter()
     c.inc("a"), c.inc("a"), c.inc("b", 3)
     assert c.counts == {"a": 2, "b": 3} and c.total() == 5
+
+
+def test_parameter_coercion():
+    from ki_vla_ros.ros_util import _coerce
+
+    assert _coerce("hz", 50, 50.0) == 50.0 and isinstance(_coerce("hz", 50, 50.0), float)
+    assert _coerce("n", 2.0, 1) == 2
+    assert _coerce("s", [1, 2], [1.0]) == [1.0, 2.0]
+    assert _coerce("names", ["a"], ["x"]) == ["a"]
+    for name, value, default in (("hz", "fast", 50.0), ("n", 2.5, 1), ("flag", 1, True), ("s", ["a"], [1.0]),
+                                 ("t", 3, "topic"), ("hz", True, 50.0)):
+        with pytest.raises(ValueError, match=name):
+            _coerce(name, value, default)
