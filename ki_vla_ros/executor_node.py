@@ -76,7 +76,7 @@ class ExecutorNode(Node):
         self.rejected = Counter()
         self.state_errors = Counter()
         self.period_ms = Window(3000)         # wall-clock tick period: the jitter the robot sees
-        self.latency_ms = Window(500)         # observation stamp -> first command using that chunk
+        self.latency_ms = Window(3000)        # observation stamp -> first command using that chunk (~1 min)
         self.chunk_age_ms = Window(500)       # observation stamp -> chunk arrival
         self.tick_ms = Window(500)            # time spent in one tick
         self.clamped = 0
