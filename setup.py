@@ -46,6 +46,7 @@ setup(
             "policy_node = ki_vla_ros.policy_node:main",
             "executor_node = ki_vla_ros.executor_node:main",
             "sim_node = ki_vla_ros.sim_node:main",
+            "sim_evaluator = ki_vla_ros.sim_evaluator:main",
         ],
     },
 )

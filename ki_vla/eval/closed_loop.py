@@ -1,0 +1,158 @@
+"""Closed-loop evaluation logic (no ROS): episode bookkeeping, success statistics and the report.
+
+The ROS side (`ki_vla_ros/sim_evaluator.py`) feeds this with the sim's per-tick status, the policy's chunks
+and the executor's commands; `ki-vla eval-sim` turns the collected results into metrics.json and report.md.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    seed: int
+    success: bool
+    max_reward: float
+    reward_fraction: float  # max_reward / the task's max reward
+    duration_s: float  # sim time until success or timeout
+    instruction: str
+    chunks: int = 0
+    latency_ms: list[float] = field(default_factory=list)  # observation stamp -> chunk received
+    command_rate_hz: float = 0.0
+    video: str | None = None
+
+
+class EpisodeTracker:
+    """Decides when the current episode is over from the sim's status messages.
+
+    Statuses of earlier episodes can still be in flight after a reset, and the sim's own first episode may
+    carry the same seed: an episode only begins with a status of its seed whose episode time is near zero
+    (the reset happened), and only its statuses count after that. It ends at the first successful status, or
+    when its sim time reaches `max_seconds`.
+    """
+
+    BEGIN_WINDOW_S = 0.5
+
+    def __init__(self, episodes: int, seed: int, max_seconds: float) -> None:
+        if episodes < 1 or max_seconds <= 0:
+            raise ValueError("need episodes >= 1 and max_seconds > 0")
+        self.episodes, self.first_seed, self.max_seconds = episodes, seed, max_seconds
+        self.results: list[EpisodeResult] = []
+        self.current: EpisodeResult | None = None
+        self._begun = False
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) >= self.episodes
+
+    @property
+    def running(self) -> bool:
+        """An episode has begun (its reset was seen) and has not ended."""
+        return self.current is not None and self._begun
+
+    def next_seed(self) -> int:
+        return self.first_seed + len(self.results)
+
+    def start(self) -> int:
+        """Begin the next episode; returns the seed to reset the sim with."""
+        if self.done:
+            raise RuntimeError("all episodes are done")
+        seed = self.next_seed()
+        self.current = EpisodeResult(len(self.results), seed, False, 0.0, 0.0, 0.0, "")
+        self._begun = False
+        return seed
+
+    def on_status(self, status: dict[str, Any]) -> EpisodeResult | None:
+        """Feed one status; returns the finished episode's result when this status ends it."""
+        ep = self.current
+        if ep is None or int(status.get("seed", -1)) != ep.seed:
+            return None
+        if not self._begun:
+            if float(status.get("episode_time", 1e9)) > self.BEGIN_WINDOW_S:
+                return None  # a status from before our reset
+            self._begun = True
+        reward = float(status.get("reward", 0.0))
+        max_reward = float(status.get("max_reward", 1.0)) or 1.0
+        ep.max_reward = max(ep.max_reward, reward)
+        ep.reward_fraction = ep.max_reward / max_reward
+        ep.duration_s = float(status.get("episode_time", 0.0))
+        ep.instruction = str(status.get("instruction", ""))
+        if bool(status.get("success")) or ep.duration_s >= self.max_seconds:
+            ep.success = bool(status.get("success"))
+            self.results.append(ep)
+            self.current = None
+            return ep
+        return None
+
+
+def success_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval (scipy): honest at small n and at 0% or 100%, unlike the normal approximation."""
+    if n == 0:
+        return (0.0, 1.0)
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": math.nan, "p90": math.nan, "p99": math.nan}
+    arr = np.asarray(values, dtype=np.float64)
+    return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 99)}
+
+
+def summarize(results: list[EpisodeResult], meta: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json content: success rate with its 95% interval, latency percentiles, control rate, episodes."""
+    n = len(results)
+    k = sum(r.success for r in results)
+    low, high = success_interval(k, n)
+    latencies = [x for r in results for x in r.latency_ms]
+    lat = percentiles(latencies)
+    rates = [r.command_rate_hz for r in results if r.command_rate_hz > 0]
+    return {
+        **meta,
+        "episodes": n,
+        "successes": k,
+        "success_rate": k / n if n else math.nan,
+        "success_rate_ci95": [low, high],
+        "mean_reward_fraction": float(np.mean([r.reward_fraction for r in results])) if n else math.nan,
+        "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "latency_ms_p99": lat["p99"],
+        "control_rate_hz": float(np.mean(rates)) if rates else math.nan,
+        "per_episode": [{key: v for key, v in asdict(r).items() if key != "latency_ms"} for r in results],
+    }
+
+
+def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], title: str = "Closed-loop evaluation"):
+    """report.md + metrics.json (+ the episode videos) in `path`, atomically (ki_vla.eval.report)."""
+    from ki_vla.eval.report import Report, bar_plot, fmt
+
+    rep = Report(title)
+    low, high = metrics["success_rate_ci95"]
+    rep.paragraph(f"Model `{metrics.get('model')}` ({metrics.get('weights', 'unknown weights')}), task "
+                  f"`{metrics.get('task')}`, {metrics['episodes']} episodes from seed {metrics.get('seed')}, sim in "
+                  f"{metrics.get('mode')} mode, through the ROS 2 graph (sim_node, camera_node, policy_node, executor_node).")
+    rep.table(["metric", "value"], [
+        ["success rate", f"{metrics['successes']}/{metrics['episodes']} = {fmt(metrics['success_rate'], 3)}"],
+        ["95% interval (Wilson)", f"[{fmt(low, 3)}, {fmt(high, 3)}]"],
+        ["mean max reward / task max", fmt(metrics["mean_reward_fraction"], 3)],
+        ["observation-to-chunk latency p50 / p90 / p99 (ms)",
+         f"{fmt(metrics['latency_ms_p50'], 4)} / {fmt(metrics['latency_ms_p90'], 4)} / {fmt(metrics['latency_ms_p99'], 4)}"],
+        ["executor command rate (Hz, sim time)", fmt(metrics["control_rate_hz"], 4)],
+    ])
+    per = metrics["per_episode"]
+    rep.heading("Episodes")
+    rep.table(["#", "seed", "instruction", "success", "max reward fraction", "sim seconds", "chunks", "video"],
+              [[p["index"], p["seed"], p["instruction"], p["success"], fmt(p["reward_fraction"], 3), fmt(p["duration_s"], 3),
+                p["chunks"], f"[{p['video']}]({p['video']})" if p.get("video") else ""] for p in per])
+    if per:
+        rep.figure(bar_plot([str(p["seed"]) for p in per], {"max reward fraction": [p["reward_fraction"] for p in per]},
+                            title="Progress per episode by seed (1.0 = success)", ylabel="fraction"),
+                   "reward_per_episode.png", "How far each episode got (the task's reward stages).")
+    for name, data in videos.items():
+        rep.add_file(name, data)
+    return rep.write(path, metrics)

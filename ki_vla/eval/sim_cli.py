@@ -1,0 +1,189 @@
+"""`ki-vla eval-sim --model M --task T --episodes N --report DIR`: closed loop through the real ROS 2 graph.
+
+It starts the same graph a robot runs (`ki-vla-ros up --sim`: sim_node, camera_node, policy_node,
+executor_node; one process each) plus `sim_evaluator`, which resets the sim per episode and measures. The
+library never imports ROS: the graph is driven through its executables, and only the results file comes back.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+help = "closed-loop evaluation in the MuJoCo sim through the ROS 2 graph (success rate with 95% CI, videos, report)"
+
+DEFAULT_CONFIG = "config/bimanual.yaml"
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, got {text!r}") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError("image size must be at least 8x8")
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ki_vla.sim.scenes import TASKS
+
+    parser.add_argument("--model", required=True, help="checkpoint folder, or a model YAML (random weights)")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--report", required=True, help="report folder to write (replaced if it holds a report)")
+    parser.add_argument("--seed", type=int, default=1000, help="first episode seed (default 1000: unseen by collect's 0..)")
+    parser.add_argument("--mode", choices=("realtime", "lockstep"), default="realtime",
+                        help="realtime: the sim runs at 50 Hz like a robot (latency matters); lockstep: the sim ticks "
+                             "once per executor command (deterministic, as fast as the machine allows)")
+    parser.add_argument("--max-seconds", type=float, default=None, help="sim seconds per episode (default: the task's length)")
+    parser.add_argument("--videos", type=int, default=3, help="record the first N episodes as mp4")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="ROS parameter file of the graph")
+    parser.add_argument("--device", default=None, help="policy device: auto | cpu | cuda")
+    parser.add_argument("--sim-image-size", type=_image_size, default=(120, 160), metavar="HxW",
+                        help="camera images the sim renders (default 120x160; the camera node resizes for the model)")
+    parser.add_argument("--startup-timeout", type=float, default=240.0, help="wall seconds for the graph to come up")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
+    from ki_vla.paths import resolve
+
+    config = resolve(args.config)
+    if not config.is_file():
+        raise FileNotFoundError(f"graph config not found: {args.config}")
+    params = yaml.safe_load(config.read_text())
+    for node in ("camera_node", "policy_node", "executor_node", "sim_node"):
+        if node not in params:
+            raise ValueError(f"{config} has no {node} section")
+    cams = list(pcfg.camera_names)
+    sim = params["sim_node"]["ros__parameters"]
+    sim.update(task=args.task, mode=args.mode, seed=args.seed, camera_names=cams, image_height=args.sim_image_size[0],
+               image_width=args.sim_image_size[1], instruction_topic="/instruction", publish_clock=True)
+    params["camera_node"]["ros__parameters"].update(camera_names=cams, image_size=pcfg.image_size)
+    pol = params["policy_node"]["ros__parameters"]
+    pol["model"] = str(model)
+    if args.device:
+        pol["device"] = args.device
+    return params
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """rcl's parameter-file parser rejects YAML anchors/aliases, which PyYAML emits for repeated lists."""
+
+    def ignore_aliases(self, data: object) -> bool:
+        return True
+
+
+def _stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGINT to the process group (the graph supervisor stops its nodes cleanly), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=grace)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Run the episodes and write the report; returns the metrics."""
+    import torch
+
+    from ki_vla.eval.closed_loop import EpisodeResult, summarize, write_report
+    from ki_vla.eval.report import check_report_target
+    from ki_vla.model.config import PolicyConfig
+    from ki_vla.paths import resolve
+    from ki_vla.joints import CONTROL_HZ
+    from ki_vla.sim.scenes import TASK_SPECS
+
+    if args.episodes < 1 or args.videos < 0:
+        raise ValueError("--episodes must be >= 1 and --videos >= 0")
+    model = resolve(args.model)
+    if model.is_dir():
+        if not (model / "config.yaml").is_file():
+            raise FileNotFoundError(f"{model} is not a ki_vla checkpoint (no config.yaml)")
+        pcfg, weights = PolicyConfig.from_yaml(model / "config.yaml"), "trained weights"
+    elif model.is_file():
+        pcfg, weights = PolicyConfig.from_yaml(model), "RANDOM weights (a model YAML, not a checkpoint)"
+    else:
+        raise FileNotFoundError(f"model not found: {args.model}")
+    report = Path(args.report)
+    check_report_target(report)
+    max_seconds = args.max_seconds or TASK_SPECS[args.task].episode_steps / CONTROL_HZ
+    work = Path(tempfile.mkdtemp(prefix="ki_vla_eval_sim_"))
+    params_file = work / "graph.yaml"
+    params_file.write_text(yaml.dump(_graph_params(args, model, pcfg), Dumper=_NoAliasDumper, sort_keys=False))
+    results_file = work / "results.json"
+    env = {**os.environ, "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
+           "PYTHONUNBUFFERED": "1"}
+    graph_log, eval_log = work / "graph.log", work / "evaluator.log"
+    p = lambda k, v: ["-p", f"{k}:={v}"]  # noqa: E731
+    eval_cmd = [sys.executable, "-m", "ki_vla_ros.sim_evaluator", "--ros-args", *p("use_sim_time", "true"),
+                *p("episodes", args.episodes), *p("seed", args.seed), *p("max_seconds", float(max_seconds)),
+                *p("output", str(results_file)), *p("videos", args.videos), *p("ready_timeout", float(args.startup_timeout)),
+                *p("video_topic", f"/{pcfg.camera_names[0]}/image_raw"), *p("lockstep_kick", str(args.mode == "lockstep").lower())]
+    graph_cmd = [sys.executable, "-m", "ki_vla_ros.cli", "up", "--config", str(params_file), "--sim"]
+    start = time.perf_counter()
+    with open(graph_log, "wb") as glog, open(eval_log, "wb") as elog:
+        graph = subprocess.Popen(graph_cmd, stdout=glog, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        evaluator = subprocess.Popen(eval_cmd, stdout=elog, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        budget = args.startup_timeout + args.episodes * (4.0 * max_seconds + 20.0)
+        bar = tqdm(total=args.episodes, desc=f"eval-sim {args.task}", unit="ep", disable=args.quiet)
+        try:
+            while evaluator.poll() is None:
+                if graph.poll() is not None:
+                    raise RuntimeError(f"the ROS graph exited early (code {graph.returncode}):\n{_tail(graph_log)}")
+                if time.perf_counter() - start > budget:
+                    raise RuntimeError(f"evaluation did not finish within {budget:.0f} s:\n{_tail(eval_log)}")
+                if results_file.exists():
+                    done = len(json.loads(results_file.read_text())["results"])
+                    bar.update(done - bar.n)
+                time.sleep(0.5)
+        finally:
+            bar.close()
+            _stop(evaluator)
+            _stop(graph)
+    if not results_file.exists():
+        raise RuntimeError(f"the evaluator wrote no results (exit {evaluator.returncode}):\n{_tail(eval_log)}\n"
+                           f"graph log:\n{_tail(graph_log)}")
+    data = json.loads(results_file.read_text())
+    if data["error"] or not data["complete"]:
+        raise RuntimeError(f"evaluation incomplete: {data['error'] or 'evaluator stopped early'}\n{_tail(graph_log)}")
+    results = [EpisodeResult(**r) for r in data["results"]]
+    meta = {"model": str(args.model), "weights": weights, "variant": pcfg.variant, "task": args.task, "mode": args.mode,
+            "seed": args.seed, "max_seconds": max_seconds, "sim_image_size": list(args.sim_image_size),
+            "device": args.device or "auto", "torch": torch.__version__, "wall_seconds": time.perf_counter() - start}
+    metrics = summarize(results, meta)
+    videos = {r.video: (work / r.video).read_bytes() for r in results if r.video and (work / r.video).exists()}
+    write_report(str(report), metrics, videos, title=f"Closed-loop evaluation: {args.task}")
+    return metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        m = evaluate(args)
+    except RuntimeError as exc:
+        print(f"ki-vla eval-sim: {exc}", file=sys.stderr)
+        return 1
+    low, high = m["success_rate_ci95"]
+    print(f"{m['task']}: success {m['successes']}/{m['episodes']} = {m['success_rate']:.2f} (95% CI {low:.2f}-{high:.2f}), "
+          f"latency p50 {m['latency_ms_p50']:.1f} ms, control {m['control_rate_hz']:.1f} Hz -> {args.report}/report.md")
+    return 0

@@ -1,0 +1,189 @@
+"""sim_evaluator: runs closed-loop episodes against a running graph (sim_node + camera/policy/executor).
+
+For each episode it resets the sim with the next seed, then follows the sim's per-tick status until success or
+the time limit (ki_vla.eval.closed_loop.EpisodeTracker). Meanwhile it measures what the robot would see:
+observation-to-chunk latency (chunk receipt time minus the chunk's observation stamp, on the node clock, so sim
+time under use_sim_time), the executor's command rate, and records camera frames of the first `videos`
+episodes. Results are written as JSON after every episode (a crash keeps what was measured) to `output`; the
+process exits when all episodes are done. `ki-vla eval-sim` starts it and builds the report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Int64, String, UInt32
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla.eval.closed_loop import EpisodeResult, EpisodeTracker
+from ki_vla.eval.video import mp4_bytes
+from ki_vla_ros.msgs import image_msg_to_rgb
+from ki_vla_ros.ros_util import CAMERA_IN_QOS, RELIABLE_QOS, declare_config, now_sec, to_sec
+
+
+@dataclass
+class SimEvaluatorConfig:
+    episodes: int = 10
+    seed: int = 0
+    max_seconds: float = 8.0                 # sim seconds per episode before it counts as a failure
+    output: str = "eval_results.json"       # results JSON; videos are written beside it
+    videos: int = 3                          # record the first N episodes
+    video_topic: str = "/cam_high/image_raw"
+    video_every: int = 2                     # keep every n-th frame
+    status_topic: str = "/sim/status"
+    reset_topic: str = "/sim/reset"
+    step_topic: str = "/sim/step"
+    lockstep_kick: bool = False              # lockstep sim: send one /sim/step after each reset to start the loop
+    chunk_topic: str = "/ki_vla/action_chunk"
+    command_topic: str = "/left_arm_controller/joint_trajectory"
+    ready_timeout: float = 180.0             # wall seconds to wait for the first chunk (model load, warm-up)
+
+    def validate(self) -> None:
+        if self.episodes < 1 or self.max_seconds <= 0 or self.video_every < 1 or self.videos < 0:
+            raise ValueError("episodes >= 1, max_seconds > 0, video_every >= 1 and videos >= 0 are required")
+
+
+class SimEvaluator(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("sim_evaluator", **kwargs)
+        self.cfg = declare_config(self, SimEvaluatorConfig)
+        self.cfg.validate()
+        self.tracker = EpisodeTracker(self.cfg.episodes, self.cfg.seed, self.cfg.max_seconds)
+        self.out = Path(self.cfg.output)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.ready = False
+        self.finished = threading.Event()
+        self.error = ""
+        self._frames: list[np.ndarray] = []
+        self._frame_count = 0
+        self._command_times: list[float] = []
+        self._started_wall = time.monotonic()
+        self.reset_pub = self.create_publisher(Int64, self.cfg.reset_topic, RELIABLE_QOS)
+        self.step_pub = self.create_publisher(UInt32, self.cfg.step_topic, RELIABLE_QOS)
+        self.create_subscription(String, self.cfg.status_topic, self._on_status, RELIABLE_QOS)
+        self.create_subscription(JointTrajectory, self.cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)
+        self.create_subscription(JointTrajectory, self.cfg.command_topic, self._on_command, RELIABLE_QOS)
+        if self.cfg.videos > 0:
+            self.create_subscription(Image, self.cfg.video_topic, self._on_image, CAMERA_IN_QOS)
+        self.create_timer(0.5, self._watchdog)
+        self.get_logger().info(f"waiting for the policy's first chunk on {self.cfg.chunk_topic} "
+                               f"(up to {self.cfg.ready_timeout:.0f} s), then {self.cfg.episodes} episodes")
+
+    # ---- callbacks ---------------------------------------------------------------------------------------
+    def _on_chunk(self, msg: JointTrajectory) -> None:
+        with self._lock:
+            if not self.ready:
+                self.ready = True
+                self._start_episode()
+                return
+            ep = self.tracker.current
+            if self.tracker.running:
+                ep.chunks += 1
+                ep.latency_ms.append((now_sec(self) - to_sec(msg.header.stamp)) * 1e3)
+
+    def _on_command(self, msg: JointTrajectory) -> None:
+        with self._lock:
+            if self.tracker.running:
+                self._command_times.append(now_sec(self))
+
+    def _on_image(self, msg: Image) -> None:
+        with self._lock:
+            ep = self.tracker.current
+            if not self.tracker.running or ep.index >= self.cfg.videos:
+                return
+            self._frame_count += 1
+            if self._frame_count % self.cfg.video_every == 0:
+                try:
+                    self._frames.append(image_msg_to_rgb(msg, use_cv_bridge=False))
+                except ValueError as exc:
+                    self.get_logger().warning(f"video frame skipped: {exc}")
+
+    def _on_status(self, msg: String) -> None:
+        try:
+            status = json.loads(msg.data)
+        except json.JSONDecodeError:
+            self.get_logger().warning("unreadable sim status (not JSON); ignored")
+            return
+        with self._lock:
+            done = self.tracker.on_status(status)
+            if done is None:
+                return
+            self._finish_episode(done)
+            if self.tracker.done:
+                self.finished.set()
+            else:
+                self._start_episode()
+
+    def _watchdog(self) -> None:
+        if not self.ready and time.monotonic() - self._started_wall > self.cfg.ready_timeout:
+            self.error = f"no chunk on {self.cfg.chunk_topic} within {self.cfg.ready_timeout:.0f} s: is the policy node up?"
+            self.get_logger().error(self.error)
+            self._write()
+            self.finished.set()
+
+    # ---- episodes ----------------------------------------------------------------------------------------
+    def _start_episode(self) -> None:
+        seed = self.tracker.start()
+        self._frames, self._frame_count, self._command_times = [], 0, []
+        self.reset_pub.publish(Int64(data=seed))
+        if self.cfg.lockstep_kick:
+            self.step_pub.publish(UInt32(data=1))
+        self.get_logger().info(f"episode {self.tracker.current.index + 1}/{self.cfg.episodes}: seed {seed}")
+
+    def _finish_episode(self, ep: EpisodeResult) -> None:
+        times = self._command_times
+        if len(times) >= 2 and times[-1] > times[0]:
+            ep.command_rate_hz = (len(times) - 1) / (times[-1] - times[0])
+        if ep.index < self.cfg.videos and self._frames:
+            name = f"episode_{ep.index:03d}_seed{ep.seed}.mp4"
+            fps = 25.0 / self.cfg.video_every
+            (self.out.parent / name).write_bytes(mp4_bytes(self._frames, fps))
+            ep.video = name
+        self.get_logger().info(f"episode {ep.index + 1}: {'success' if ep.success else 'failure'} "
+                               f"(reward fraction {ep.reward_fraction:.2f}, {ep.duration_s:.1f} s, {ep.chunks} chunks)")
+        self._write()
+
+    def _write(self) -> None:
+        data = {"results": [asdict(r) for r in self.tracker.results], "error": self.error,
+                "complete": self.tracker.done}
+        fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=".eval-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.out)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console entry: spin until every episode is done (or the policy never came up)."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = SimEvaluator()
+        while rclpy.ok() and not node.finished.is_set():
+            rclpy.spin_once(node, timeout_sec=0.1)
+        return 1 if node.error else 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"sim_evaluator: configuration error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
