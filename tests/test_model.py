@@ -327,3 +327,17 @@ def test_info_cli(capsys):
     assert main(["info", "--model", TINY, "--variant", "frozen"]) == 0
     out = capsys.readouterr().out
     assert "language model" in out and "action expert" in out and "frozen" in out
+
+
+def test_processor_fits_images_like_the_camera_node(cfg):
+    """Training/eval frames and live frames go through the same resize (ki_vla.data.images.resize_for_model)."""
+    from ki_vla.data.images import resize_for_model
+
+    policy = make(cfg, "ki")
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    sample = {"images": {c: img for c in cfg.camera_names}, "state": np.zeros(14, np.float32), "instruction": "x"}
+    got = policy.processor([sample], with_targets=False)["images"][0, 0].numpy()
+    want = resize_for_model(img, cfg.image_size, cfg.image_resize).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert cfg.image_resize == "pad" and (got[:, 0] == -1.0).all()  # black padding rows above the wide image

@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from ki_vla.data.images import RESIZE_MODES, resize_for_model
 from ki_vla.data.lerobot import LeRobotDatasetWriter
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
 
@@ -83,6 +84,7 @@ class BagConversionConfig:
     joint_name_map: dict[str, str] = field(default_factory=dict)  # recorded name -> our name
     ignore_extra_joints: bool = False  # drop joints outside joint_names instead of failing
     image_size: tuple[int, int] | None = None  # (H, W); None keeps the recorded size
+    resize_mode: str = "stretch"  # how frames are fitted to image_size: stretch | pad | crop (ki_vla.data.images)
     use_header_stamps: bool = False
     use_videos: bool = True
     vcodec: str | None = None  # None: AV1 if available, else h264, else mpeg4
@@ -104,6 +106,8 @@ class BagConversionConfig:
             if len(size) != 2 or min(size) <= 0:
                 raise ValueError(f"convert-bag config: image_size must be [height, width], got {self.image_size!r}")
             self.image_size = size  # type: ignore[assignment]
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"convert-bag config: resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.task is not None and not str(self.task).strip():
             raise ValueError("convert-bag config: task must be non-empty when given")
         if self.task is None and not self.instruction_topic:
@@ -428,14 +432,14 @@ def _decode_image(reader: Any, path: Path, raw: Any, conn: Any) -> np.ndarray:
 
 
 def iter_camera_frames(
-    episode: BagEpisode, cam: str, shape: tuple[int, int], progress: tqdm | None = None
+    episode: BagEpisode, cam: str, shape: tuple[int, int], progress: tqdm | None = None, mode: str = "stretch"
 ) -> Iterator[np.ndarray]:
     """Pass 2: yield one (H, W, 3) uint8 RGB frame per tick for `cam`, decoding each used message once."""
     plan = episode.cameras[cam]
     needed = plan.frame_msg
     if np.any(np.diff(needed) < 0):
         # Header stamps out of bag order: decode the used messages first, then emit in tick order.
-        yield from _iter_camera_frames_unordered(episode, cam, shape, progress)
+        yield from _iter_camera_frames_unordered(episode, cam, shape, progress, mode)
         return
     reader = _open_reader(episode.path)
     try:
@@ -446,9 +450,7 @@ def iter_camera_frames(
             if needed[tick] != msg_i:
                 continue
             img = _decode_image(reader, episode.path, raw, conn)
-            if img.shape[:2] != shape:
-                img = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-            img = np.ascontiguousarray(img)
+            img = np.ascontiguousarray(resize_for_model(img, shape, mode))
             while tick < needed.shape[0] and needed[tick] == msg_i:
                 yield img
                 tick += 1
@@ -461,7 +463,7 @@ def iter_camera_frames(
 
 
 def _iter_camera_frames_unordered(
-    episode: BagEpisode, cam: str, shape: tuple[int, int], progress: tqdm | None
+    episode: BagEpisode, cam: str, shape: tuple[int, int], progress: tqdm | None, mode: str
 ) -> Iterator[np.ndarray]:
     plan = episode.cameras[cam]
     wanted = set(plan.frame_msg.tolist())
@@ -471,9 +473,7 @@ def _iter_camera_frames_unordered(
         for msg_i, (_, _, raw, conn) in enumerate(_messages(reader, episode.path, [plan.topic])):
             if msg_i in wanted:
                 img = _decode_image(reader, episode.path, raw, conn)
-                if img.shape[:2] != shape:
-                    img = cv2.resize(img, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-                decoded[msg_i] = np.ascontiguousarray(img)
+                decoded[msg_i] = np.ascontiguousarray(resize_for_model(img, shape, mode))
     finally:
         reader.close()
     for msg_i in plan.frame_msg.tolist():
@@ -539,7 +539,7 @@ def convert_bags(
     try:
         with tqdm(total=total, desc="convert", unit="frame", disable=not progress) as bar:
             for ep in episodes:
-                images = {cam: iter_camera_frames(ep, cam, (shape[0], shape[1]), bar) for cam in config.cameras}
+                images = {cam: iter_camera_frames(ep, cam, (shape[0], shape[1]), bar, config.resize_mode) for cam in config.cameras}
                 writer.add_episode(images, ep.state, ep.action, ep.task)
         writer.finalize()
     except BaseException:

@@ -24,20 +24,20 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ki_vla.data.images import resize_for_model
 from ki_vla.data.lerobot import ACTION_KEY, STATE_KEY, LeRobotDataset
 
 
-def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, h, w, 3) with area interpolation (no-op when already that size)."""
+def resize_frames(frames: np.ndarray, size: tuple[int, int] | None, mode: str = "stretch") -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, h, w, 3) with `ki_vla.data.images.resize_for_model` (the camera node's resize,
+    so a model sees training frames exactly as it will see live ones); no-op when already that size."""
     if size is None or tuple(frames.shape[1:3]) == tuple(size):
         return frames
-    h, w = size
-    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames])
+    return np.stack([resize_for_model(f, tuple(size), mode) for f in frames])
 
 
 class ChunkDataset(Dataset):
@@ -51,6 +51,7 @@ class ChunkDataset(Dataset):
         image_size: tuple[int, int] | None = None,
         float_images: bool = False,
         cache_episodes: int = 4,
+        resize_mode: str = "stretch",
     ) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
@@ -66,6 +67,7 @@ class ChunkDataset(Dataset):
             image_size = (int(ds.image_shape[0]), int(ds.image_shape[1]))
         self.image_size = tuple(image_size) if image_size is not None else None
         self.float_images = float_images
+        self.resize_mode = resize_mode
         self.cache_episodes = int(cache_episodes)
         self.state_dim = int(ds.column(STATE_KEY).shape[1])
         self.action_dim = int(ds.column(ACTION_KEY).shape[1])
@@ -94,7 +96,7 @@ class ChunkDataset(Dataset):
             self._cache.move_to_end(ep)
             return self._cache[ep]
         data = self.ds.episode(ep, cameras=self.camera_names) if self.camera_names else {"images": {}}
-        images = {cam: np.ascontiguousarray(resize_frames(data["images"][cam], self.image_size)) for cam in self.camera_names}
+        images = {cam: np.ascontiguousarray(resize_frames(data["images"][cam], self.image_size, self.resize_mode)) for cam in self.camera_names}
         self.decode_count += 1
         self._cache[ep] = images
         while len(self._cache) > self.cache_episodes:

@@ -102,7 +102,7 @@ def bag_config(args: argparse.Namespace, cfg: Any) -> Any:
     if float(cfg.fps) != int(cfg.fps):
         raise ValueError(f"model fps {cfg.fps} is not an integer rate; convert the bags yourself and pass the dataset")
     overrides: dict[str, Any] = dict(cameras=cameras, fps=int(cfg.fps), image_size=(cfg.image_size, cfg.image_size),
-                                     use_videos=False)
+                                     resize_mode=cfg.image_resize, use_videos=False)
     if args.task is not None:
         overrides["task"] = args.task
     return dataclasses.replace(base, **overrides)
@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
             root = inputs[0]
         ds = LeRobotDataset(root)
         check_compatible(ds, cfg, str(args.model))
-        chunks = ChunkDataset(ds, cfg.horizon, cfg.camera_names, (cfg.image_size, cfg.image_size))
+        chunks = ChunkDataset(ds, cfg.horizon, cfg.camera_names, (cfg.image_size, cfg.image_size),
+                              resize_mode=cfg.image_resize)
         indices = select_frames(chunks, args.stride, args.max_frames)
         predictor = policy_predictor(policy, args.num_steps, args.seed)
         result = run_open_loop(chunks, predictor, indices, batch_size=args.batch_size, progress=not args.quiet)

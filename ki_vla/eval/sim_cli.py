@@ -69,7 +69,8 @@ def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
     sim = params["sim_node"]["ros__parameters"]
     sim.update(task=args.task, mode=args.mode, seed=args.seed, camera_names=cams, image_height=args.sim_image_size[0],
                image_width=args.sim_image_size[1], instruction_topic="/instruction", publish_clock=True)
-    params["camera_node"]["ros__parameters"].update(camera_names=cams, image_size=pcfg.image_size)
+    params["camera_node"]["ros__parameters"].update(camera_names=cams, image_size=pcfg.image_size,
+                                                    resize_mode=pcfg.image_resize)
     pol = params["policy_node"]["ros__parameters"]
     pol["model"] = str(model)
     if args.device:

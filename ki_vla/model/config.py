@@ -84,6 +84,9 @@ class PolicyConfig:
     max_action_dim: int = 32  # the expert works on actions zero-padded to this size (openpi: 32)
     horizon: int = 50
     fps: float = 50.0
+    # How camera images are fitted to image_size, identically in training, eval and camera_node (whose
+    # resize_mode parameter must match): "pad" keeps the whole view (openpi's resize_with_pad), "crop", "stretch".
+    image_resize: str = "pad"
     max_text_tokens: int = 96  # prompt tokens (instruction + discretized state)
     max_target_tokens: int = 96  # FAST tokens + end token (or a VLM answer)
     state_bins: int = 256
@@ -116,6 +119,7 @@ class PolicyConfig:
         need(self.expert.time_conditioning in TIME_CONDITIONING,
              f"expert.time_conditioning {self.expert.time_conditioning!r} not in {TIME_CONDITIONING}")
         need(len(self.camera_names) >= 1, "camera_names is empty")
+        need(self.image_resize in ("pad", "crop", "stretch"), f"image_resize {self.image_resize!r} not in pad, crop, stretch")
         need(len(set(self.camera_names)) == len(self.camera_names), "camera_names has duplicates")
         need(0 < self.action_dim <= self.max_action_dim, "need 0 < action_dim <= max_action_dim")
         need(self.state_dim > 0 and self.horizon > 0 and self.fps > 0, "state_dim, horizon, fps must be > 0")

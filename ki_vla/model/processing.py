@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 import torch
 
+from ki_vla.data.images import resize_for_model
 from ki_vla.data.normalize import Normalizer
 from ki_vla.model.config import PolicyConfig
 
@@ -100,8 +100,7 @@ class Processor:
         img = np.asarray(img)
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"camera {cam!r}: expected uint8 (H, W, 3), got {img.dtype} {img.shape}")
-        if img.shape[:2] != (s, s):
-            img = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+        img = resize_for_model(img, s, self.cfg.image_resize)
         return (img.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1), True
 
     def _text_ids(self, text: str) -> list[int]:

@@ -134,7 +134,7 @@ class Trainer:
         ds = LeRobotDataset(cfg.dataset)
         self._check_dataset(ds, pcfg)
         robot = ChunkDataset(ds, horizon=pcfg.horizon, camera_names=list(pcfg.camera_names),
-                             image_size=(pcfg.image_size, pcfg.image_size))
+                             image_size=(pcfg.image_size, pcfg.image_size), resize_mode=pcfg.image_resize)
         if self.resume_from is None:
             self._prepare_normalization(ds, robot)
         self.dataset: Any = robot
