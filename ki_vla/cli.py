@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         if importlib.util.find_spec(module_name) is None:
             continue
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.help, description=module.help)
+        text = module.help.replace("%", "%%")  # argparse formats help strings with %
+        p = sub.add_parser(name, help=text, description=text)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
