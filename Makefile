@@ -26,8 +26,13 @@ $(STAMP): requirements.txt requirements-ros.txt requirements-weights.txt setup.p
 test: venv
 	$(PY) -m pytest -q
 
+# make demo DEVICE=cuda STEPS=30000 EPISODES=50 trains for real on a GPU.
+DEVICE ?= cpu
+STEPS ?= 3000
+EPISODES ?= 20
+EVAL_EPISODES ?= 5
 demo: venv
-	$(PY) -m ki_vla.demo
+	$(PY) -m ki_vla.demo --device $(DEVICE) --train-steps $(STEPS) --collect-episodes $(EPISODES) --eval-episodes $(EVAL_EPISODES)
 
 clean:
 	rm -rf $(VENV) build install log outputs *.egg-info

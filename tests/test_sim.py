@@ -173,8 +173,15 @@ def test_scripted_policy_succeeds_on_fixed_seeds(task, seeds):
         assert ep["success"], f"{task} seed {seed}: max reward {ep['max_reward']}"
         assert ep["final_reward"] == env.max_reward
         assert ep["actions"].shape == (env.episode_steps, NUM_JOINTS) == ep["states"].shape
-        assert policy.max_ik_residual < 1e-3
+        # Damping near wrist singularities trades a little tracking accuracy (the shared meeting point is one)
+        # for never flipping the wrist; the grasp poses themselves are well conditioned and reached closely.
+        assert policy.max_ik_residual < 3e-2
         assert np.all((ep["actions"][:, [6, 13]] >= 0) & (ep["actions"][:, [6, 13]] <= 1))
+        # Learnable demonstrations: no wrist flip (forearm_roll / wrist_rotate stay off their +-pi limits) and
+        # no joint moves more than 0.2 rad in one 20 ms tick.
+        arm = np.r_[0:6, 7:13]
+        assert np.abs(ep["actions"][:, [3, 5, 10, 12]]).max() < 2.0, f"{task} seed {seed}: wrist flipped"
+        assert np.abs(np.diff(ep["actions"][:, arm], axis=0)).max() < 0.2
 
 
 def test_transfer_color_needs_the_named_cube():

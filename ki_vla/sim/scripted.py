@@ -88,10 +88,13 @@ class IKConfig:
     rot_weight (metres per radian) balances orientation against position error."""
 
     damping: float = 1e-3
+    singular_damping: float = 0.05  # extra damping as the smallest singular value falls below singular_band
+    singular_band: float = 0.04
     rot_weight: float = 0.2
     max_iterations: int = 50
     tolerance: float = 1e-4
     max_step: float = 0.25  # rad per iteration, keeps far-away targets from overshooting
+    posture_gain: float = 0.5  # null-space pull of forearm_roll / wrist_rotate toward 0 (see ArmIK.solve)
 
 
 class ArmIK:
@@ -125,20 +128,36 @@ class ArmIK:
         """Joints reaching (pos, rot) from the initial guess q0; returns (q, residual).
 
         The residual is the weighted 6-D error norm (metres); callers decide what is acceptable.
+        Near the wrist singularity (wrist_angle through 0, where the forearm-roll and wrist-rotate axes line up)
+        the pose stops fixing roll and rotate separately, and lightly damped least squares drifted into the
+        flipped wrist branch (roll and rotate at +-pi, their joint limits, on either side from episode to
+        episode: demonstrations no policy can learn). Two things keep the solution on the unflipped branch:
+        damping that grows near the singularity so the solver does not spin along the near-null direction
+        (and stays light elsewhere, for accuracy), and a secondary task in the
+        Jacobian's null space pulling roll and rotate toward 0 (applied on every solve, even an already
+        converged one). Measured on transfer_cube seeds 0-9: no flips, scripted success unchanged, worst
+        residual under 2 cm.
         """
         cfg, m, d = self.config, self.model, self.data
         q = np.clip(np.asarray(q0, float).copy(), self.lower, self.upper)
         err_norm = np.inf
-        for _ in range(cfg.max_iterations):
+        for it in range(cfg.max_iterations):
             p, r = self.forward(q)
             err = np.concatenate([pos - p, cfg.rot_weight * rotation_error(rot, r)])
             err_norm = float(np.linalg.norm(err))
-            if err_norm < cfg.tolerance:
+            if err_norm < cfg.tolerance and it > 0:
                 break
             mujoco.mj_comPos(m, d)  # mj_jacSite needs com-based quantities after mj_kinematics
             mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self.site)
             jac = np.vstack([self._jacp[:, self.dof_idx], cfg.rot_weight * self._jacr[:, self.dof_idx]])
-            dq = jac.T @ np.linalg.solve(jac @ jac.T + cfg.damping**2 * np.eye(6), err)
+            # Adaptive damping (Chiaverini): light where the arm is well conditioned, heavy near a singularity.
+            sigma_min = np.linalg.svd(jac, compute_uv=False)[-1]
+            lam2 = cfg.damping**2 + (cfg.singular_damping**2 * (1.0 - (sigma_min / cfg.singular_band) ** 2)
+                                     if sigma_min < cfg.singular_band else 0.0)
+            pinv = jac.T @ np.linalg.inv(jac @ jac.T + lam2 * np.eye(6))
+            posture = np.zeros(6)
+            posture[[3, 5]] = -cfg.posture_gain * q[[3, 5]]  # forearm_roll, wrist_rotate toward 0
+            dq = pinv @ err + (np.eye(6) - pinv @ jac) @ posture
             step = np.max(np.abs(dq))
             if step > cfg.max_step:
                 dq *= cfg.max_step / step

@@ -1,0 +1,127 @@
+"""`make demo`: the whole path on one machine, from nothing to a closed-loop report.
+
+1. collect scripted transfer-cube demonstrations in the MuJoCo sim (LeRobot v3 dataset),
+2. train the tiny KI policy on them (FAST tokenizer and stats fitted on the fly),
+3. run the ROS 2 graph (sim_node, camera_node, policy_node, executor_node) in the sim, the task's instruction
+   published on /instruction by the sim, and measure success, latency and control rate (`ki-vla eval-sim`),
+4. write outputs/demo/report.md and metrics.json (videos and the training curve beside them).
+
+Working files (dataset, checkpoint, the full eval report) go to outputs/demo_work/. On a 2-core CPU the
+defaults take about 10 minutes and the policy is far from solving the task: minutes of CPU training on 32x32
+images teach it the arm's motion, not the grasp. With DEVICE=cuda and more steps (e.g. STEPS=30000, more
+episodes) the same path trains a real policy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+TASK = "transfer_cube"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="outputs/demo", help="report folder (default outputs/demo)")
+    p.add_argument("--work", default="outputs/demo_work", help="dataset, checkpoint and eval report")
+    p.add_argument("--device", default="cpu", help="training and policy device: cpu | cuda")
+    p.add_argument("--collect-episodes", type=int, default=20)
+    p.add_argument("--train-steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--image-size", default="120x160", help="sim camera images (HxW), collected and evaluated alike")
+    p.add_argument("--model", default="config/model/tiny.yaml", help="model config to train")
+    return p.parse_args(argv)
+
+
+def _timed(label: str, times: dict[str, float], fn):
+    print(f"\n== {label}", flush=True)
+    start = time.perf_counter()
+    result = fn()
+    times[label] = time.perf_counter() - start
+    print(f"== {label}: {times[label]:.0f} s", flush=True)
+    return result
+
+
+def run_demo(argv: list[str] | None = None) -> int:
+    from ki_vla.eval import sim_cli
+    from ki_vla.eval.report import Report, check_report_target, fmt, line_plot
+    from ki_vla.sim.collect import CollectConfig, collect_dataset
+    from ki_vla.train.config import TrainConfig
+    from ki_vla.train.trainer import Trainer
+
+    args = parse_args(argv)
+    h, w = (int(v) for v in args.image_size.lower().split("x"))
+    out, work = Path(args.out), Path(args.work)
+    check_report_target(out)
+    if work.exists():
+        shutil.rmtree(work)  # the demo's own scratch space: always rebuilt from nothing
+    work.mkdir(parents=True)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    summary = _timed(f"1/3 collect {args.collect_episodes} scripted {TASK} demonstrations", times, lambda: collect_dataset(
+        CollectConfig(task=TASK, episodes=args.collect_episodes, out=work / "data", image_size=(h, w))))
+    cfg = TrainConfig(model=args.model, dataset=str(work / "data"), output_dir=str(work / "train"), max_steps=args.train_steps,
+                      batch_size=args.batch_size, lr=1e-3, warmup_steps=min(100, args.train_steps // 10), ema_decay=0.99,
+                      save_every=max(1, args.train_steps // 2), log_every=max(1, args.train_steps // 100),
+                      device=args.device, tensorboard=False, fast_vocab_size=512)
+    history = _timed(f"2/3 train {args.train_steps} steps ({args.device})", times, lambda: Trainer(cfg).train())
+    checkpoint = work / "train" / "final"
+    eval_args = argparse.Namespace(
+        model=str(checkpoint), task=TASK, episodes=args.eval_episodes, report=str(work / "eval"), seed=1000,
+        mode="realtime", max_seconds=None, videos=min(3, args.eval_episodes), config=sim_cli.DEFAULT_CONFIG,
+        device=args.device, sim_image_size=(h, w), startup_timeout=240.0, quiet=False)
+    ev = _timed(f"3/3 closed loop through ROS 2: {args.eval_episodes} episodes", times, lambda: sim_cli.evaluate(eval_args))
+    total = time.perf_counter() - t0
+
+    metrics = {
+        "success_rate": ev["success_rate"], "success_rate_ci95": ev["success_rate_ci95"], "episodes": ev["episodes"],
+        "latency_ms_p50": ev["latency_ms_p50"], "latency_ms_p99": ev["latency_ms_p99"],
+        "control_rate_hz": ev["control_rate_hz"], "mean_reward_fraction": ev["mean_reward_fraction"],
+        "task": TASK, "device": args.device, "collected_episodes": summary.kept,
+        "scripted_success_rate": summary.scripted_success_rate, "train_steps": args.train_steps,
+        "final_train_loss": history[-1]["loss"] if history else None, "wall_seconds": total,
+        "phase_seconds": times, "checkpoint": str(checkpoint), "eval_report": str(work / "eval"),
+    }
+    rep = Report("ki_vla_ros demo: scripted demos -> KI training -> ROS 2 closed loop")
+    low, high = ev["success_rate_ci95"]
+    rep.paragraph(f"Everything below ran on this machine ({args.device}) in {total / 60:.1f} minutes, from nothing.")
+    rep.table(["", "result"], [
+        ["demonstrations", f"{summary.kept} scripted `{TASK}` episodes at {h}x{w} (scripted success "
+                           f"{fmt(summary.scripted_success_rate, 3)}), {fmt(times[next(iter(times))], 3)} s"],
+        ["training", f"tiny KI policy, {args.train_steps} steps x batch {args.batch_size}, final loss "
+                     f"{fmt(metrics['final_train_loss'], 4)}"],
+        ["closed loop (ROS 2 graph, sim in real time)", f"success {ev['successes']}/{ev['episodes']} = "
+                                                        f"{fmt(ev['success_rate'], 3)}, 95% CI [{fmt(low, 3)}, {fmt(high, 3)}]"],
+        ["observation-to-chunk latency p50 / p99", f"{fmt(ev['latency_ms_p50'], 4)} / {fmt(ev['latency_ms_p99'], 4)} ms"],
+        ["executor command rate", f"{fmt(ev['control_rate_hz'], 4)} Hz (target 50)"],
+        ["mean task progress (reward stages reached)", fmt(ev["mean_reward_fraction"], 3)],
+    ])
+    rep.paragraph("What this shows: the whole stack working end to end. What it does not: a capable policy. "
+                  "A few minutes of CPU training of a 240k-parameter model on 32x32 images is far too little to "
+                  "learn grasping and handover; expect a success rate near zero. `make demo DEVICE=cuda STEPS=30000` "
+                  "runs the same path long enough to matter, and `config/model/smol.yaml` brings a pretrained backbone.")
+    if history:
+        steps = [r["step"] for r in history]
+        rep.figure(line_plot(steps, {"loss": [r["loss"] for r in history], "ce (FAST tokens)": [r["ce"] for r in history],
+                                     "flow": [r["flow"] for r in history]}, title="Training loss", xlabel="step", ylabel="loss"),
+                   "training_loss.png", "Training loss: total, FAST-token cross-entropy (backbone) and flow matching (expert).")
+    rep.heading("Episodes")
+    for p in ev["per_episode"]:
+        line = f"seed {p['seed']}: {'success' if p['success'] else 'failure'}, reached {fmt(p['reward_fraction'], 3)} of the task"
+        if p.get("video"):
+            rep.add_file(p["video"], (work / "eval" / p["video"]).read_bytes())
+            line += f" ([video]({p['video']}))"
+        rep.bullets([line])
+    rep.paragraph(f"Full evaluation report: `{work / 'eval' / 'report.md'}`; checkpoint: `{checkpoint}` "
+                  f"(`ki-vla-ros up --model {checkpoint} --sim` runs it live).")
+    rep.write(out, metrics)
+    print(f"\ndemo done in {total / 60:.1f} min: success {ev['successes']}/{ev['episodes']}, latency p50 "
+          f"{ev['latency_ms_p50']:.0f} ms, control {ev['control_rate_hz']:.1f} Hz -> {out / 'report.md'}")
+    print(json.dumps({k: metrics[k] for k in ("success_rate", "episodes", "latency_ms_p50", "control_rate_hz")}))
+    return 0 if np.isfinite(ev["control_rate_hz"]) else 1
