@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Int64, String, UInt32
@@ -47,6 +48,7 @@ class SimEvaluatorConfig:
     lockstep_kick: bool = False              # lockstep sim: send one /sim/step after each reset to start the loop
     chunk_topic: str = "/ki_vla/action_chunk"
     command_topic: str = "/left_arm_controller/joint_trajectory"
+    executor_node: str = "executor_node"     # whose /diagnostics chunk counts (accepted / rejected) are read
     ready_timeout: float = 180.0             # wall seconds to wait for the first chunk (model load, warm-up)
 
     def validate(self) -> None:
@@ -69,12 +71,15 @@ class SimEvaluator(Node):
         self._frames: list[np.ndarray] = []
         self._frame_count = 0
         self._command_times: list[float] = []
+        self._executor_counts = {"accepted": 0, "rejected": 0}
+        self._counts_at_start = dict(self._executor_counts)
         self._started_wall = time.monotonic()
         self.reset_pub = self.create_publisher(Int64, self.cfg.reset_topic, RELIABLE_QOS)
         self.step_pub = self.create_publisher(UInt32, self.cfg.step_topic, RELIABLE_QOS)
         self.create_subscription(String, self.cfg.status_topic, self._on_status, RELIABLE_QOS)
         self.create_subscription(JointTrajectory, self.cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)
         self.create_subscription(JointTrajectory, self.cfg.command_topic, self._on_command, RELIABLE_QOS)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
         if self.cfg.videos > 0:
             self.create_subscription(Image, self.cfg.video_topic, self._on_image, CAMERA_IN_QOS)
         self.create_timer(0.5, self._watchdog)
@@ -97,6 +102,19 @@ class SimEvaluator(Node):
         with self._lock:
             if self.tracker.running:
                 self._command_times.append(now_sec(self))
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if not status.name.startswith(f"{self.cfg.executor_node}:"):
+                continue
+            values = {kv.key: kv.value for kv in status.values}
+            with self._lock:
+                for key in self._executor_counts:
+                    if key in values:
+                        try:
+                            self._executor_counts[key] = int(float(values[key]))
+                        except ValueError:
+                            pass
 
     def _on_image(self, msg: Image) -> None:
         with self._lock:
@@ -137,6 +155,7 @@ class SimEvaluator(Node):
     def _start_episode(self) -> None:
         seed = self.tracker.start()
         self._frames, self._frame_count, self._command_times = [], 0, []
+        self._counts_at_start = dict(self._executor_counts)
         self.reset_pub.publish(Int64(data=seed))
         if self.cfg.lockstep_kick:
             self.step_pub.publish(UInt32(data=1))
@@ -146,6 +165,8 @@ class SimEvaluator(Node):
         times = self._command_times
         if len(times) >= 2 and times[-1] > times[0]:
             ep.command_rate_hz = (len(times) - 1) / (times[-1] - times[0])
+        ep.accepted_chunks = self._executor_counts["accepted"] - self._counts_at_start["accepted"]
+        ep.rejected_chunks = self._executor_counts["rejected"] - self._counts_at_start["rejected"]
         if ep.index < self.cfg.videos and self._frames:
             name = f"episode_{ep.index:03d}_seed{ep.seed}.mp4"
             fps = 25.0 / self.cfg.video_every

@@ -25,6 +25,8 @@ class EpisodeResult:
     chunks: int = 0
     latency_ms: list[float] = field(default_factory=list)  # observation stamp -> chunk received
     command_rate_hz: float = 0.0
+    accepted_chunks: int = 0  # by the executor's safety checks, during the episode (from /diagnostics)
+    rejected_chunks: int = 0
     video: str | None = None
 
 
@@ -123,6 +125,8 @@ def summarize(results: list[EpisodeResult], meta: dict[str, Any]) -> dict[str, A
         "mean_reward_fraction": float(np.mean([r.reward_fraction for r in results])) if n else math.nan,
         "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "latency_ms_p99": lat["p99"],
         "control_rate_hz": float(np.mean(rates)) if rates else math.nan,
+        "executor_accepted_chunks": sum(r.accepted_chunks for r in results),
+        "executor_rejected_chunks": sum(r.rejected_chunks for r in results),
         "per_episode": [{key: v for key, v in asdict(r).items() if key != "latency_ms"} for r in results],
     }
 
@@ -143,12 +147,19 @@ def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], t
         ["observation-to-chunk latency p50 / p90 / p99 (ms)",
          f"{fmt(metrics['latency_ms_p50'], 4)} / {fmt(metrics['latency_ms_p90'], 4)} / {fmt(metrics['latency_ms_p99'], 4)}"],
         ["executor command rate (Hz, sim time)", fmt(metrics["control_rate_hz"], 4)],
+        ["chunks accepted / rejected by the executor's safety checks",
+         f"{metrics['executor_accepted_chunks']} / {metrics['executor_rejected_chunks']}"],
     ])
+    if metrics["executor_rejected_chunks"] > metrics["executor_accepted_chunks"]:
+        rep.paragraph("Most chunks were rejected by the executor (jumps beyond its velocity bound, joints beyond "
+                      "the URDF limits): the robot held still instead of following them. See the executor's "
+                      "/diagnostics `rejected[...]` counts for the reasons.")
     per = metrics["per_episode"]
     rep.heading("Episodes")
-    rep.table(["#", "seed", "instruction", "success", "max reward fraction", "sim seconds", "chunks", "video"],
+    rep.table(["#", "seed", "instruction", "success", "max reward fraction", "sim seconds", "chunks (accepted/rejected)", "video"],
               [[p["index"], p["seed"], p["instruction"], p["success"], fmt(p["reward_fraction"], 3), fmt(p["duration_s"], 3),
-                p["chunks"], f"[{p['video']}]({p['video']})" if p.get("video") else ""] for p in per])
+                f"{p['chunks']} ({p['accepted_chunks']}/{p['rejected_chunks']})",
+                f"[{p['video']}]({p['video']})" if p.get("video") else ""] for p in per])
     if per:
         rep.figure(bar_plot([str(p["seed"]) for p in per], {"max reward fraction": [p["reward_fraction"] for p in per]},
                             title="Progress per episode by seed (1.0 = success)", ylabel="fraction"),

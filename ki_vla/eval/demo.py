@@ -100,6 +100,8 @@ def run_demo(argv: list[str] | None = None) -> int:
                                                         f"{fmt(ev['success_rate'], 3)}, 95% CI [{fmt(low, 3)}, {fmt(high, 3)}]"],
         ["observation-to-chunk latency p50 / p99", f"{fmt(ev['latency_ms_p50'], 4)} / {fmt(ev['latency_ms_p99'], 4)} ms"],
         ["executor command rate", f"{fmt(ev['control_rate_hz'], 4)} Hz (target 50)"],
+        ["chunks accepted / rejected by the executor's safety checks",
+         f"{ev['executor_accepted_chunks']} / {ev['executor_rejected_chunks']}"],
         ["mean task progress (reward stages reached)", fmt(ev["mean_reward_fraction"], 3)],
     ])
     rep.paragraph("What this shows: the whole stack working end to end. What it does not: a capable policy. "
@@ -112,12 +114,14 @@ def run_demo(argv: list[str] | None = None) -> int:
                                      "flow": [r["flow"] for r in history]}, title="Training loss", xlabel="step", ylabel="loss"),
                    "training_loss.png", "Training loss: total, FAST-token cross-entropy (backbone) and flow matching (expert).")
     rep.heading("Episodes")
+    lines = []
     for p in ev["per_episode"]:
         line = f"seed {p['seed']}: {'success' if p['success'] else 'failure'}, reached {fmt(p['reward_fraction'], 3)} of the task"
         if p.get("video"):
             rep.add_file(p["video"], (work / "eval" / p["video"]).read_bytes())
             line += f" ([video]({p['video']}))"
-        rep.bullets([line])
+        lines.append(line)
+    rep.bullets(lines)
     rep.paragraph(f"Full evaluation report: `{work / 'eval' / 'report.md'}`; checkpoint: `{checkpoint}` "
                   f"(`ki-vla-ros up --model {checkpoint} --sim` runs it live).")
     rep.write(out, metrics)

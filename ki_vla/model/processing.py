@@ -73,6 +73,7 @@ class Processor:
         self.fast_lm_hi = vocab - 1 - cfg.fast_skip_tokens
         self.fast_lm_lo = self.fast_lm_hi - (cfg.fast_vocab_size - 1)
         self.eos_id = int(text_tokenizer.eos_token_id)
+        self.truncations = {"prompt": 0, "targets": 0}
         self.pad_id = int(text_tokenizer.pad_token_id)
 
     # ---- id mapping ------------------------------------------------------------------------------
@@ -92,6 +93,12 @@ class Processor:
     def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
         return self.normalizer.unnormalize(ACTION_KEY, np.asarray(actions, np.float32)).astype(np.float32)
 
+    def _warn_once(self, kind: str, text: str) -> None:
+        """Truncation repeats for every sample of a dataset: say it once, count the rest (`truncations`)."""
+        self.truncations[kind] += 1
+        if self.truncations[kind] == 1:
+            log.warning("%s; further truncations are counted in Processor.truncations", text)
+
     # ---- batching --------------------------------------------------------------------------------
     def _image(self, img: Any, cam: str) -> tuple[np.ndarray, bool]:
         s = self.cfg.image_size
@@ -108,7 +115,8 @@ class Processor:
         bos = self.text_tokenizer.bos_token_id
         ids = ([bos] if bos is not None else []) + list(ids)
         if len(ids) > self.cfg.max_text_tokens:
-            log.warning("prompt truncated from %d to %d tokens", len(ids), self.cfg.max_text_tokens)
+            self._warn_once("prompt", f"prompt truncated from {len(ids)} to {self.cfg.max_text_tokens} tokens "
+                                      "(raise max_text_tokens in the model config)")
             ids = ids[: self.cfg.max_text_tokens]
         return ids
 
@@ -124,7 +132,8 @@ class Processor:
             return []
         ids = ids + [self.eos_id]
         if len(ids) > self.cfg.max_target_tokens:
-            log.warning("targets truncated from %d to %d tokens (raise max_target_tokens)", len(ids), self.cfg.max_target_tokens)
+            self._warn_once("targets", f"targets truncated from {len(ids)} to {self.cfg.max_target_tokens} tokens "
+                                       "(raise max_target_tokens in the model config)")
             ids = ids[: self.cfg.max_target_tokens]
         return ids
 
