@@ -2,7 +2,6 @@
 predictor, the report writer's atomicity, and the command end to end on real (synthetic) bags."""
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np

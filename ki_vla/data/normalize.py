@@ -13,14 +13,14 @@ stay exact inverses on the data they were fitted on.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ki_vla.atomic import write_json_atomic
 
 QUANTILES: dict[str, float] = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 STAT_KEYS: tuple[str, ...] = ("min", "max", "mean", "std", "count", *QUANTILES)
@@ -111,22 +111,6 @@ def stats_from_json(data: Mapping[str, Mapping[str, Any]]) -> Stats:
             k: np.asarray(v, dtype=np.int64 if k == "count" else np.float64) for k, v in fstats.items()
         }
     return out
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    """Write JSON so that a reader sees either the old file or the complete new one, never a torn write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=4, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def compute_dataset_stats(dataset: Any, keys: Sequence[str] = ("observation.state", "action")) -> Stats:

@@ -18,8 +18,6 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,8 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ki_vla.atomic import atomic_dir
 
 REPORT_MD = "report.md"
 METRICS_JSON = "metrics.json"
@@ -198,18 +198,14 @@ class Report:
         path = Path(path)
         check_report_target(path)
         payload = json.dumps(to_jsonable(metrics), indent=2, allow_nan=False) + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+
+        def write(tmp: Path) -> None:
             for name, data in self._files.items():
                 (tmp / name).write_bytes(data)
             (tmp / METRICS_JSON).write_text(payload)
             (tmp / REPORT_MD).write_text(self.markdown())
-            _replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+
+        return atomic_dir(path, write)
 
 
 def check_report_target(path: Path) -> None:
@@ -221,19 +217,3 @@ def check_report_target(path: Path) -> None:
             f"report folder {path} exists, is not empty and holds no {REPORT_MD}/{METRICS_JSON}: "
             "refusing to replace it (choose a new folder)"
         )
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Rename `tmp` to `path`; an existing `path` is moved aside first and deleted only after the swap."""
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = path.parent / f".{path.name}.old-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

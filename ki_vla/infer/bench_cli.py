@@ -104,25 +104,28 @@ def bench_inference(args: argparse.Namespace, device: torch.device, dtype: torch
     return {"reference": ref, "engine": eng, "engine_max_abs_diff": err, "cuda_graphs": engine.cuda_graphs}
 
 
+def _train_step(args: argparse.Namespace, device: torch.device, variant: str) -> dict[str, float]:
+    policy = build(args.model, variant, device, torch.float32).train()
+    batch = policy.example_batch(args.train_batch_size)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = policy(batch)["loss"]
+        loss.backward()
+        opt.step()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return {**_timer(device, step, args.train_steps, 1), "peak_memory_mb": _peak_memory_mb(device)}
+
+
 def bench_training(args: argparse.Namespace, device: torch.device) -> dict:
     out = {}
     for variant in ("ki", "pi0"):
-        policy = build(args.model, variant, device, torch.float32).train()
-        batch = policy.example_batch(args.train_batch_size)
-        opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with autocast:
-                loss = policy(batch)["loss"]
-            loss.backward()
-            opt.step()
-
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        out[variant] = {**_timer(device, step, args.train_steps, 1), "peak_memory_mb": _peak_memory_mb(device)}
-        del policy, opt
+        out[variant] = _train_step(args, device, variant)  # the model and optimizer are freed on return
         if device.type == "cuda":
             torch.cuda.empty_cache()
     out["ki_over_pi0"] = out["ki"]["p50"] / out["pi0"]["p50"]

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,12 +21,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ki_vla.atomic import atomic_dir
+from ki_vla.data.normalize import Normalizer
 from ki_vla.model.attention import block_causal_mask, positions_from_valid
 from ki_vla.model.backbone import KV, VLMBackbone
 from ki_vla.model.config import PolicyConfig
 from ki_vla.model.expert import ActionExpert
 from ki_vla.model.pretrained import load_text_tokenizer
-from ki_vla.data.normalize import Normalizer
 from ki_vla.model.processing import Processor
 from ki_vla.observation import Observation
 from ki_vla.paths import resolve
@@ -279,11 +277,9 @@ class KIPolicy(nn.Module):
         folder is built beside the target and renamed into place, so a killed process leaves either the old
         checkpoint or the new one, never a mix. `state_dict` overrides the module's own tensors (an EMA copy, or the
         full state gathered from FSDP shards)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
-            tensors = self.state_dict() if state_dict is None else state_dict
+        tensors = self.state_dict() if state_dict is None else state_dict
+
+        def write(tmp: Path) -> None:
             save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS))
             self.cfg.to_yaml(tmp / CONFIG)
             if self.processor.has_data_stats:
@@ -291,17 +287,8 @@ class KIPolicy(nn.Module):
             self.processor.text_tokenizer.save_pretrained(tmp / TEXT_TOKENIZER)
             if self.processor.fast_tokenizer is not None:
                 self.processor.fast_tokenizer.save(tmp / FAST_TOKENIZER)
-            _fsync_tree(tmp)
-            if path.exists():
-                old = path.parent / f".{path.name}.old-{os.getpid()}"
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        atomic_dir(path, write, fsync=True)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> "KIPolicy":
@@ -352,9 +339,3 @@ class _RandomFastIds:
     def encode(self, chunk: np.ndarray) -> list[int]:
         return self.rng.integers(0, self.vocab, int(self.rng.integers(4, 12))).tolist()
 
-
-def _fsync_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())

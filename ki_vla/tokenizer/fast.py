@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
 from pathlib import Path
@@ -40,6 +39,8 @@ from typing import Any
 import numpy as np
 from scipy.fft import dct, idct
 from tokenizers import Tokenizer, decoders, models, trainers
+
+from ki_vla.atomic import write_text_atomic
 
 __all__ = ["FastTokenizer"]
 
@@ -56,25 +57,6 @@ _MAX_DECODE_ELEMENTS = 1 << 24
 _BPE_FILE = "fast_bpe.json"
 _CONFIG_FILE = "fast_config.json"
 _FORMAT_VERSION = 1
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and os.replace.
-
-    Why: a reader (another process loading a checkpoint while training saves one) must see either the
-    old file or the new one, never a truncated file.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
 
 
 def _ints_to_string(values: np.ndarray) -> str:
@@ -358,8 +340,8 @@ class FastTokenizer:
             "vocab_size": self.vocab_size,
             "bpe_sha256": hashlib.sha256(bpe_text.encode("utf-8")).hexdigest(),
         }
-        _atomic_write_text(folder / _BPE_FILE, bpe_text)
-        _atomic_write_text(folder / _CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        write_text_atomic(folder / _BPE_FILE, bpe_text)
+        write_text_atomic(folder / _CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> "FastTokenizer":

@@ -22,7 +22,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from ki_vla.atomic import atomic_dir
 from ki_vla.data.cotrain import MixtureDataset, VLMDataset
 from ki_vla.data.lerobot import LeRobotDataset
 from ki_vla.data.normalize import Normalizer
@@ -91,24 +91,6 @@ def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> 
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _atomic_dir(final: Path, write) -> None:
-    """Build a folder beside `final` with `write(tmp)` and rename it into place (never half-written)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        write(tmp)
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -248,7 +230,7 @@ class Trainer:
                             "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
                             "train_config": self.cfg.to_dict()}, tmp / STATE_FILE)
 
-            _atomic_dir(ckpt, write)
+            atomic_dir(ckpt, write)
             for old in sorted((self.out / "checkpoints").glob("step_*"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self.env.barrier()
@@ -259,7 +241,7 @@ class Trainer:
         ckpt = self.out / "checkpoints" / f"step_{step:07d}"
         source = ckpt / ("ema" if self.ema is not None else "policy")
         if self.env.is_main:
-            _atomic_dir(final, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+            atomic_dir(final, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
         self.env.barrier()
         return final
 

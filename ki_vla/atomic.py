@@ -1,0 +1,69 @@
+"""Atomic writes: a reader (or a process killed mid-write) sees the old file/folder or the complete new one.
+
+Used for everything the stack saves that another process may read while it is written: checkpoints,
+tokenizers, dataset metadata, reports, evaluation results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` via a temporary file in the same folder, fsync it, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike[str], indent: int | None = 4) -> None:
+    write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False))
+
+
+def atomic_dir(final: str | os.PathLike[str], write: Callable[[Path], Any], fsync: bool = False) -> Path:
+    """Build a folder with `write(tmp)` beside `final`, then swap it into place.
+
+    An existing `final` is moved aside first and deleted only after the swap (restored if the swap fails),
+    so at every instant `final` is either the old complete folder or the new one. With fsync, file contents
+    are flushed to disk before the swap (checkpoints: a power loss must not leave a renamed but empty file).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        write(tmp)
+        if fsync:
+            for p in sorted(tmp.rglob("*")):
+                if p.is_file():
+                    with open(p, "rb") as f:
+                        os.fsync(f.fileno())
+        if not final.exists():
+            os.replace(tmp, final)
+            return final
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(old, final)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
