@@ -205,8 +205,12 @@ class ThrottledLog:
 
 
 def run_node(factory: Callable[[], Node], label: str, args: list[str] | None = None,
-             after_start: Callable[[Node], None] | None = None) -> int:
+             after_start: Callable[[Node], None] | None = None,
+             exit_code: Callable[[Node], int] | None = None) -> int:
     """A node executable's main: init, build, spin until Ctrl-C / shutdown, clean up.
+
+    A node that finishes its job by itself shuts its context down (`node.context.try_shutdown()`);
+    `exit_code(node)` then gives the process's exit status.
 
     Configuration mistakes (bad parameter value or type, invalid topic name, missing file) end the process
     with one clear line and exit code 2 instead of a traceback, so `ki-vla-ros up` and `ros2 launch` show
@@ -233,6 +237,8 @@ def run_node(factory: Callable[[], Node], label: str, args: list[str] | None = N
         code = 2
     finally:
         if node is not None:
+            if code == 0 and exit_code is not None:
+                code = exit_code(node)
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

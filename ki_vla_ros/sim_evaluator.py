@@ -10,9 +10,7 @@ process exits when all episodes are done. `ki-vla eval-sim` starts it and builds
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -20,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Int64, String, UInt32
 from trajectory_msgs.msg import JointTrajectory
 
+from ki_vla.atomic import write_json_atomic
 from ki_vla.eval.closed_loop import EpisodeResult, EpisodeTracker
 from ki_vla.eval.video import mp4_bytes
 from ki_vla_ros.msgs import image_msg_to_rgb
-from ki_vla_ros.ros_util import CAMERA_IN_QOS, RELIABLE_QOS, declare_config, now_sec, to_sec
+from ki_vla_ros.ros_util import CAMERA_IN_QOS, RELIABLE_QOS, declare_config, now_sec, run_node, to_sec
 
 
 @dataclass
@@ -66,7 +64,6 @@ class SimEvaluator(Node):
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self.ready = False
-        self.finished = threading.Event()
         self.error = ""
         self._frames: list[np.ndarray] = []
         self._frame_count = 0
@@ -140,7 +137,7 @@ class SimEvaluator(Node):
                 return
             self._finish_episode(done)
             if self.tracker.done:
-                self.finished.set()
+                self.context.try_shutdown()  # ends the spin: main() exits
             else:
                 self._start_episode()
 
@@ -149,7 +146,7 @@ class SimEvaluator(Node):
             self.error = f"no chunk on {self.cfg.chunk_topic} within {self.cfg.ready_timeout:.0f} s: is the policy node up?"
             self.get_logger().error(self.error)
             self._write()
-            self.finished.set()
+            self.context.try_shutdown()
 
     # ---- episodes ----------------------------------------------------------------------------------------
     def _start_episode(self) -> None:
@@ -177,33 +174,13 @@ class SimEvaluator(Node):
         self._write()
 
     def _write(self) -> None:
-        data = {"results": [asdict(r) for r in self.tracker.results], "error": self.error,
-                "complete": self.tracker.done}
-        fd, tmp = tempfile.mkstemp(dir=self.out.parent, prefix=".eval-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.out)
+        write_json_atomic({"results": [asdict(r) for r in self.tracker.results], "error": self.error,
+                           "complete": self.tracker.done}, self.out, indent=None)
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console entry: spin until every episode is done (or the policy never came up)."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = SimEvaluator()
-        while rclpy.ok() and not node.finished.is_set():
-            rclpy.spin_once(node, timeout_sec=0.1)
-        return 1 if node.error else 0
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"sim_evaluator: configuration error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    """Console entry: runs until every episode is done (exit 0) or the policy never came up (exit 1)."""
+    return run_node(SimEvaluator, "sim_evaluator", args, exit_code=lambda node: 1 if node.error else 0)
 
 
 if __name__ == "__main__":

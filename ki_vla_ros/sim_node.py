@@ -28,8 +28,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -41,7 +39,7 @@ from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
 from ki_vla.sim.robot import SimRobot, TickResult
 from ki_vla.sim.scenes import DEFAULT_CAMERAS, TASKS, BimanualSim
 from ki_vla_ros.msgs import rgb_to_image_msg, trajectory_to_arrays
-from ki_vla_ros.ros_util import RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, to_sec, to_time_msg
+from ki_vla_ros.ros_util import RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, run_node, to_sec, to_time_msg
 
 MODES = ("realtime", "lockstep")
 
@@ -306,22 +304,7 @@ class SimNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Console script `sim_node`."""
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = None
-    try:
-        node = SimNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        print(f"sim_node: configuration error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node(SimNode, "sim_node", args)
 
 
 if __name__ == "__main__":
