@@ -24,7 +24,7 @@ from ki_vla.infer.safety import JointMapping
 from ki_vla.joints import JOINT_NAMES, NUM_JOINTS
 from ki_vla_ros.config import PolicyNodeConfig, resolve_path
 from ki_vla_ros.msgs import chunk_to_trajectory, image_msg_to_rgb, joint_state_positions
-from ki_vla_ros.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
+from ki_vla.infer.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
 from ki_vla_ros.ros_util import (
     CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
     Diagnostics, ThrottledLog, declare_config, now_sec, run_node, to_sec)

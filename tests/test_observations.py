@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ki_vla_ros.observations import (InstructionError, ObservationAssembler, StaleObservation,
+from ki_vla.infer.observations import (InstructionError, ObservationAssembler, StaleObservation,
                                      clean_instruction)
 
 CAMS = ("a", "b")
