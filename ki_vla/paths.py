@@ -1,33 +1,50 @@
-"""Finding the shipped config files from anywhere.
+"""Finding shipped files (configs, URDF, model YAMLs) from anywhere.
 
-Configs name each other with repo-relative paths (`config/model/tiny.yaml`). Those work from the repo root;
-from elsewhere (a torchrun worker's cwd, a ROS node started by launch) we also look in the source checkout
-this package runs from and in the colcon install's share/ki_vla_ros.
+Configs name each other with repo-relative paths (`config/model/tiny.yaml`). They are looked up, in order,
+relative to the current directory, the colcon install's share/ki_vla_ros (via the ament index, when ROS is
+installed), the pip install's data files (sys.prefix/share/ki_vla_ros) and the source checkout this package
+runs from: a torchrun worker, a node started by `ros2 launch` and a user in another folder all find them.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+PACKAGE = "ki_vla_ros"
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
-def search_roots() -> list[Path]:
-    roots = [_SOURCE_ROOT]
-    share = Path(sys.prefix) / "share" / "ki_vla_ros"
-    if share.is_dir():
-        roots.append(share)
-    return roots
+def _ament_share() -> Path | None:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory(PACKAGE))
+    except Exception:  # no ament index (pip-only machine) or the package is not installed through colcon
+        return None
+
+
+def candidates(path: str | Path) -> list[Path]:
+    """Every place `path` is looked for, in order (just `path` when it is absolute)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return [p]
+    roots = [Path.cwd(), _ament_share(), Path(sys.prefix) / "share" / PACKAGE, _SOURCE_ROOT]
+    seen: list[Path] = []
+    for root in roots:
+        if root is not None and (root / p) not in seen:
+            seen.append(root / p)
+    return seen
 
 
 def resolve(path: str | Path) -> Path:
-    """`path` itself when it exists, else the first shipped file of that relative name; unchanged otherwise
-    (so the caller's "not found" error names what the user wrote)."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        return p
-    for root in search_roots():
-        candidate = root / p
-        if candidate.exists():
-            return candidate
-    return p
+    """The first existing candidate; `path` unchanged when none exists (the caller's error names it)."""
+    return next((c for c in candidates(path) if c.exists()), Path(path).expanduser())
+
+
+def require(path: str | Path) -> Path:
+    """The first existing candidate, or FileNotFoundError listing every place tried."""
+    tried = candidates(path)
+    for c in tried:
+        if c.exists():
+            return c
+    raise FileNotFoundError(f"{path} not found; tried {', '.join(str(c) for c in tried)}")

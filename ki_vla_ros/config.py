@@ -9,7 +9,6 @@ dataclass can be loaded from the YAML without ROS (tests, the CLI, offline tools
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,9 +16,8 @@ from typing import Any, TypeVar
 import yaml
 
 from ki_vla.joints import CONTROL_HZ, NUM_JOINTS
+from ki_vla.paths import require
 
-PACKAGE = "ki_vla_ros"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "config/bimanual.yaml"
 
 T = TypeVar("T")
@@ -91,10 +89,62 @@ class ExecutorNodeConfig:
     diagnostics_period: float = 1.0
 
 
+SIM_MODES = ("realtime", "lockstep")
+
+
+@dataclass
+class SimNodeConfig:
+    """sim_node parameters (every name is one)."""
+
+    task: str = "transfer_cube"                  # transfer_cube | insertion | transfer_color
+    seed: int = 0                                # first episode's seed
+    target: str = ""                             # transfer_color: "red" | "blue" | "" (drawn per seed)
+    mode: str = "realtime"                       # realtime | lockstep
+    lockstep_on_command: bool = True             # lockstep: tick when both arms were commanded
+    control_hz: float = CONTROL_HZ
+    camera_names: list[str] = field(default_factory=lambda: ["cam_high", "cam_left_wrist", "cam_right_wrist"])
+    image_height: int = 240
+    image_width: int = 320
+    camera_hz: float = 25.0                      # must divide control_hz; 0 = no cameras published
+    camera_topic: str = "/{name}/image_raw"
+    camera_frame_id: str = "{name}_optical_frame"
+    joint_states_topic: str = "/joint_states"
+    left_command_topic: str = "/left_arm_controller/joint_trajectory"
+    right_command_topic: str = "/right_arm_controller/joint_trajectory"
+    step_topic: str = "/sim/step"
+    reset_topic: str = "/sim/reset"
+    status_topic: str = "/sim/status"
+    instruction_topic: str = "/sim/instruction"  # "" = do not publish; "/instruction" feeds the policy directly
+    publish_clock: bool = True
+    clock_topic: str = "/clock"
+    idle_republish_period: float = 0.5           # lockstep: re-send the last observation while idle (s, 0 = off)
+    diagnostics_period: float = 1.0
+
+    def validate(self) -> None:
+        from ki_vla.sim.scenes import TASKS  # imported here: MuJoCo is only needed where the sim runs
+
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {list(TASKS)}, got {self.task!r}")
+        if self.mode not in SIM_MODES:
+            raise ValueError(f"mode must be one of {list(SIM_MODES)}, got {self.mode!r}")
+        if self.target not in ("", "red", "blue"):
+            raise ValueError(f"target must be '', 'red' or 'blue', got {self.target!r}")
+        if self.target and self.task != "transfer_color":
+            raise ValueError("target only applies to task transfer_color")
+        if self.camera_hz < 0 or (self.camera_hz > 0 and abs(self.control_hz / self.camera_hz
+                                                             - round(self.control_hz / self.camera_hz)) > 1e-6):
+            raise ValueError(f"camera_hz ({self.camera_hz}) must divide control_hz ({self.control_hz}) or be 0")
+
+    @property
+    def camera_every(self) -> int:
+        return max(1, int(round(self.control_hz / self.camera_hz))) if self.camera_hz > 0 else 0
+
+
 NODE_CONFIGS: dict[str, type] = {
     "camera_node": CameraNodeConfig,
     "policy_node": PolicyNodeConfig,
     "executor_node": ExecutorNodeConfig,
+    "sim_node": SimNodeConfig,
 }
 
 
@@ -135,32 +185,6 @@ def load_node_config(cls: type[T], path: str | Path, node_name: str) -> T:
 
 
 def resolve_path(path: str) -> Path:
-    """Find a config/URDF/model path given relative to the cwd, the installed share dir, or the repo.
-
-    Absolute paths are returned as they are. The share dir is where colcon installs data files; the repo
-    root covers editable pip installs. Raises FileNotFoundError listing every place tried.
-    """
-    p = Path(os.path.expanduser(path))
-    if p.is_absolute():
-        if not p.exists():
-            raise FileNotFoundError(f"{p} does not exist")
-        return p
-    tried = [Path.cwd() / p]
-    share = package_share_dir()
-    if share is not None:
-        tried.append(share / p)
-    tried.append(REPO_ROOT / p)
-    for cand in tried:
-        if cand.exists():
-            return cand
-    raise FileNotFoundError(f"{path} not found; tried {', '.join(str(c) for c in tried)}")
-
-
-def package_share_dir() -> Path | None:
-    """share/ki_vla_ros of an installed package (colcon, or the pip data_files prefix), if any."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory(PACKAGE))
-    except Exception:  # not installed through ament (pip editable install): the repo has the files
-        return None
+    """A config/URDF/model path relative to the cwd, the installed share dir or the repo (ki_vla.paths);
+    FileNotFoundError lists every place tried."""
+    return require(path)

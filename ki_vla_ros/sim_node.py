@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from rclpy.node import Node
@@ -35,13 +34,12 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, Int64, String, UInt32
 from trajectory_msgs.msg import JointTrajectory
 
-from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
+from ki_vla.joints import JOINT_NAMES
 from ki_vla.sim.robot import SimRobot, TickResult
-from ki_vla.sim.scenes import DEFAULT_CAMERAS, TASKS, BimanualSim
+from ki_vla.sim.scenes import BimanualSim
+from ki_vla_ros.config import SimNodeConfig
 from ki_vla_ros.msgs import rgb_to_image_msg, trajectory_to_arrays
 from ki_vla_ros.ros_util import RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, run_node, to_sec, to_time_msg
-
-MODES = ("realtime", "lockstep")
 
 # Images: reliable keep-last-1 matches both reliable and best-effort subscribers and never queues
 # stale frames. Latched topics (instruction) use transient local so late joiners get the current one.
@@ -51,52 +49,6 @@ LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=R
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 CLOCK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.VOLATILE)
-
-
-@dataclass
-class SimNodeConfig:
-    """sim_node parameters (every name is one)."""
-
-    task: str = "transfer_cube"                  # transfer_cube | insertion | transfer_color
-    seed: int = 0                                # first episode's seed
-    target: str = ""                             # transfer_color: "red" | "blue" | "" (drawn per seed)
-    mode: str = "realtime"                       # realtime | lockstep
-    lockstep_on_command: bool = True             # lockstep: tick when both arms were commanded
-    control_hz: float = CONTROL_HZ
-    camera_names: list[str] = field(default_factory=lambda: list(DEFAULT_CAMERAS))
-    image_height: int = 240
-    image_width: int = 320
-    camera_hz: float = 25.0                      # must divide control_hz; 0 = no cameras published
-    camera_topic: str = "/{name}/image_raw"
-    camera_frame_id: str = "{name}_optical_frame"
-    joint_states_topic: str = "/joint_states"
-    left_command_topic: str = "/left_arm_controller/joint_trajectory"
-    right_command_topic: str = "/right_arm_controller/joint_trajectory"
-    step_topic: str = "/sim/step"
-    reset_topic: str = "/sim/reset"
-    status_topic: str = "/sim/status"
-    instruction_topic: str = "/sim/instruction"  # "" = do not publish; "/instruction" feeds the policy directly
-    publish_clock: bool = True
-    clock_topic: str = "/clock"
-    idle_republish_period: float = 0.5           # lockstep: re-send the last observation while idle (s, 0 = off)
-    diagnostics_period: float = 1.0
-
-    def validate(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {list(TASKS)}, got {self.task!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
-        if self.target not in ("", "red", "blue"):
-            raise ValueError(f"target must be '', 'red' or 'blue', got {self.target!r}")
-        if self.target and self.task != "transfer_color":
-            raise ValueError("target only applies to task transfer_color")
-        if self.camera_hz < 0 or (self.camera_hz > 0 and abs(self.control_hz / self.camera_hz
-                                                             - round(self.control_hz / self.camera_hz)) > 1e-6):
-            raise ValueError(f"camera_hz ({self.camera_hz}) must divide control_hz ({self.control_hz}) or be 0")
-
-    @property
-    def camera_every(self) -> int:
-        return max(1, int(round(self.control_hz / self.camera_hz))) if self.camera_hz > 0 else 0
 
 
 class SimNode(Node):

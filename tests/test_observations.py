@@ -1,4 +1,4 @@
-"""ki_vla_ros.observations (ROS-free): fresh, complete observations only; instruction validation."""
+"""ki_vla.infer.observations: fresh, complete observations only; instruction validation."""
 import numpy as np
 import pytest
 
