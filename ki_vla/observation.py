@@ -22,6 +22,13 @@ class Observation:
     stamp: float = 0.0
     extras: dict = field(default_factory=dict)
 
+    @classmethod
+    def blank(cls, camera_names: tuple[str, ...] | list[str], image_size: int, state_dim: int,
+              instruction: str = "warm up") -> "Observation":
+        """Black images and a zero state: for warm-up passes that allocate and compile before real requests."""
+        return cls(images={c: np.zeros((image_size, image_size, 3), np.uint8) for c in camera_names},
+                   state=np.zeros(state_dim, np.float32), instruction=instruction)
+
     def validate(self, camera_names: tuple[str, ...] | list[str], state_dim: int) -> None:
         """Raise ValueError naming the first problem, so callers can log it and keep running."""
         missing = [c for c in camera_names if c not in self.images]

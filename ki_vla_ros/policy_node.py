@@ -85,6 +85,7 @@ class PolicyNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from ki_vla.infer.engine import make_predictor
         from ki_vla.model.policy import KIPolicy
 
         cfg = self.cfg
@@ -99,13 +100,14 @@ class PolicyNode(LifecycleNode):
                 self.get_logger().warning(f"model {path} is a YAML config: RANDOM WEIGHTS, actions are noise "
                                           "(tests and benchmarks only)")
             t0 = time.perf_counter()
-            self.policy = KIPolicy.load(path, device=self.device)
+            self.policy = make_predictor(KIPolicy.load(path, device=self.device), cfg.engine)
             pcfg = self.policy.cfg
             if pcfg.state_dim != NUM_JOINTS:
                 raise ValueError(f"model state_dim {pcfg.state_dim} != {NUM_JOINTS} joints of this robot")
             self.policy.warmup()
             self.get_logger().info(
-                f"loaded {path} on {self.device} in {time.perf_counter() - t0:.1f} s (warm): cameras "
+                f"loaded {path} on {self.device} ({'inference engine' if hasattr(self.policy, 'engine') else 'reference sampler'}) "
+                f"in {time.perf_counter() - t0:.1f} s (warm): cameras "
                 f"{list(pcfg.camera_names)}, image {pcfg.image_size}px, horizon {pcfg.horizon} @ {pcfg.fps:g} Hz")
         except Exception as exc:  # any load failure: report it and stay unconfigured, never crash
             self.get_logger().error(f"configure failed: cannot load model {cfg.model!r}: {exc}")

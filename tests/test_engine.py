@@ -44,3 +44,23 @@ def test_engine_rejects_what_it_cannot_serve():
         engine.sample_actions(policy.example_batch(2))
     with pytest.raises(ValueError, match="CUDA"):
         InferenceEngine(policy, cuda_graphs=True, device="cpu")
+
+
+def test_engine_predictor_serves_observations_like_the_policy():
+    from ki_vla.infer.engine import EnginePredictor, make_predictor
+    from ki_vla.observation import Observation
+
+    policy = trained_like("ki")
+    assert make_predictor(policy, "auto") is policy  # CPU: the reference path
+    predictor = make_predictor(policy, "on")
+    assert isinstance(predictor, EnginePredictor)
+    obs = Observation.blank(policy.cfg.camera_names, 48, 14, instruction="transfer the red cube")
+    a = predictor.predict(obs, generator=torch.Generator().manual_seed(4))
+    b = policy.predict(obs, generator=torch.Generator().manual_seed(4))
+    assert a.shape == (50, 14) and a.dtype.name == "float32"
+    torch.testing.assert_close(torch.from_numpy(a), torch.from_numpy(b), atol=1e-5, rtol=0)
+    predictor.warmup()
+    with pytest.raises(ValueError, match="engine must be"):
+        make_predictor(policy, "maybe")
+    with pytest.raises(ValueError, match="pi0_fast"):
+        make_predictor(KIPolicy(dataclasses.replace(policy.cfg, variant="pi0_fast")), "on")

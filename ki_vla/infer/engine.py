@@ -18,10 +18,12 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ki_vla.model.attention import block_causal_mask, positions_from_valid
 from ki_vla.model.policy import KIPolicy
+from ki_vla.observation import Observation
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +173,39 @@ class InferenceEngine:
         if normalized:
             return out
         return torch.from_numpy(self.policy.processor.unnormalize_actions(out.cpu().numpy())).to(out.device)
+
+
+class EnginePredictor:
+    """The policy node's interface (`cfg`, `predict(obs)`, `warmup()`) served by an InferenceEngine."""
+
+    def __init__(self, policy: KIPolicy, **engine_kwargs) -> None:
+        self.engine = InferenceEngine(policy, batch_size=1, **engine_kwargs)
+        self.cfg = self.engine.cfg
+
+    def predict(self, obs: Observation, generator: torch.Generator | None = None) -> np.ndarray:
+        """One observation -> (horizon, action_dim) float32 chunk in real units."""
+        obs.validate(self.cfg.camera_names, self.cfg.state_dim)
+        proc = self.engine.policy.processor
+        batch = proc([{"images": obs.images, "state": obs.state, "instruction": obs.instruction}],
+                     with_targets=False, device=self.engine.device)
+        batch["images"] = batch["images"].to(self.engine.dtype)
+        return self.engine.sample_actions(batch, generator=generator)[0].cpu().numpy().astype(np.float32)
+
+    def warmup(self) -> None:
+        self.predict(Observation.blank(self.cfg.camera_names, self.cfg.image_size, self.cfg.state_dim))
+
+
+ENGINE_MODES = ("auto", "on", "off")
+
+
+def make_predictor(policy: KIPolicy, engine: str = "auto") -> KIPolicy | EnginePredictor:
+    """What serves inference: the engine ("on"; "auto" = on a CUDA device, where CUDA graphs pay off) or the
+    reference `KIPolicy` ("off"; also pi0_fast, which decodes autoregressively)."""
+    if engine not in ENGINE_MODES:
+        raise ValueError(f"engine must be one of {ENGINE_MODES}, got {engine!r}")
+    use = engine == "on" or (engine == "auto" and policy.device.type == "cuda")
+    if use and policy.expert is None:
+        if engine == "on":
+            raise ValueError("engine=on: the engine serves expert variants; pi0_fast decodes autoregressively")
+        use = False
+    return EnginePredictor(policy) if use else policy

@@ -262,9 +262,7 @@ class KIPolicy(nn.Module):
 
     def warmup(self) -> None:
         """One inference on dummy input, so allocations and lazy inits happen before the first real request."""
-        s = self.cfg.image_size
-        obs = Observation(images={c: np.zeros((s, s, 3), np.uint8) for c in self.cfg.camera_names},
-                          state=np.zeros(self.cfg.state_dim, np.float32), instruction="warm up")
+        obs = Observation.blank(self.cfg.camera_names, self.cfg.image_size, self.cfg.state_dim)
         if self.expert is None and self.fast_tokenizer is None:
             log.warning("pi0_fast without a FAST tokenizer: warm-up runs the prefix only")
             self.prefix_cache(self.processor([obs.__dict__], with_targets=False, device=self.device))
