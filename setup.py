@@ -47,6 +47,7 @@ setup(
             "executor_node = ki_vla_ros.executor_node:main",
             "sim_node = ki_vla_ros.sim_node:main",
             "sim_evaluator = ki_vla_ros.sim_evaluator:main",
+            "scripted_recorder = ki_vla_ros.scripted_recorder:main",
         ],
     },
 )

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +15,9 @@ from pathlib import Path
 
 import yaml
 from tqdm import tqdm
+
+from ki_vla import procs
+from ki_vla.procs import ros_env, write_ros_params
 
 help = "closed-loop evaluation in the MuJoCo sim through the ROS 2 graph (success rate with 95% CI, videos, report)"
 
@@ -78,32 +78,6 @@ def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
     return params
 
 
-class _NoAliasDumper(yaml.SafeDumper):
-    """rcl's parameter-file parser rejects YAML anchors/aliases, which PyYAML emits for repeated lists."""
-
-    def ignore_aliases(self, data: object) -> bool:
-        return True
-
-
-def _stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGINT to the process group (the graph supervisor stops its nodes cleanly), then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=grace)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
-
-
 def evaluate(args: argparse.Namespace) -> dict:
     """Run the episodes and write the report; returns the metrics."""
     import torch
@@ -131,10 +105,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     max_seconds = args.max_seconds or TASK_SPECS[args.task].episode_steps / CONTROL_HZ
     work = Path(tempfile.mkdtemp(prefix="ki_vla_eval_sim_"))
     params_file = work / "graph.yaml"
-    params_file.write_text(yaml.dump(_graph_params(args, model, pcfg), Dumper=_NoAliasDumper, sort_keys=False))
+    write_ros_params(_graph_params(args, model, pcfg), params_file)
     results_file = work / "results.json"
-    env = {**os.environ, "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
-           "PYTHONUNBUFFERED": "1"}
+    env = ros_env()
     graph_log, eval_log = work / "graph.log", work / "evaluator.log"
     p = lambda k, v: ["-p", f"{k}:={v}"]  # noqa: E731
     eval_cmd = [sys.executable, "-m", "ki_vla_ros.sim_evaluator", "--ros-args", *p("use_sim_time", "true"),
@@ -143,31 +116,30 @@ def evaluate(args: argparse.Namespace) -> dict:
                 *p("video_topic", f"/{pcfg.camera_names[0]}/image_raw"), *p("lockstep_kick", str(args.mode == "lockstep").lower())]
     graph_cmd = [sys.executable, "-m", "ki_vla_ros.cli", "up", "--config", str(params_file), "--sim"]
     start = time.perf_counter()
-    with open(graph_log, "wb") as glog, open(eval_log, "wb") as elog:
-        graph = subprocess.Popen(graph_cmd, stdout=glog, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        evaluator = subprocess.Popen(eval_cmd, stdout=elog, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        budget = args.startup_timeout + args.episodes * (4.0 * max_seconds + 20.0)
-        bar = tqdm(total=args.episodes, desc=f"eval-sim {args.task}", unit="ep", disable=args.quiet)
-        try:
-            while evaluator.poll() is None:
-                if graph.poll() is not None:
-                    raise RuntimeError(f"the ROS graph exited early (code {graph.returncode}):\n{_tail(graph_log)}")
-                if time.perf_counter() - start > budget:
-                    raise RuntimeError(f"evaluation did not finish within {budget:.0f} s:\n{_tail(eval_log)}")
-                if results_file.exists():
-                    done = len(json.loads(results_file.read_text())["results"])
-                    bar.update(done - bar.n)
-                time.sleep(0.5)
-        finally:
-            bar.close()
-            _stop(evaluator)
-            _stop(graph)
+    graph = procs.start(graph_cmd, graph_log, env)
+    evaluator = procs.start(eval_cmd, eval_log, env)
+    budget = args.startup_timeout + args.episodes * (4.0 * max_seconds + 20.0)
+    bar = tqdm(total=args.episodes, desc=f"eval-sim {args.task}", unit="ep", disable=args.quiet)
+    try:
+        while evaluator.poll() is None:
+            if graph.poll() is not None:
+                raise RuntimeError(f"the ROS graph exited early (code {graph.returncode}):\n{procs.logprocs.log_tail(graph_log)}")
+            if time.perf_counter() - start > budget:
+                raise RuntimeError(f"evaluation did not finish within {budget:.0f} s:\n{procs.logprocs.log_tail(eval_log)}")
+            if results_file.exists():
+                done = len(json.loads(results_file.read_text())["results"])
+                bar.update(done - bar.n)
+            time.sleep(0.5)
+    finally:
+        bar.close()
+        procs.stop(evaluator)
+        procs.stop(graph)
     if not results_file.exists():
-        raise RuntimeError(f"the evaluator wrote no results (exit {evaluator.returncode}):\n{_tail(eval_log)}\n"
-                           f"graph log:\n{_tail(graph_log)}")
+        raise RuntimeError(f"the evaluator wrote no results (exit {evaluator.returncode}):\n{procs.log_tail(eval_log)}\n"
+                           f"graph log:\n{procs.log_tail(graph_log)}")
     data = json.loads(results_file.read_text())
     if data["error"] or not data["complete"]:
-        raise RuntimeError(f"evaluation incomplete: {data['error'] or 'evaluator stopped early'}\n{_tail(graph_log)}")
+        raise RuntimeError(f"evaluation incomplete: {data['error'] or 'evaluator stopped early'}\n{procs.log_tail(graph_log)}")
     results = [EpisodeResult(**r) for r in data["results"]]
     meta = {"model": str(args.model), "weights": weights, "variant": pcfg.variant, "task": args.task, "mode": args.mode,
             "seed": args.seed, "max_seconds": max_seconds, "sim_image_size": list(args.sim_image_size),

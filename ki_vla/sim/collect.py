@@ -5,11 +5,12 @@ runs physics only (cheap) to learn whether the script succeeded; a kept episode 
 per camera, rendering that camera only, and its frames stream straight into the dataset writer's
 encoder. Replays are exact because the sim is deterministic (checked: the replayed final state must
 equal the first run's bit for bit). Bag mode (`collect_bags`) writes one rosbag2 per kept episode
-with the robot's topics (ki_vla.sim.bag).
+with the robot's topics, recorded through the ROS graph (ki_vla_ros.scripted_recorder).
 """
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -165,29 +166,61 @@ def collect_dataset(config: CollectConfig, progress: bool = True) -> CollectSumm
     return summary
 
 
-def collect_bags(config: CollectConfig, progress: bool = True) -> CollectSummary:
-    """Like `collect_dataset`, but `config.out` becomes a folder of rosbag2 recordings, one per kept
-    episode (`episode_000000`, ...). Written to a temp folder and renamed into place when complete."""
+def collect_bags(config: CollectConfig, progress: bool = True, timeout_per_episode: float = 120.0) -> CollectSummary:
+    """Like `collect_dataset`, but `config.out` becomes a folder of rosbag2 recordings, one per kept episode
+    (`episode_000000`, ...), recorded through the running ROS graph.
+
+    Successful episodes are planned here without ROS; then sim_node (lockstep) and scripted_recorder
+    (ki_vla_ros) replay them over DDS: the recorder publishes each episode's arm commands and records the
+    robot's topics as they arrive, as `ros2 bag record` on a robot would. Written to a temp folder and
+    renamed into place when every episode is recorded.
+    """
+    import sys
+    import tempfile
+
     from tqdm import tqdm
 
-    from ki_vla.sim.bag import write_episode_bag
+    from ki_vla import procs
 
     if config.out.exists() and not config.overwrite:
         raise ValueError(f"output folder {config.out} already exists (use --overwrite to replace it)")
-    env = BimanualSim(config.task, seed=config.seed, cameras=config.cameras, image_size=config.image_size)
+    env = BimanualSim(config.task, seed=config.seed, cameras=(), image_size=config.image_size)
     policy = ScriptedPolicy(config.task)
     summary = CollectSummary(out=config.out, task=config.task)
     t0 = time.perf_counter()
+    with tqdm(total=config.episodes, desc=f"plan {config.task}", unit="ep", disable=not progress) as bar:
+        try:
+            episodes = [(ep["seed"], ep["actions"]) for ep in _successful_episodes(config, env, policy, summary, bar)]
+        finally:
+            env.close()
+    work = Path(tempfile.mkdtemp(prefix="ki_vla_collect_"))
+    np.savez(work / "episodes.npz", seeds=np.array([s for s, _ in episodes]), actions=np.stack([a for _, a in episodes]))
     config.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = config.out.parent / f".{config.out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
-    bar = tqdm(total=config.episodes, desc=f"collect {config.task} (bags)", unit="ep", disable=not progress)
+    cams = list(config.cameras)
+    sim_params = {"task": config.task, "seed": config.seed, "mode": "lockstep", "lockstep_on_command": True,
+                  "camera_names": cams, "image_height": config.image_size[0], "image_width": config.image_size[1],
+                  "camera_hz": config.bag_camera_hz, "instruction_topic": "/instruction", "publish_clock": True,
+                  "idle_republish_period": 0.0}
+    if config.target:
+        sim_params["target"] = config.target
+    rec_params = {"episodes_file": str(work / "episodes.npz"), "output": str(tmp), "storage": config.bag_storage,
+                  "camera_names": cams, "use_sim_time": True}
+    params = procs.write_ros_params({"sim_node": {"ros__parameters": sim_params},
+                                     "scripted_recorder": {"ros__parameters": rec_params}}, work / "params.yaml")
+    env_vars = procs.ros_env()
+    ros = lambda name: [sys.executable, "-m", f"ki_vla_ros.{name}", "--ros-args", "--params-file", str(params)]  # noqa: E731
+    sim = procs.start(ros("sim_node"), work / "sim.log", env_vars)
+    recorder = procs.start(ros("scripted_recorder"), work / "recorder.log", env_vars)
     try:
-        for ep in _successful_episodes(config, env, policy, summary, bar):
-            write_episode_bag(tmp / f"episode_{summary.kept:06d}", env, ep["actions"], ep["seed"],
-                              target=config.target, camera_hz=config.bag_camera_hz, storage=config.bag_storage)
-            if not np.array_equal(env.state(), ep["final_state"]):
-                raise RuntimeError(f"bag replay of seed {ep['seed']} diverged; the sim is not deterministic")
+        try:
+            code = recorder.wait(timeout=60.0 + timeout_per_episode * len(episodes))
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"recording through ROS timed out:\n{procs.log_tail(work / 'recorder.log')}") from None
+        if code != 0:
+            raise RuntimeError(f"recording through ROS failed (exit {code}):\n{procs.log_tail(work / 'recorder.log')}\n"
+                               f"sim_node:\n{procs.log_tail(work / 'sim.log')}")
         if config.out.exists():
             shutil.rmtree(config.out)
         tmp.rename(config.out)
@@ -195,7 +228,8 @@ def collect_bags(config: CollectConfig, progress: bool = True) -> CollectSummary
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        bar.close()
-        env.close()
+        procs.stop(recorder)
+        procs.stop(sim)
+        shutil.rmtree(work, ignore_errors=True)
     summary.wall_s = time.perf_counter() - t0
     return summary

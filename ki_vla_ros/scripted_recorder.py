@@ -1,0 +1,172 @@
+"""scripted_recorder: plays planned scripted episodes through the ROS graph and records them as rosbag2.
+
+`ki-vla collect --bag` plans successful scripted episodes without ROS (ki_vla.sim), then starts sim_node in
+lockstep mode and this node. For each episode it resets the sim to the episode's seed, publishes the
+episode's joint commands on the two arm controller topics (the sim ticks once per left/right pair, as it
+does when the executor drives it), and records what a robot's recorder would see: every message arriving
+over DDS on the camera topics, /joint_states, /instruction and the two command topics (its own commands
+come back through its subscriptions like anyone's), one bag per episode, receive times on the node clock
+(sim time under use_sim_time). Subscriptions are raw, as `ros2 bag record`'s are: the serialized CDR bytes
+that came off the wire are written unchanged, through `rosbags` (rosbag2_py is not on PyPI).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Int64, String
+from trajectory_msgs.msg import JointTrajectory
+
+from ki_vla.joints import LEFT_JOINTS, RIGHT_JOINTS
+from ki_vla_ros.msgs import command_trajectory
+from ki_vla_ros.ros_util import (CAMERA_IN_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
+                                 declare_config, now_sec, run_node)
+
+STORAGES = ("mcap", "sqlite3")
+
+
+@dataclass
+class ScriptedRecorderConfig:
+    episodes_file: str = ""                 # npz from ki-vla collect: seeds (N,), actions (N, T, 14)
+    output: str = ""                        # folder: one bag per episode (episode_000000, ...)
+    storage: str = "mcap"
+    camera_names: list[str] = field(default_factory=lambda: ["cam_high", "cam_left_wrist", "cam_right_wrist"])
+    camera_topic: str = "/{name}/image_raw"
+    joint_states_topic: str = "/joint_states"
+    instruction_topic: str = "/instruction"
+    left_command_topic: str = "/left_arm_controller/joint_trajectory"
+    right_command_topic: str = "/right_arm_controller/joint_trajectory"
+    status_topic: str = "/sim/status"
+    reset_topic: str = "/sim/reset"
+    control_hz: float = 50.0
+    tick_timeout: float = 10.0              # wall seconds for the sim to answer one command pair
+    settle_seconds: float = 0.3             # wall seconds to let in-flight messages land before a bag closes
+
+    def validate(self) -> None:
+        if not self.episodes_file or not Path(self.episodes_file).is_file():
+            raise FileNotFoundError(f"episodes_file {self.episodes_file!r} does not exist")
+        if not self.output:
+            raise ValueError("output folder is required")
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
+
+
+class ScriptedRecorder(Node):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("scripted_recorder", **kwargs)
+        self.cfg = declare_config(self, ScriptedRecorderConfig)
+        self.cfg.validate()
+        data = np.load(self.cfg.episodes_file)
+        self.seeds, self.actions = data["seeds"].astype(int), data["actions"].astype(float)
+        self.error = ""
+        self._lock = threading.Lock()
+        self._status_cv = threading.Condition(self._lock)
+        self._status: dict[str, Any] = {}
+        self._writer: Any = None
+        self._conns: dict[str, Any] = {}
+        self.left_pub = self.create_publisher(JointTrajectory, self.cfg.left_command_topic, RELIABLE_QOS)
+        self.right_pub = self.create_publisher(JointTrajectory, self.cfg.right_command_topic, RELIABLE_QOS)
+        self.reset_pub = self.create_publisher(Int64, self.cfg.reset_topic, RELIABLE_QOS)
+        self.topics: dict[str, tuple[str, type]] = {
+            self.cfg.joint_states_topic: ("sensor_msgs/msg/JointState", JointState),
+            self.cfg.instruction_topic: ("std_msgs/msg/String", String),
+            self.cfg.left_command_topic: ("trajectory_msgs/msg/JointTrajectory", JointTrajectory),
+            self.cfg.right_command_topic: ("trajectory_msgs/msg/JointTrajectory", JointTrajectory),
+        }
+        for cam in self.cfg.camera_names:
+            self.topics[self.cfg.camera_topic.format(name=cam)] = ("sensor_msgs/msg/Image", Image)
+        qos = {self.cfg.joint_states_topic: JOINT_STATE_IN_QOS, self.cfg.instruction_topic: LATCHED_INSTRUCTION_QOS,
+               self.cfg.left_command_topic: RELIABLE_QOS, self.cfg.right_command_topic: RELIABLE_QOS}
+        for topic, (_, msg_type) in self.topics.items():
+            self.create_subscription(msg_type, topic, lambda data, t=topic: self._record(t, data),
+                                     qos.get(topic, CAMERA_IN_QOS), raw=True)
+        self.create_subscription(String, self.cfg.status_topic, self._on_status, RELIABLE_QOS)
+        self._worker = threading.Thread(target=self._run, daemon=True)
+        self._worker.start()
+
+    # ---- recording ---------------------------------------------------------------------------------------
+    def _record(self, topic: str, data: bytes) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.write(self._conns[topic], int(now_sec(self) * 1e9), data)
+
+    def _open(self, path: Path) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.typesys import Stores, get_typestore
+
+        ts = get_typestore(Stores.ROS2_KILTED)
+        plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[self.cfg.storage]
+        writer = Writer(path, version=9, storage_plugin=plugin)
+        writer.open()
+        conns = {topic: writer.add_connection(topic, msgtype, typestore=ts) for topic, (msgtype, _) in self.topics.items()}
+        with self._lock:
+            self._writer, self._conns = writer, conns
+
+    def _close(self) -> None:
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+
+    # ---- episodes ------------------------------------------------------------------------------------------
+    def _on_status(self, msg: String) -> None:
+        try:
+            status = json.loads(msg.data)
+        except json.JSONDecodeError:
+            return
+        with self._status_cv:
+            self._status = status
+            self._status_cv.notify_all()
+
+    def _wait_status(self, pred, what: str) -> dict[str, Any]:
+        with self._status_cv:
+            if not self._status_cv.wait_for(lambda: pred(self._status), timeout=self.cfg.tick_timeout):
+                raise TimeoutError(f"sim did not report {what} within {self.cfg.tick_timeout} s (last: {self._status})")
+            return dict(self._status)
+
+    def _command(self, q: np.ndarray) -> None:
+        dt = 1.0 / self.cfg.control_hz
+        for pub, names, part in ((self.left_pub, LEFT_JOINTS, q[:7]), (self.right_pub, RIGHT_JOINTS, q[7:])):
+            pub.publish(command_trajectory(names, part[None, :], dt))
+
+    def _run(self) -> None:
+        out = Path(self.cfg.output)
+        try:
+            self._wait_status(lambda s: bool(s), "any status (is sim_node up in lockstep mode?)")
+            for k, (seed, actions) in enumerate(zip(self.seeds, self.actions, strict=True)):
+                # Record from before the reset: the reset's observation and the latched instruction belong to it.
+                self._open(out / f"episode_{k:06d}")
+                self.reset_pub.publish(Int64(data=int(seed)))
+                self._wait_status(lambda s: s.get("seed") == seed and s.get("step") == 0, f"the reset to seed {seed}")
+                for t, q in enumerate(actions):
+                    self._command(q)
+                    self._wait_status(lambda s, t=t: s.get("seed") == seed and s.get("step") == t + 1, f"tick {t + 1}")
+                threading.Event().wait(self.cfg.settle_seconds)
+                self._close()
+                final = dict(self._status)
+                if not final.get("success"):
+                    raise RuntimeError(f"seed {seed}: the episode replayed through ROS did not succeed ({final})")
+                self.get_logger().info(f"recorded episode {k + 1}/{len(self.seeds)} (seed {seed}, {len(actions)} ticks)")
+        except Exception as exc:  # noqa: BLE001 - reported through the exit code and the log
+            self.error = str(exc)
+            self.get_logger().error(f"recording failed: {exc}")
+        finally:
+            self._close()
+            self.context.try_shutdown()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console entry: exits 0 when every episode was recorded and succeeded, 1 otherwise."""
+    return run_node(ScriptedRecorder, "scripted_recorder", args, exit_code=lambda node: 1 if node.error else 0)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
