@@ -23,7 +23,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Int64, String
 from trajectory_msgs.msg import JointTrajectory
 
-from ki_vla.joints import LEFT_JOINTS, RIGHT_JOINTS
+from ki_vla.joints import CONTROL_HZ, LEFT_JOINTS, RIGHT_JOINTS
 from ki_vla_ros.msgs import command_trajectory
 from ki_vla_ros.ros_util import (CAMERA_IN_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
                                  declare_config, now_sec, run_node)
@@ -44,7 +44,7 @@ class ScriptedRecorderConfig:
     right_command_topic: str = "/right_arm_controller/joint_trajectory"
     status_topic: str = "/sim/status"
     reset_topic: str = "/sim/reset"
-    control_hz: float = 50.0
+    control_hz: float = CONTROL_HZ
     tick_timeout: float = 10.0              # wall seconds for the sim to answer one command pair
     settle_seconds: float = 0.3             # wall seconds to let in-flight messages land before a bag closes
 
