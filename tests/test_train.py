@@ -130,3 +130,42 @@ def test_fit_tokenizer_cli_then_train_uses_it(dataset, tmp_path, capsys):
     policy = KIPolicy.from_pretrained(tmp_path / "run" / "final")
     assert policy.fast_tokenizer.vocab_size == 300
     assert main(["fit-tokenizer", "--dataset", str(tmp_path / "missing")]) == 2
+
+
+def test_cotraining_mixture_trains_ce_on_vlm_samples(dataset, tmp_path):
+    """vlm_dataset + vlm_ratio: action-free VLM samples enter the batches (CE only) next to robot samples."""
+    import cv2
+    import numpy as np
+
+    vlm = tmp_path / "vlm"
+    (vlm / "images").mkdir(parents=True)
+    cv2.imwrite(str(vlm / "images" / "0.png"), np.full((16, 16, 3), 200, np.uint8))
+    (vlm / "samples.jsonl").write_text(
+        json.dumps({"image": "images/0.png", "prompt": "What colour is the cube?", "answer": "red"}) + "\n"
+        + json.dumps({"image": None, "prompt": "Say hi.", "answer": "hi"}) + "\n")
+    trainer = Trainer(config(dataset, tmp_path / "run", vlm_dataset=str(vlm), vlm_ratio=0.5, max_steps=3, save_every=3))
+    samples = [trainer.dataset[i] for i in trainer.schedule.indices(0, 0, 0)]
+    assert any(s["is_vlm"] for s in samples) and not all(s["is_vlm"] for s in samples)
+    batch = trainer.policy.processor(samples)
+    vlm_rows = torch.tensor([s["is_vlm"] for s in samples])
+    assert not batch["action_valid"][vlm_rows].any() and batch["target_valid"][vlm_rows].any(dim=1).all()
+    history = trainer.train()
+    assert len(history) == 3 and all(r["ce"] > 0 for r in history)
+
+
+def test_accumulation_and_checkpointing_match_the_plain_step(dataset, tmp_path):
+    """Gradient checkpointing recomputes activations without changing the math; 2 x 2 accumulation averages
+    the same loss as one batch of 4 up to float error."""
+    plain_trainer = Trainer(config(dataset, tmp_path / "a", max_steps=2, save_every=2, ema_decay=None))
+    plain = plain_trainer.train()
+    ckpt = Trainer(config(dataset, tmp_path / "b", max_steps=2, save_every=2, ema_decay=None,
+                          gradient_checkpointing=True)).train()
+    assert [r["loss"] for r in plain] == pytest.approx([r["loss"] for r in ckpt], rel=1e-5)
+    accum_trainer = Trainer(config(dataset, tmp_path / "c", max_steps=2, save_every=2, ema_decay=None, batch_size=2,
+                                   grad_accum_steps=2))
+    # the two micro-batches of a step are exactly the plain run's batch (only the flow noise draws differ)
+    for step in range(2):
+        micro = accum_trainer.schedule.indices(step, 0, 0) + accum_trainer.schedule.indices(step, 0, 1)
+        assert micro == plain_trainer.schedule.indices(step, 0, 0)
+    accum = accum_trainer.train()
+    assert accum[0]["loss"] == pytest.approx(plain[0]["loss"], rel=0.2) and len(accum) == 2
