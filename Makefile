@@ -28,7 +28,7 @@ test: venv
 
 # make demo DEVICE=cuda STEPS=30000 EPISODES=50 trains for real on a GPU.
 DEVICE ?= cpu
-STEPS ?= 3000
+STEPS ?= 4000
 EPISODES ?= 20
 EVAL_EPISODES ?= 5
 demo: venv

@@ -139,7 +139,9 @@ def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], t
     low, high = metrics["success_rate_ci95"]
     rep.paragraph(f"Model `{metrics.get('model')}` ({metrics.get('weights', 'unknown weights')}), task "
                   f"`{metrics.get('task')}`, {metrics['episodes']} episodes from seed {metrics.get('seed')}, sim in "
-                  f"{metrics.get('mode')} mode, through the ROS 2 graph (sim_node, camera_node, policy_node, executor_node).")
+                  f"{metrics.get('mode')} mode, through the ROS 2 graph (sim_node, camera_node, policy_node, executor_node). "
+                  "Latency is chunk receipt minus observation stamp on the sim clock (use_sim_time), so it comes in "
+                  "steps of the 20 ms control tick.")
     rep.table(["metric", "value"], [
         ["success rate", f"{metrics['successes']}/{metrics['episodes']} = {fmt(metrics['success_rate'], 3)}"],
         ["95% interval (Wilson)", f"[{fmt(low, 3)}, {fmt(high, 3)}]"],

@@ -7,7 +7,7 @@
 4. write outputs/demo/report.md and metrics.json (videos and the training curve beside them).
 
 Working files (dataset, checkpoint, the full eval report) go to outputs/demo_work/. On a 2-core CPU the
-defaults take about 10 minutes and the policy is far from solving the task: minutes of CPU training on 32x32
+defaults take about 8 minutes and the policy is far from solving the task: minutes of CPU training on 32x32
 images teach it the arm's motion, not the grasp. With DEVICE=cuda and more steps (e.g. STEPS=30000, more
 episodes) the same path trains a real policy.
 """
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default="outputs/demo_work", help="dataset, checkpoint and eval report")
     p.add_argument("--device", default="cpu", help="training and policy device: cpu | cuda")
     p.add_argument("--collect-episodes", type=int, default=20)
-    p.add_argument("--train-steps", type=int, default=3000)
+    p.add_argument("--train-steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-episodes", type=int, default=5)
     p.add_argument("--image-size", default="120x160", help="sim camera images (HxW), collected and evaluated alike")
