@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 import sys
 
 # name -> module. Listed here so `ki-vla --help` is complete; a module that is not part of this
@@ -21,6 +22,14 @@ SUBCOMMANDS = {
     "eval-sim": "ki_vla.eval.sim_cli",
     "bench": "ki_vla.infer.bench_cli",
 }
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'240x320' (height x width; also 'X', ',' or a space between) -> (240, 320), for every --*image-size flag."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,\s]\s*(\d+)\s*", text)
+    if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be HEIGHTxWIDTH, e.g. 240x320, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,18 +8,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ki_vla.cli import parse_image_size
 from ki_vla.data.bag import BagConversionConfig, convert_bags
 from ki_vla.data.lerobot import LeRobotDataset
 
 help = "convert rosbag2 recordings (mcap or sqlite3; one per episode) into a LeRobot v3.0 dataset"
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().replace("x", " ").split())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"image size must be HxW, e.g. 240x320; got {text!r}") from exc
-    return h, w
 
 
 def _camera(text: str) -> tuple[str, str]:
@@ -35,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DATASET", help="output dataset folder (must not exist)")
     parser.add_argument("--config", metavar="YAML", help="conversion config (topics, fps, cameras, image size)")
     parser.add_argument("--fps", type=int, help="control rate to resample to (default 50)")
-    parser.add_argument("--image-size", type=_image_size, metavar="HxW", help="resize images, e.g. 240x320")
+    parser.add_argument("--image-size", type=parse_image_size, metavar="HxW", help="resize images, e.g. 240x320")
     parser.add_argument(
         "--camera", type=_camera, action="append", metavar="NAME=TOPIC", help="camera topic (repeat; replaces the config's)"
     )

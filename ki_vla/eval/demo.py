@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ki_vla.cli import parse_image_size
+
 TASK = "transfer_cube"
 
 
@@ -33,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval-episodes", type=int, default=5)
-    p.add_argument("--image-size", default="120x160", help="sim camera images (HxW), collected and evaluated alike")
+    p.add_argument("--image-size", type=parse_image_size, default=(120, 160), metavar="HxW",
+                   help="sim camera images, collected and evaluated alike (default 120x160)")
     p.add_argument("--model", default="config/model/tiny.yaml", help="model config to train")
     return p.parse_args(argv)
 
@@ -55,7 +58,7 @@ def run_demo(argv: list[str] | None = None) -> int:
     from ki_vla.train.trainer import Trainer
 
     args = parse_args(argv)
-    h, w = (int(v) for v in args.image_size.lower().split("x"))
+    h, w = args.image_size
     out, work = Path(args.out), Path(args.work)
     check_report_target(out)
     if work.exists():

@@ -17,6 +17,7 @@ import yaml
 from tqdm import tqdm
 
 from ki_vla import procs
+from ki_vla.cli import parse_image_size
 from ki_vla.procs import ros_env, write_ros_params
 
 help = "closed-loop evaluation in the MuJoCo sim through the ROS 2 graph (success rate with 95% CI, videos, report)"
@@ -25,10 +26,7 @@ DEFAULT_CONFIG = "config/bimanual.yaml"
 
 
 def _image_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, got {text!r}") from None
+    h, w = parse_image_size(text)
     if h < 8 or w < 8:
         raise argparse.ArgumentTypeError("image size must be at least 8x8")
     return h, w

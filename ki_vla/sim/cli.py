@@ -3,22 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
+from ki_vla.cli import parse_image_size
 from ki_vla.sim.collect import CollectConfig, collect_bags, collect_dataset
 from ki_vla.sim.scenes import DEFAULT_CAMERAS, DEFAULT_IMAGE_SIZE, TASKS
 
 help = ("Collect scripted demonstrations in the MuJoCo bimanual sim into a LeRobot v3 dataset (--out) "
         "or rosbag2 recordings with the robot's topics (--bag).")
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """'240x320' (height x width) -> (240, 320)."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"image size must be HEIGHTxWIDTH, e.g. 240x320, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
