@@ -47,11 +47,10 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ki_vla.data import normalize
+from ki_vla.data.normalize import ACTION_KEY, STATE_KEY
 from ki_vla.data.video import VideoEncoder, available_encoder, decode_frames
 
 CODEBASE_VERSION = "v3.0"
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
 IMAGE_PREFIX = "observation.images."
 
 CHUNK_FILE_PATTERN = "chunk-{chunk_index:03d}/file-{file_index:03d}"

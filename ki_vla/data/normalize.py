@@ -22,6 +22,10 @@ import torch
 
 from ki_vla.atomic import write_json_atomic
 
+# The LeRobot feature names of the robot's state and action: what stats, datasets and the model's processor key on.
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+
 QUANTILES: dict[str, float] = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 STAT_KEYS: tuple[str, ...] = ("min", "max", "mean", "std", "count", *QUANTILES)
 MODES: tuple[str, ...] = ("quantile", "mean_std", "min_max", "identity")
@@ -113,7 +117,7 @@ def stats_from_json(data: Mapping[str, Mapping[str, Any]]) -> Stats:
     return out
 
 
-def compute_dataset_stats(dataset: Any, keys: Sequence[str] = ("observation.state", "action")) -> Stats:
+def compute_dataset_stats(dataset: Any, keys: Sequence[str] = (STATE_KEY, ACTION_KEY)) -> Stats:
     """Exact stats of numeric features over a whole `LeRobotDataset` (for datasets shipped without stats).
 
     Reads only the numeric parquet columns, never the videos.
@@ -258,7 +262,7 @@ class Normalizer:
 
     @classmethod
     def from_dataset(
-        cls, dataset: Any, keys: Sequence[str] = ("observation.state", "action"), **kwargs: Any
+        cls, dataset: Any, keys: Sequence[str] = (STATE_KEY, ACTION_KEY), **kwargs: Any
     ) -> Normalizer:
         """Normalizer from a dataset's stored stats, computing them when the dataset has none."""
         stats = {k: dataset.stats[k] for k in keys if k in dataset.stats and "q01" in dataset.stats[k]}

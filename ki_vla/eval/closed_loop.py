@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
+from ki_vla.eval.percentiles import percentile_summary
+
 
 @dataclass
 class EpisodeResult:
@@ -101,20 +103,13 @@ def success_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[
     return float(ci.low), float(ci.high)
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": math.nan, "p90": math.nan, "p99": math.nan}
-    arr = np.asarray(values, dtype=np.float64)
-    return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 90, 99)}
-
-
 def summarize(results: list[EpisodeResult], meta: dict[str, Any]) -> dict[str, Any]:
     """metrics.json content: success rate with its 95% interval, latency percentiles, control rate, episodes."""
     n = len(results)
     k = sum(r.success for r in results)
     low, high = success_interval(k, n)
     latencies = [x for r in results for x in r.latency_ms]
-    lat = percentiles(latencies)
+    lat = percentile_summary(latencies)
     rates = [r.command_rate_hz for r in results if r.command_rate_hz > 0]
     return {
         **meta,

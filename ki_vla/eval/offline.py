@@ -26,12 +26,12 @@ import torch
 from tqdm import tqdm
 
 from ki_vla.data.samples import ChunkDataset
+from ki_vla.eval.percentiles import percentile_summary
 
 # A predictor maps B observations {"images", "state", "instruction", "episode_index", "frame_index"} to a
 # (B, H, D) array in real units. Observations never carry the recorded actions, so a predictor cannot peek.
 Predictor = Callable[[Sequence[dict[str, Any]]], np.ndarray]
 
-PERCENTILES = (50, 90, 99)
 
 
 @dataclass
@@ -134,16 +134,6 @@ def chunk_consistency(pred: np.ndarray, valid: np.ndarray, episode: np.ndarray, 
         "pairs": pairs,
         "overlap_steps": count,
     }
-
-
-def percentile_summary(values: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """p50/p90/p99/mean/max of a sample (NaN for an empty one), keyed `p50` ... as the reports print them."""
-    v = np.asarray(values, np.float64)
-    if v.size == 0:
-        return {**{f"p{q}": float("nan") for q in PERCENTILES}, "mean": float("nan"), "max": float("nan")}
-    out = {f"p{q}": float(np.percentile(v, q)) for q in PERCENTILES}
-    out.update(mean=float(v.mean()), max=float(v.max()))
-    return out
 
 
 def latency_summary(batch_ms: np.ndarray, batch_sizes: np.ndarray, batch_size: int) -> dict[str, Any]:

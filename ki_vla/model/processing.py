@@ -24,11 +24,8 @@ import numpy as np
 import torch
 
 from ki_vla.data.images import resize_for_model
-from ki_vla.data.normalize import Normalizer
+from ki_vla.data.normalize import ACTION_KEY, STATE_KEY, Normalizer
 from ki_vla.model.config import PolicyConfig
-
-STATE_KEY = "observation.state"
-ACTION_KEY = "action"
 
 log = logging.getLogger(__name__)
 
