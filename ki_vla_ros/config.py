@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import yaml
 
 from ki_vla.joints import CONTROL_HZ, NUM_JOINTS
-from ki_vla.paths import require
 
 DEFAULT_CONFIG = "config/bimanual.yaml"
 
@@ -183,9 +182,3 @@ def load_node_config(cls: type[T], path: str | Path, node_name: str) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     # Shared keys meant for other nodes are skipped; a node's own unknown keys are errors.
     return from_dict(cls, {k: v for k, v in own.items() if k in names or k not in shared})
-
-
-def resolve_path(path: str) -> Path:
-    """A config/URDF/model path relative to the cwd, the installed share dir or the repo (ki_vla.paths);
-    FileNotFoundError lists every place tried."""
-    return require(path)

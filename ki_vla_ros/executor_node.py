@@ -20,7 +20,8 @@ from trajectory_msgs.msg import JointTrajectory
 from ki_vla.infer.chunking import ChunkExecutor, make_merger
 from ki_vla.infer.safety import ChunkCheck, ChunkRejected, JointLimits, JointMapping
 from ki_vla.joints import JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS
-from ki_vla_ros.config import ExecutorNodeConfig, resolve_path
+from ki_vla.paths import require
+from ki_vla_ros.config import ExecutorNodeConfig
 from ki_vla_ros.msgs import command_trajectory, joint_state_positions, trajectory_to_arrays
 from ki_vla_ros.ros_util import (
     JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, now_sec, run_node,
@@ -56,7 +57,7 @@ class ExecutorNode(Node):
         self.cfg = cfg = declare_config(self, ExecutorNodeConfig)
         if cfg.control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {cfg.control_hz}")
-        urdf = resolve_path(cfg.urdf_path)
+        urdf = require(cfg.urdf_path)
         self.limits = JointLimits.from_urdf(urdf, JOINT_NAMES, velocity_scale=cfg.velocity_scale)
         self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
         self.dt = 1.0 / cfg.control_hz

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from ki_vla_ros.config import read_parameter_file, resolve_path
+from ki_vla.paths import require
+from ki_vla_ros.config import read_parameter_file
 
 CORE_NODES = ("camera_node", "policy_node", "executor_node")
 LARGE_DATA_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
@@ -68,7 +69,7 @@ def ros_args(params_file: str | Path, node_name: str, overrides: dict[str, objec
 def build_plan(config: str | Path, model: str | None = None, device: str | None = None, sim: bool = False,
                use_sim_time: bool = False, python: str = sys.executable) -> GraphPlan:
     """The processes for the graph of `config`; model/device override the policy node's parameters."""
-    config_path = resolve_path(str(config))
+    config_path = require(str(config))
     params = read_parameter_file(config_path)
     missing = [n for n in CORE_NODES if n not in params]
     if missing:
@@ -85,7 +86,7 @@ def build_plan(config: str | Path, model: str | None = None, device: str | None 
         overrides: dict[str, object] = dict(common)
         if name == "policy_node":
             if model:
-                overrides["model"] = str(resolve_path(model))
+                overrides["model"] = str(require(model))
             if device:
                 overrides["device"] = device
         plan.processes.append(NodeProcess(name, [python, "-m", f"ki_vla_ros.{name}"]
@@ -103,7 +104,7 @@ def build_plan(config: str | Path, model: str | None = None, device: str | None 
         plan.notes.append("robot_state_publisher is not installed (a system ROS 2 package): arm TF frames will not "
                           "be published; the executor still reads its limits from the URDF")
     else:
-        urdf = resolve_path(str(rsp_params.get("urdf_path", "urdf/aloha_vx300s.urdf"))).read_text()
+        urdf = require(str(rsp_params.get("urdf_path", "urdf/aloha_vx300s.urdf"))).read_text()
         fd, tmp = tempfile.mkstemp(prefix="ki_vla_rsp_", suffix=".yaml")
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump({"robot_state_publisher": {"ros__parameters": {

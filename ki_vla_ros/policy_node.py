@@ -22,7 +22,8 @@ from trajectory_msgs.msg import JointTrajectory
 from ki_vla.data.images import ImageDecodeError
 from ki_vla.infer.safety import JointMapping
 from ki_vla.joints import JOINT_NAMES, NUM_JOINTS
-from ki_vla_ros.config import PolicyNodeConfig, resolve_path
+from ki_vla.paths import require
+from ki_vla_ros.config import PolicyNodeConfig
 from ki_vla_ros.msgs import chunk_to_trajectory, image_msg_to_rgb, joint_state_positions
 from ki_vla.infer.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
 from ki_vla_ros.ros_util import (
@@ -94,7 +95,7 @@ class PolicyNode(LifecycleNode):
                 import torch
 
                 torch.set_num_threads(cfg.torch_threads)
-            path = resolve_path(cfg.model)
+            path = require(cfg.model)
             self.device = pick_device(cfg.device)
             if path.is_file():
                 self.get_logger().warning(f"model {path} is a YAML config: RANDOM WEIGHTS, actions are noise "
