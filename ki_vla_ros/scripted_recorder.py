@@ -45,6 +45,7 @@ class ScriptedRecorderConfig:
     status_topic: str = "/sim/status"
     reset_topic: str = "/sim/reset"
     control_hz: float = CONTROL_HZ
+    startup_timeout: float = 120.0          # wall seconds for sim_node to come up (imports, scene, GL context)
     tick_timeout: float = 10.0              # wall seconds for the sim to answer one command pair
     settle_seconds: float = 0.3             # wall seconds to let in-flight messages land before a bag closes
 
@@ -124,10 +125,11 @@ class ScriptedRecorder(Node):
             self._status = status
             self._status_cv.notify_all()
 
-    def _wait_status(self, pred, what: str) -> dict[str, Any]:
+    def _wait_status(self, pred, what: str, timeout: float | None = None) -> dict[str, Any]:
+        timeout = self.cfg.tick_timeout if timeout is None else timeout
         with self._status_cv:
-            if not self._status_cv.wait_for(lambda: pred(self._status), timeout=self.cfg.tick_timeout):
-                raise TimeoutError(f"sim did not report {what} within {self.cfg.tick_timeout} s (last: {self._status})")
+            if not self._status_cv.wait_for(lambda: pred(self._status), timeout=timeout):
+                raise TimeoutError(f"sim did not report {what} within {timeout} s (last: {self._status})")
             return dict(self._status)
 
     def _command(self, q: np.ndarray) -> None:
@@ -138,7 +140,8 @@ class ScriptedRecorder(Node):
     def _run(self) -> None:
         out = Path(self.cfg.output)
         try:
-            self._wait_status(lambda s: bool(s), "any status (is sim_node up in lockstep mode?)")
+            self._wait_status(lambda s: bool(s), "any status (is sim_node up in lockstep mode?)",
+                              self.cfg.startup_timeout)
             for k, (seed, actions) in enumerate(zip(self.seeds, self.actions, strict=True)):
                 # Record from before the reset: the reset's observation and the latched instruction belong to it.
                 self._open(out / f"episode_{k:06d}")

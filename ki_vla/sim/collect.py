@@ -215,7 +215,7 @@ def collect_bags(config: CollectConfig, progress: bool = True, timeout_per_episo
     recorder = procs.start(ros("scripted_recorder"), work / "recorder.log", env_vars)
     try:
         try:
-            code = recorder.wait(timeout=60.0 + timeout_per_episode * len(episodes))
+            code = recorder.wait(timeout=180.0 + timeout_per_episode * len(episodes))  # startup: see recorder
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"recording through ROS timed out:\n{procs.log_tail(work / 'recorder.log')}") from None
         if code != 0:
