@@ -108,8 +108,23 @@ class VLMBackbone(nn.Module):
         if self.cfg.vision.arch == "siglip":
             feats = self.multi_modal_projector(self.vision_tower(pixel_values=flat).last_hidden_state)
         else:
-            feats = self.connector(self.vision_model(pixel_values=flat).last_hidden_state)
+            feats = self.connector(self._idefics3_vision(flat))
         return feats.reshape(b, n * feats.shape[1], feats.shape[2])
+
+    def _idefics3_vision(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Idefics3VisionTransformer's forward for images without padded patches (ours: the processor fits every
+        camera to the full square). transformers' forward supports ragged patch grids and pays for it with host
+        syncs (`mask.all()` in its mask builder, a CPU `torch.ones` copied to the device) that a CUDA graph cannot
+        capture. With every patch valid, its bucketized position ids are exactly 0..P-1 and the attention mask is
+        all-True, so the same computation is: patch conv + position table + encoder without a mask."""
+        vm = self.vision_model
+        emb = vm.embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)
+        table = vm.embeddings.position_embedding.weight
+        if emb.shape[1] != table.shape[0]:
+            raise ValueError(f"images of {tuple(pixels.shape[-2:])} px give {emb.shape[1]} patches; the vision tower "
+                             f"expects {table.shape[0]} ({self.cfg.vision.image_size} px)")
+        emb = emb + table
+        return vm.post_layernorm(vm.encoder(inputs_embeds=emb, attention_mask=None).last_hidden_state)
 
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         # Gemma's embedding module multiplies by sqrt(width) itself; Llama's does not scale.
@@ -122,6 +137,13 @@ class VLMBackbone(nn.Module):
     @property
     def layers(self) -> nn.ModuleList:
         return self.language_model.layers
+
+    @property
+    def vision_layers(self) -> nn.ModuleList:
+        """The vision encoder's transformer layers (one module type, so one compiled graph serves them all)."""
+        if self.cfg.vision.arch == "siglip":
+            return self.vision_tower.vision_model.encoder.layers
+        return self.vision_model.encoder.layers
 
     def rope(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin for `positions` (B, L) from the language model's own rotary module (shared with the expert)."""
