@@ -43,6 +43,7 @@ class PolicyNodeConfig:
     model: str = "config/model/tiny.yaml"        # checkpoint folder, or model YAML (random init, warns)
     device: str = "auto"                         # auto = cuda when available, else cpu
     engine: str = "auto"                         # auto (engine + CUDA graphs on GPU) | on | off (reference)
+    engine_fuse: str = "auto"                    # auto (fused norms/activations via torch.compile on GPU) | on | off
     camera_topic: str = "/ki_vla/camera/{name}"  # camera names come from the model's config
     joint_states_topic: str = "/joint_states"
     instruction_topic: str = "/instruction"

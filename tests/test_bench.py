@@ -17,14 +17,48 @@ def run_bench(*argv: str) -> int:
 
 def test_bench_smoke(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert run_bench("--model", "tiny", "--runs", "2", "--warmup", "1", "--train-steps", "1", "--json", str(out)) == 0
+    assert run_bench("--model", "tiny", "--runs", "2", "--warmup", "1", "--train-steps", "1", "--profile",
+                     "--json", str(out)) == 0
     table = capsys.readouterr().out
-    assert "engine p50" in table and "ki/pi0" in table
+    assert "engine p50" in table and "ki/pi0" in table and "capture check" in table and "profile" in table
     r = json.loads(out.read_text())
+    assert r["capture_check"] == {"vision": None, "prefix": None, "expert": None}
+    assert list(r["inference"]["engines"]) == ["engine"]  # fusion is measured on CUDA or with --fuse on
+    eng = r["inference"]["engines"]["engine"]
     for stage in ("vision", "prefix", "expert", "total"):
-        assert r["inference"]["reference"][stage]["p50"] >= 0 and r["inference"]["engine"][stage]["p99"] > 0
-    assert r["inference"]["engine_max_abs_diff"] < 1e-4
+        assert r["inference"]["reference"][stage]["p50"] >= 0 and eng[stage]["p99"] > 0
+    assert eng["max_abs_diff"] < 1e-4 and not eng["cuda_graphs"] and not eng["fused"]
+    prof = eng["profile"]["expert"]
+    assert prof["busy_ms"] > 0 and prof["top"] and sum(prof["by_category_ms"].values()) == pytest.approx(prof["busy_ms"])
+    assert prof["by_category_ms"]["matmul"] > 0 and prof["by_category_ms"]["attention"] > 0
     assert r["training"]["ki"]["p50"] > 0 and r["training"]["ki_over_pi0"] > 0
+
+
+def test_bench_reports_a_failing_engine_and_goes_on(tmp_path, monkeypatch, capsys):
+    """A first run on a new GPU must still deliver every other number when one engine configuration fails."""
+    from ki_vla.infer.engine import InferenceEngine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(InferenceEngine, "sample_actions", broken)
+    out = tmp_path / "bench.json"
+    assert run_bench("--runs", "1", "--warmup", "0", "--train-steps", "0", "--prefix-tokens", "100",
+                     "--json", str(out)) == 0
+    assert "FAILED RuntimeError: operation not permitted" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert "error" in r["inference"]["engines"]["engine"] and r["inference"]["reference"]["total"]["p50"] > 0
+    assert r["prefix_tokens"] == 100 and "training" not in r
+
+
+def test_profile_categories():
+    from ki_vla.infer.profile import category
+
+    assert category("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert category("aten::addmm") == "matmul"
+    assert category("fmha_cutlassF_bf16_aligned_64x64_rf_sm80") == "attention"
+    assert category("triton_per_fused_add_mean_mul_pow_rsqrt_0") == "fused"
+    assert category("void at::native::vectorized_elementwise_kernel<4, ...>") == "other"
 
 
 def test_bench_rejects_bad_arguments():
@@ -32,6 +66,8 @@ def test_bench_rejects_bad_arguments():
         run_bench("--runs", "0")
     with pytest.raises(ValueError, match="CUDA"):
         run_bench("--device", "cuda", "--runs", "1")
+    with pytest.raises(ValueError, match="prompt tokens"):
+        run_bench("--prefix-tokens", "10", "--runs", "1")
 
 
 def test_pi05_floor_matches_method_numbers():

@@ -62,5 +62,60 @@ def test_engine_predictor_serves_observations_like_the_policy():
     predictor.warmup()
     with pytest.raises(ValueError, match="engine must be"):
         make_predictor(policy, "maybe")
+    with pytest.raises(ValueError, match="fuse must be"):
+        make_predictor(policy, "on", fuse="yes")
+    assert not make_predictor(policy, "on", fuse="off").engine.fused
     with pytest.raises(ValueError, match="pi0_fast"):
         make_predictor(KIPolicy(dataclasses.replace(policy.cfg, variant="pi0_fast")), "on")
+
+
+def test_fused_engine_matches_reference_and_fuses_norms_and_activations():
+    """torch.compile fusion (what the engine does by default on a GPU), here with inductor's CPU backend."""
+    from ki_vla.infer.fusion import compiled_kernel_names
+
+    policy = trained_like("ki")
+    batch = policy.example_batch(1, seed=5)
+    noise = torch.randn(1, 50, 32, generator=torch.Generator().manual_seed(6))
+    engine = InferenceEngine(policy, batch_size=1, fuse=True)
+    assert engine.fused and engine.policy is not policy  # the caller's policy is not compiled in place
+    torch.testing.assert_close(engine.sample_actions(batch, noise=noise), policy.sample_actions(batch, noise=noise),
+                               atol=1e-4, rtol=0)
+    # the generated code: the adaRMS norm (reduction + modulation) and act(gate) * up are single kernels
+    buf, layer = engine.buffers, policy.expert.layers[0]
+    x, cond = torch.randn(1, 50, 32), torch.randn(1, 32)
+    names = compiled_kernel_names(layer, x, cond, buf.kv[0], buf.mask, buf.cos, buf.sin, True)
+    assert any(all(op in n for op in ("mean", "rsqrt", "mul", "add")) for n in names), names
+    assert any("silu" in n and "mul" in n for n in names), names
+
+
+@pytest.mark.parametrize("model", ["tiny", "smol", "pi05"])
+def test_engine_stages_are_cuda_graph_capturable(model):
+    """No host syncs and no CPU tensors inside vision, prefix and the denoising loop (checked on the meta device)."""
+    from ki_vla.infer.capture_check import capture_problems
+
+    assert capture_problems(PolicyConfig.from_yaml(f"config/model/{model}.yaml")) == {
+        "vision": None, "prefix": None, "expert": None}
+
+
+def test_capture_check_catches_a_host_sync(monkeypatch):
+    """transformers' own Idefics3 vision forward syncs (mask.all()); the check must say so."""
+    from ki_vla.infer.capture_check import capture_problems
+    from ki_vla.model.backbone import VLMBackbone
+
+    monkeypatch.setattr(VLMBackbone, "_idefics3_vision",
+                        lambda self, pixels: self.vision_model(pixel_values=pixels).last_hidden_state)
+    problems = capture_problems(PolicyConfig.from_yaml("config/model/tiny.yaml"))
+    assert problems["vision"] and "host" in problems["vision"]
+    assert problems["prefix"] is None and problems["expert"] is None
+
+
+def test_idefics3_vision_path_equals_transformers_forward():
+    policy = trained_like("ki")
+    size = policy.cfg.vision.image_size
+    pixels = torch.rand(3, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        ours = policy.backbone._idefics3_vision(pixels)
+        theirs = policy.backbone.vision_model(pixel_values=pixels).last_hidden_state
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+        with pytest.raises(ValueError, match="patches"):
+            policy.backbone._idefics3_vision(torch.zeros(1, 3, 2 * size, 2 * size))

@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ki_vla.atomic import write_json_atomic
+
 help = "benchmark inference (eager vs engine, per stage, vs the floor) and training steps (ki vs pi0)"
 
 NAMED = {"tiny": "config/model/tiny.yaml", "smol": "config/model/smol.yaml", "pi05": "config/model/pi05.yaml"}
@@ -35,6 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="inference batch size")
     parser.add_argument("--train-batch-size", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps per variant (0 skips training)")
+    parser.add_argument("--fuse", default="auto", choices=("auto", "on", "off"),
+                        help="also measure the engine with torch.compile fusion (auto: on CUDA only; compiling "
+                             "takes seconds to a minute)")
+    parser.add_argument("--prefix-tokens", type=int, default=None,
+                        help="prefix length (image + prompt tokens) to size the prompt budget for; default: the "
+                             "config's (pi05: 968; the paper's setting is 816)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile each engine stage (what bounds it: matmul, attention, elementwise, idle)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
 
 
@@ -58,24 +68,65 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def build(model: str, variant: str, device: torch.device, dtype: torch.dtype):
+def model_config(args: argparse.Namespace):
     from ki_vla.model.config import PolicyConfig
+
+    cfg = PolicyConfig.from_yaml(NAMED.get(args.model, args.model))
+    if args.prefix_tokens is not None:
+        text = args.prefix_tokens - cfg.num_image_tokens
+        if text < 8:
+            raise ValueError(f"--prefix-tokens {args.prefix_tokens} leaves {text} prompt tokens after "
+                             f"{cfg.num_image_tokens} image tokens (need >= 8)")
+        cfg = dataclasses.replace(cfg, max_text_tokens=text)
+    # Timing does not depend on weight values: skip loading pretrained text weights, keep the shapes.
+    return dataclasses.replace(cfg, dtype="float32", text=dataclasses.replace(cfg.text, pretrained=None))
+
+
+def build(cfg, variant: str, device: torch.device, dtype: torch.dtype):
     from ki_vla.model.policy import KIPolicy
 
-    cfg = PolicyConfig.from_yaml(NAMED.get(model, model))
-    # Timing does not depend on weight values: skip loading pretrained text weights, keep the shapes.
-    cfg = dataclasses.replace(cfg, variant=variant, dtype="float32", text=dataclasses.replace(cfg.text, pretrained=None))
     torch.manual_seed(0)
-    return KIPolicy(cfg).to(device=device, dtype=dtype).eval()
+    return KIPolicy(dataclasses.replace(cfg, variant=variant)).to(device=device, dtype=dtype).eval()
 
 
-def bench_inference(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    from ki_vla.infer.engine import InferenceEngine
+def _release(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
-    policy = build(args.model, "ki", device, dtype)
+
+def bench_engine(args: argparse.Namespace, policy, batch: dict, noise: torch.Tensor, fuse: bool,
+                 device: torch.device, dtype: torch.dtype) -> dict:
+    """One engine configuration: build (+ compile + capture) time, per-stage and total latency, agreement with
+    the reference. Any failure is reported in the result, not raised: a first run on a new GPU should still
+    deliver every other number."""
+    from ki_vla.infer.engine import STAGES, InferenceEngine
+    from ki_vla.infer.profile import profile_stage
+
+    t = lambda fn: _timer(device, fn, args.runs, args.warmup)  # noqa: E731
+    try:
+        t0 = time.perf_counter()
+        engine = InferenceEngine(policy, batch_size=args.batch_size, device=device, dtype=dtype, fuse=fuse)
+        engine.sample_actions(batch, noise=noise, normalized=True)  # fused: compiles here (CUDA: during capture)
+        out: dict = {"build_s": time.perf_counter() - t0, "cuda_graphs": engine.cuda_graphs, "fused": engine.fused}
+        engine.load(batch, noise)
+        out.update({name: t(lambda name=name: engine.run_stage(name)) for name in STAGES})
+        out["total"] = t(lambda: engine.sample_actions(batch, noise=noise, normalized=True))
+        ref = policy.sample_actions(batch, noise=noise)
+        out["max_abs_diff"] = (engine.sample_actions(batch, noise=noise) - ref).abs().max().item()
+        if args.profile:
+            engine.load(batch, noise)
+            out["profile"] = {name: profile_stage(fn, device) for name, fn in engine._stage_fns().items()}
+        del engine
+    except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
+        out = {"error": f"{type(exc).__name__}: {exc}", "fused": fuse}
+    _release(device)
+    return out
+
+
+def bench_inference(args: argparse.Namespace, cfg, device: torch.device, dtype: torch.dtype) -> dict:
+    policy = build(cfg, "ki", device, dtype)
     batch = policy.example_batch(args.batch_size)
     batch["images"] = batch["images"].to(dtype)
-    cfg = policy.cfg
     noise = torch.randn(args.batch_size, cfg.horizon, cfg.max_action_dim, device=device)
     t = lambda fn: _timer(device, fn, args.runs, args.warmup)  # noqa: E731
 
@@ -95,17 +146,19 @@ def bench_inference(args: argparse.Namespace, device: torch.device, dtype: torch
                "prefix": {k: max(0.0, ref_vis_prefix[k] - ref_vision[k]) for k in ref_vision},
                "expert": t(expert_loop),
                "total": t(lambda: policy.sample_actions(batch, noise=noise, normalized=True))}
+        del kv, valid
 
-    engine = InferenceEngine(policy, batch_size=args.batch_size, device=device, dtype=dtype)
-    engine.load(batch, noise)
-    eng = {name: t(lambda name=name: engine.run_stage(name)) for name in ("vision", "prefix", "expert")}
-    eng["total"] = t(lambda: engine.sample_actions(batch, noise=noise, normalized=True))
-    err = (engine.sample_actions(batch, noise=noise) - policy.sample_actions(batch, noise=noise)).abs().max().item()
-    return {"reference": ref, "engine": eng, "engine_max_abs_diff": err, "cuda_graphs": engine.cuda_graphs}
+    fuse_too = args.fuse == "on" or (args.fuse == "auto" and device.type == "cuda")
+    engines = {"engine": bench_engine(args, policy, batch, noise, False, device, dtype)}
+    if fuse_too:
+        engines["fused"] = bench_engine(args, policy, batch, noise, True, device, dtype)
+    del policy
+    _release(device)
+    return {"reference": ref, "engines": engines}
 
 
-def _train_step(args: argparse.Namespace, device: torch.device, variant: str) -> dict[str, float]:
-    policy = build(args.model, variant, device, torch.float32).train()
+def _train_step(args: argparse.Namespace, cfg, device: torch.device, variant: str) -> dict[str, float]:
+    policy = build(cfg, variant, device, torch.float32).train()
     batch = policy.example_batch(args.train_batch_size)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -122,31 +175,32 @@ def _train_step(args: argparse.Namespace, device: torch.device, variant: str) ->
     return {**_timer(device, step, args.train_steps, 1), "peak_memory_mb": _peak_memory_mb(device)}
 
 
-def bench_training(args: argparse.Namespace, device: torch.device) -> dict:
+def bench_training(args: argparse.Namespace, cfg, device: torch.device) -> dict:
     out = {}
     for variant in ("ki", "pi0"):
-        out[variant] = _train_step(args, device, variant)  # the model and optimizer are freed on return
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        out[variant] = _train_step(args, cfg, device, variant)  # the model and optimizer are freed on return
+        _release(device)
     out["ki_over_pi0"] = out["ki"]["p50"] / out["pi0"]["p50"]
     return out
 
 
 def run(args: argparse.Namespace) -> int:
+    from ki_vla.infer.capture_check import capture_problems
     from ki_vla.infer.flops import gpu_peak, inference_floor
-    from ki_vla.model.config import PolicyConfig
 
     if args.runs < 1 or args.warmup < 0 or args.batch_size < 1:
         raise ValueError("--runs and --batch-size must be >= 1, --warmup >= 0")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
+    cfg = model_config(args)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     result = {"model": args.model, "device": name, "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
-              "batch_size": args.batch_size, "runs": args.runs}
-    result["inference"] = bench_inference(args, device, dtype)
-    cfg = PolicyConfig.from_yaml(NAMED.get(args.model, args.model))
+              "batch_size": args.batch_size, "runs": args.runs,
+              "prefix_tokens": cfg.num_image_tokens + cfg.max_text_tokens, "flow_steps": cfg.num_flow_steps,
+              "capture_check": capture_problems(cfg, args.batch_size)}
+    result["inference"] = bench_inference(args, cfg, device, dtype)
     floor = inference_floor(cfg, args.batch_size, bytes_per_param=2 if dtype == torch.bfloat16 else 4)
     result["floor"] = {"tflop": {k: v / 1e12 for k, v in floor.flops.items()}, "gbytes": {k: v / 1e9 for k, v in floor.bytes.items()}}
     peak = gpu_peak(name) if device.type == "cuda" else None
@@ -154,29 +208,48 @@ def run(args: argparse.Namespace) -> int:
         result["floor"]["ms"] = floor.time_ms(peak[1], peak[2])
         result["floor"]["gpu"] = peak[0]
     if args.train_steps > 0:
-        result["training"] = bench_training(args, device)
+        result["training"] = bench_training(args, cfg, device)
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json_atomic(result, args.json)
     return 0
 
 
 def format_table(r: dict) -> str:
+    from ki_vla.infer.profile import format_profile
+
     inf, fl = r["inference"], r["floor"]
+    ok = {k: e for k, e in inf["engines"].items() if "error" not in e}
     lines = [f"ki-vla bench: model {r['model']} on {r['device']}, torch {r['torch']}, {r['dtype']}, batch {r['batch_size']}, "
-             f"{r['runs']} runs (engine CUDA graphs: {'on' if inf['cuda_graphs'] else 'off'})",
-             f"{'stage':<8}{'eager p50':>11}{'eager p99':>11}{'engine p50':>12}{'engine p99':>12}{'speed-up':>10}"
-             f"{'TFLOP':>9}{'GB':>8}{'floor ms':>10}"]
+             f"prefix {r['prefix_tokens']} tokens, {r['flow_steps']} flow steps, {r['runs']} runs",
+             "capture check (meta device): " + ", ".join(f"{k} {'ok' if v is None else 'BLOCKED: ' + v}"
+                                                          for k, v in r["capture_check"].items())]
+    for label, e in inf["engines"].items():
+        lines.append(f"{label}: " + (f"FAILED {e['error']}" if "error" in e else
+                                     f"CUDA graphs {'on' if e['cuda_graphs'] else 'off'}, fused {'on' if e['fused'] else 'off'}, "
+                                     f"built in {e['build_s']:.1f} s, max |diff| vs eager {e['max_abs_diff']:.2e} (real units)"))
+    head = f"{'stage':<8}{'eager p50':>11}{'p99':>8}"
+    for label in ok:
+        head += f"{label + ' p50':>13}{'p99':>8}"
+    head += f"{'speed-up':>10}{'TFLOP':>9}{'GB':>8}{'floor ms':>10}{'x floor':>9}"
+    lines.append(head)
     for stage in ("vision", "prefix", "expert", "total"):
-        e, g = inf["reference"][stage], inf["engine"][stage]
+        e = inf["reference"][stage]
+        row = f"{stage:<8}{e['p50']:>10.2f} {e['p99']:>7.2f}"
+        for g in ok.values():
+            row += f"{g[stage]['p50']:>12.2f} {g[stage]['p99']:>7.2f}"
+        best = min((g[stage]["p50"] for g in ok.values()), default=None)
         tf = sum(fl["tflop"].values()) if stage == "total" else fl["tflop"][stage]
         gb = sum(fl["gbytes"].values()) if stage == "total" else fl["gbytes"][stage]
+        speed = f"{e['p50'] / best:.2f}x" if best else "-"
         floor_ms = f"{fl['ms'][stage]:.2f}" if "ms" in fl else "-"
-        speed = f"{e['p50'] / g['p50']:.2f}x" if g["p50"] > 0 else "-"
-        lines.append(f"{stage:<8}{e['p50']:>10.2f} {e['p99']:>10.2f} {g['p50']:>11.2f} {g['p99']:>11.2f} {speed:>9}"
-                     f"{tf:>9.3f}{gb:>8.2f}{floor_ms:>10}")
-    lines.append(f"engine vs eager max |diff| {inf['engine_max_abs_diff']:.2e} (real units)"
-                 + (f"; floor from {fl['gpu']} peaks" if "gpu" in fl else "; floor ms: only for known GPUs"))
+        of_floor = f"{best / fl['ms'][stage]:.1f}" if best and "ms" in fl and fl["ms"][stage] > 0 else "-"
+        lines.append(f"{row} {speed:>9}{tf:>9.3f}{gb:>8.2f}{floor_ms:>10}{of_floor:>9}")
+    lines.append("speed-up: eager p50 / best engine p50" + (f"; floor from {fl['gpu']} peaks" if "gpu" in fl
+                                                             else "; floor ms: only for known GPUs"))
+    for label, e in ok.items():
+        if "profile" in e:
+            lines.append(f"[{label}] " + format_profile(e["profile"]))
     if "training" in r:
         tr = r["training"]
         lines.append(f"training step (fwd+bwd+AdamW, batch per the run): ki p50 {tr['ki']['p50']:.1f} ms "

@@ -9,7 +9,10 @@ What makes it faster than `KIPolicy.sample_actions` (the reference it is tested 
   no Python or allocator work per kernel. Keys/values stay in the grouped-query layout; attention broadcasts
   them (`enable_gqa`) instead of materializing them per query head.
 - Weights are converted to the requested dtype (bf16 on GPU) once, at construction.
-On the CPU there is nothing to capture; the same static path runs eagerly (that is what the tests check).
+- Norms, activations, residual gates and RoPE are fused per layer type by torch.compile (`ki_vla.infer.fusion`;
+  on by default on a GPU), compiled during the warm-up that precedes capture.
+On the CPU there is nothing to capture; the same static path runs eagerly (that is what the tests check, with and
+without fusion). `ki_vla.infer.capture_check` checks on the CPU that every stage is capturable.
 """
 from __future__ import annotations
 
@@ -48,14 +51,20 @@ class EngineBuffers:
 class InferenceEngine:
     def __init__(self, policy: KIPolicy, batch_size: int = 1, num_steps: int | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 cuda_graphs: bool | None = None) -> None:
+                 cuda_graphs: bool | None = None, fuse: bool | None = None) -> None:
         if policy.expert is None:
             raise ValueError("the engine serves expert variants; pi0_fast decodes autoregressively (use sample_actions)")
         device = torch.device(device) if device is not None else policy.device
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        if policy.device != device or policy.backbone.dtype != dtype:
+        self.fused = (device.type == "cuda") if fuse is None else fuse
+        if policy.device != device or policy.backbone.dtype != dtype or self.fused:
+            # our own copy: fusion compiles its layers in place, and the caller's policy stays as it was
             policy = copy.deepcopy(policy).to(device=device, dtype=dtype)
         self.policy = policy.eval()
+        if self.fused:
+            from ki_vla.infer.fusion import fuse_layers
+
+            fuse_layers(self.policy)
         self.cfg = cfg = policy.cfg
         self.device, self.dtype = device, dtype
         self.batch_size = batch_size
@@ -198,14 +207,22 @@ class EnginePredictor:
 ENGINE_MODES = ("auto", "on", "off")
 
 
-def make_predictor(policy: KIPolicy, engine: str = "auto") -> KIPolicy | EnginePredictor:
+def _mode(name: str, value: str) -> None:
+    if value not in ENGINE_MODES:
+        raise ValueError(f"{name} must be one of {ENGINE_MODES}, got {value!r}")
+
+
+def make_predictor(policy: KIPolicy, engine: str = "auto", fuse: str = "auto") -> KIPolicy | EnginePredictor:
     """What serves inference: the engine ("on"; "auto" = on a CUDA device, where CUDA graphs pay off) or the
-    reference `KIPolicy` ("off"; also pi0_fast, which decodes autoregressively)."""
-    if engine not in ENGINE_MODES:
-        raise ValueError(f"engine must be one of {ENGINE_MODES}, got {engine!r}")
+    reference `KIPolicy` ("off"; also pi0_fast, which decodes autoregressively). `fuse` picks the engine's
+    torch.compile fusion ("auto" = on a CUDA device; compiling costs seconds to a minute at load)."""
+    _mode("engine", engine)
+    _mode("fuse", fuse)
     use = engine == "on" or (engine == "auto" and policy.device.type == "cuda")
     if use and policy.expert is None:
         if engine == "on":
             raise ValueError("engine=on: the engine serves expert variants; pi0_fast decodes autoregressively")
         use = False
-    return EnginePredictor(policy) if use else policy
+    if not use:
+        return policy
+    return EnginePredictor(policy, fuse=None if fuse == "auto" else fuse == "on")
