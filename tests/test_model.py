@@ -341,3 +341,46 @@ def test_processor_fits_images_like_the_camera_node(cfg):
     want = resize_for_model(img, cfg.image_size, cfg.image_resize).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert cfg.image_resize == "pad" and (got[:, 0] == -1.0).all()  # black padding rows above the wide image
+
+
+# ---- padding trimming ------------------------------------------------------------------------------
+def test_trim_padding_keeps_every_used_column():
+    from ki_vla.model.processing import trim_padding
+
+    text_valid = torch.zeros(2, 40, dtype=torch.bool)
+    text_valid[0, 25:], text_valid[1, 19:] = True, True  # left-padded prompts of 15 and 21 tokens
+    target_valid = torch.zeros(2, 30, dtype=torch.bool)
+    target_valid[0, :3], target_valid[1, :9] = True, True  # right-padded targets
+    batch = {"text_ids": torch.arange(80).view(2, 40), "text_valid": text_valid,
+             "target_ids": torch.arange(60).view(2, 30), "target_valid": target_valid}
+    out = trim_padding(batch)
+    assert out["text_ids"].shape == (2, 24) and out["target_ids"].shape == (2, 16)  # 21 -> 24, 9 -> 16
+    assert out["text_valid"].sum() == 36 and out["target_valid"].sum() == 12
+    torch.testing.assert_close(out["text_ids"], batch["text_ids"][:, 16:])
+    no_targets = trim_padding({**batch, "target_valid": torch.zeros_like(target_valid)})
+    assert no_targets["target_ids"].shape == (2, 8)
+    assert trim_padding(batch, multiple=64)["text_ids"].shape == (2, 40)  # never more than the budget
+
+
+@pytest.mark.parametrize("variant", ["ki", "pi0", "pi0_fast"])
+def test_trimmed_padding_gives_the_same_loss_and_gradients(cfg, variant, monkeypatch):
+    """compute_loss trims the batch; the full-budget batch through an untrimmed forward must agree."""
+    from ki_vla.model import policy as policy_mod
+
+    batch = make(cfg, variant).example_batch(3, seed=2, vlm_samples=1)
+    assert batch["text_ids"].shape[1] == cfg.max_text_tokens  # the batch really is padded to the budget
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        policy = make(cfg, variant)
+        out = policy(batch, generator=torch.Generator().manual_seed(0))
+        out["loss"].backward()
+        return out["loss"].detach(), grads(policy)
+
+    loss_a, grads_a = loss_and_grads()
+    monkeypatch.setattr(policy_mod, "trim_padding", lambda b, multiple=8: b)
+    loss_b, grads_b = loss_and_grads()
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-5)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        assert (ga is None) == (gb is None)
+        if ga is not None:
+            torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)

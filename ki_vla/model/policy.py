@@ -28,7 +28,7 @@ from ki_vla.model.backbone import KV, VLMBackbone
 from ki_vla.model.config import PolicyConfig
 from ki_vla.model.expert import ActionExpert
 from ki_vla.model.pretrained import load_text_tokenizer
-from ki_vla.model.processing import Processor
+from ki_vla.model.processing import Processor, trim_padding
 from ki_vla.observation import Observation
 from ki_vla.paths import resolve
 
@@ -149,6 +149,7 @@ class KIPolicy(nn.Module):
         """{"loss", "ce", "flow"} scalars. Samples without actions contribute CE only; `pi0` has no CE and
         `pi0_fast` no flow term (their entries are 0)."""
         cfg = self.cfg
+        batch = trim_padding(batch)
         with_targets = cfg.trains_backbone_ce
         grad_ctx = torch.no_grad() if cfg.variant == "frozen" else contextlib.nullcontext()
         with grad_ctx:
@@ -158,10 +159,10 @@ class KIPolicy(nn.Module):
         if with_targets:
             lp = prefix_valid.shape[1]
             lt = batch["target_ids"].shape[1]
-            logits = self.backbone.logits(hidden[:, lp - 1: lp + lt - 1]).float()
             tv = batch["target_valid"]
-            if tv.any():
-                ce = F.cross_entropy(logits[tv], batch["target_ids"][tv])
+            if tv.any():  # logits at valid targets only: at pi0.5 size each position costs 2 x 2048 x 257k FLOPs
+                logits = self.backbone.logits(hidden[:, lp - 1: lp + lt - 1][tv]).float()
+                ce = F.cross_entropy(logits, batch["target_ids"][tv])
         flow = zero
         if self.expert is not None:
             if cfg.insulated:
@@ -183,7 +184,7 @@ class KIPolicy(nn.Module):
     @torch.no_grad()
     def prefix_cache(self, batch: dict[str, torch.Tensor]) -> tuple[list[KV], torch.Tensor]:
         """One backbone pass over the prefix: the per-layer K/V every denoising step reuses."""
-        _, kv, valid = self._run_backbone(batch, with_targets=False)
+        _, kv, valid = self._run_backbone(trim_padding(batch), with_targets=False)
         return kv, valid
 
     @torch.no_grad()
@@ -222,7 +223,7 @@ class KIPolicy(nn.Module):
         cfg, proc = self.cfg, self.processor
         if proc.fast_tokenizer is None:
             raise ValueError("pi0_fast needs a fitted FAST tokenizer to decode actions")
-        emb, valid = self._prefix(batch)
+        emb, valid = self._prefix(trim_padding(batch))
         b = emb.shape[0]
         hidden, kv = self.backbone(emb, block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long)), positions_from_valid(valid))
         allowed = torch.full((cfg.text.vocab_size,), float("-inf"), device=emb.device)

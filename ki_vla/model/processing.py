@@ -181,3 +181,29 @@ class Processor:
         batch = {"images": images, "image_valid": image_valid, "text_ids": text_ids, "text_valid": text_valid,
                  "target_ids": target_ids, "target_valid": target_valid, "actions": actions, "action_valid": action_valid}
         return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+
+
+def trim_padding(batch: dict[str, torch.Tensor], multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Drop the prompt and target columns that are padding in every sample of the batch.
+
+    The processor pads to the config's token budgets (pi05: 200 prompt + 180 target slots for typically ~60 + ~70
+    real tokens), and every padded column costs a full backbone token in training. Dropping them is exact: prompts
+    are left-padded and targets right-padded, masks never let a valid token see padding, and RoPE positions count
+    valid tokens only. The kept lengths are rounded up to `multiple` (tensor-core friendly shapes). Static-shape
+    consumers (the inference engine) keep the full budget instead.
+    """
+    def keep(valid: torch.Tensor, left_padded: bool) -> int:
+        cols = valid.any(0)
+        if not bool(cols.any()):
+            return min(valid.shape[1], multiple)
+        first_used = int(cols.flip(0).long().argmax()) if not left_padded else int(cols.long().argmax())
+        used = valid.shape[1] - first_used  # left-padded: columns from the first used; right: up to the last used
+        return min(valid.shape[1], -(-used // multiple) * multiple)
+
+    out = dict(batch)
+    n = keep(batch["text_valid"], left_padded=True)
+    out["text_ids"], out["text_valid"] = batch["text_ids"][:, -n:], batch["text_valid"][:, -n:]
+    if "target_valid" in batch:
+        n = keep(batch["target_valid"], left_padded=False)
+        out["target_ids"], out["target_valid"] = batch["target_ids"][:, :n], batch["target_valid"][:, :n]
+    return out
