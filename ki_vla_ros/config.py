@@ -44,6 +44,7 @@ class PolicyNodeConfig:
     device: str = "auto"                         # auto = cuda when available, else cpu
     engine: str = "auto"                         # auto (engine + CUDA graphs on GPU) | on | off (reference)
     engine_fuse: str = "auto"                    # auto (fused norms/activations via torch.compile on GPU) | on | off
+    engine_text_tokens: int = 0                  # the engine's prompt budget (0 = the model's max_text_tokens)
     camera_topic: str = "/ki_vla/camera/{name}"  # camera names come from the model's config
     joint_states_topic: str = "/joint_states"
     instruction_topic: str = "/instruction"

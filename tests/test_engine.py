@@ -119,3 +119,20 @@ def test_idefics3_vision_path_equals_transformers_forward():
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
         with pytest.raises(ValueError, match="patches"):
             policy.backbone._idefics3_vision(torch.zeros(1, 3, 2 * size, 2 * size))
+
+
+def test_engine_prompt_budget():
+    """A tighter static prompt budget gives the reference's answer while the prompt fits, and refuses one that
+    does not (a clear error, not silently truncated instructions)."""
+    policy = trained_like("ki")
+    batch = policy.example_batch(1, seed=7)
+    longest = int(batch["text_valid"].sum(1).max())
+    noise = torch.randn(1, 50, 32, generator=torch.Generator().manual_seed(8))
+    engine = InferenceEngine(policy, batch_size=1, text_tokens=longest + 3)
+    assert engine.buffers.kv[0][0].shape[2] == policy.cfg.num_image_tokens + longest + 3 + policy.cfg.horizon
+    torch.testing.assert_close(engine.sample_actions(batch, noise=noise), policy.sample_actions(batch, noise=noise),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=f"prompt of {longest} tokens exceeds"):
+        InferenceEngine(policy, batch_size=1, text_tokens=longest - 1).sample_actions(batch, noise=noise)
+    with pytest.raises(ValueError, match="text_tokens must be"):
+        InferenceEngine(policy, text_tokens=policy.cfg.max_text_tokens + 1)

@@ -51,7 +51,10 @@ class EngineBuffers:
 class InferenceEngine:
     def __init__(self, policy: KIPolicy, batch_size: int = 1, num_steps: int | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 cuda_graphs: bool | None = None, fuse: bool | None = None) -> None:
+                 cuda_graphs: bool | None = None, fuse: bool | None = None, text_tokens: int | None = None) -> None:
+        """text_tokens: the static prompt budget (default: the model's max_text_tokens). A robot's prompts
+        (instruction + discretized state) are bounded well below a training budget sized for VLM data, and every
+        slot is a backbone token per inference: a tighter budget is a shorter prefix. Longer prompts are refused."""
         if policy.expert is None:
             raise ValueError("the engine serves expert variants; pi0_fast decodes autoregressively (use sample_actions)")
         device = torch.device(device) if device is not None else policy.device
@@ -68,6 +71,10 @@ class InferenceEngine:
         self.cfg = cfg = policy.cfg
         self.device, self.dtype = device, dtype
         self.batch_size = batch_size
+        self.text_tokens = text_tokens or cfg.max_text_tokens
+        if not 1 <= self.text_tokens <= cfg.max_text_tokens:
+            raise ValueError(f"text_tokens must be in [1, {cfg.max_text_tokens}] (the model's max_text_tokens), "
+                             f"got {text_tokens}")
         self.num_steps = num_steps or cfg.num_flow_steps
         self.cuda_graphs = (device.type == "cuda") if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and device.type != "cuda":
@@ -81,13 +88,13 @@ class InferenceEngine:
     def _allocate(self) -> EngineBuffers:
         cfg, b, dev, dt = self.cfg, self.batch_size, self.device, self.dtype
         tc = cfg.text
-        lp = cfg.num_image_tokens + cfg.max_text_tokens
+        lp = cfg.num_image_tokens + self.text_tokens
         kv_shape = (b, tc.num_kv_heads, lp + cfg.horizon, tc.head_dim)
         return EngineBuffers(
             images=torch.zeros(b, len(cfg.camera_names), 3, cfg.image_size, cfg.image_size, device=dev, dtype=dt),
             image_valid=torch.ones(b, len(cfg.camera_names), dtype=torch.bool, device=dev),
-            text_ids=torch.zeros(b, cfg.max_text_tokens, dtype=torch.long, device=dev),
-            text_valid=torch.ones(b, cfg.max_text_tokens, dtype=torch.bool, device=dev),
+            text_ids=torch.zeros(b, self.text_tokens, dtype=torch.long, device=dev),
+            text_valid=torch.ones(b, self.text_tokens, dtype=torch.bool, device=dev),
             noise=torch.zeros(b, cfg.horizon, cfg.max_action_dim, device=dev),
             image_tokens=torch.zeros(b, cfg.num_image_tokens, tc.hidden_size, device=dev, dtype=dt),
             kv=[(torch.zeros(kv_shape, device=dev, dtype=dt), torch.zeros(kv_shape, device=dev, dtype=dt))
@@ -151,14 +158,22 @@ class InferenceEngine:
     def load(self, batch: dict[str, torch.Tensor], noise: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> None:
         """Copy a processor batch (and the noise) into the static buffers."""
-        buf = self.buffers
-        if batch["images"].shape != buf.images.shape or batch["text_ids"].shape != buf.text_ids.shape:
+        buf, n = self.buffers, self.text_tokens
+        text_ids, text_valid = batch["text_ids"], batch["text_valid"]
+        if (batch["images"].shape != buf.images.shape or text_ids.shape[0] != self.batch_size
+                or text_ids.shape[1] < n):
             raise ValueError(f"engine built for images {tuple(buf.images.shape)} / text {tuple(buf.text_ids.shape)}, "
-                             f"got {tuple(batch['images'].shape)} / {tuple(batch['text_ids'].shape)}")
+                             f"got {tuple(batch['images'].shape)} / {tuple(text_ids.shape)}")
+        if text_ids.shape[1] > n:  # prompts are left-padded: the budget keeps the last n columns
+            if bool(text_valid[:, :-n].any()):
+                longest = int(text_valid.sum(1).max())
+                raise ValueError(f"a prompt of {longest} tokens exceeds the engine's prompt budget of {n} tokens "
+                                 "(raise text_tokens, up to the model's max_text_tokens)")
+            text_ids, text_valid = text_ids[:, -n:], text_valid[:, -n:]
         buf.images.copy_(batch["images"])
         buf.image_valid.copy_(batch["image_valid"])
-        buf.text_ids.copy_(batch["text_ids"])
-        buf.text_valid.copy_(batch["text_valid"])
+        buf.text_ids.copy_(text_ids)
+        buf.text_valid.copy_(text_valid)
         if noise is not None:
             buf.noise.copy_(noise)
         else:
@@ -212,10 +227,12 @@ def _mode(name: str, value: str) -> None:
         raise ValueError(f"{name} must be one of {ENGINE_MODES}, got {value!r}")
 
 
-def make_predictor(policy: KIPolicy, engine: str = "auto", fuse: str = "auto") -> KIPolicy | EnginePredictor:
+def make_predictor(policy: KIPolicy, engine: str = "auto", fuse: str = "auto",
+                   text_tokens: int = 0) -> KIPolicy | EnginePredictor:
     """What serves inference: the engine ("on"; "auto" = on a CUDA device, where CUDA graphs pay off) or the
     reference `KIPolicy` ("off"; also pi0_fast, which decodes autoregressively). `fuse` picks the engine's
-    torch.compile fusion ("auto" = on a CUDA device; compiling costs seconds to a minute at load)."""
+    torch.compile fusion ("auto" = on a CUDA device; compiling costs seconds to a minute at load) and
+    `text_tokens` its prompt budget (0 = the model's)."""
     _mode("engine", engine)
     _mode("fuse", fuse)
     use = engine == "on" or (engine == "auto" and policy.device.type == "cuda")
@@ -225,4 +242,4 @@ def make_predictor(policy: KIPolicy, engine: str = "auto", fuse: str = "auto") -
         use = False
     if not use:
         return policy
-    return EnginePredictor(policy, fuse=None if fuse == "auto" else fuse == "on")
+    return EnginePredictor(policy, fuse=None if fuse == "auto" else fuse == "on", text_tokens=text_tokens or None)
