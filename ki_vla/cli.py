@@ -38,16 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in SUBCOMMANDS.items():
         if importlib.util.find_spec(module_name) is None:
             continue
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+            arguments = argparse.ArgumentParser(add_help=False)
+            module.add_arguments(arguments)
+        except ImportError as exc:
+            # A machine set up for one job (a GPU box for `bench` or `train`) need not have every subcommand's
+            # dependencies (MuJoCo for `collect`, PyAV for datasets): the others still work, this one says why not.
+            _add_unavailable(sub, name, exc)
+            continue
         text = module.help.replace("%", "%%")  # argparse formats help strings with %
-        p = sub.add_parser(name, help=text, description=text)
-        module.add_arguments(p)
+        p = sub.add_parser(name, help=text, description=text, parents=[arguments])
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _add_unavailable(sub: argparse._SubParsersAction, name: str, exc: ImportError) -> None:
+    reason = f"unavailable here: {exc} (install the project's requirements.txt)"
+    p = sub.add_parser(name, help=reason, description=reason)
+
+    def run(args: argparse.Namespace) -> int:
+        print(f"ki-vla {name}: {reason}", file=sys.stderr)
+        return 2
+
+    p.set_defaults(_run=run, _unavailable=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "_unavailable", False):  # an unavailable command's options are unknown: let it explain
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)
     except (ValueError, FileNotFoundError) as exc:  # bad input from the user: one clear line, no traceback

@@ -78,3 +78,17 @@ def test_pi05_floor_matches_method_numbers():
     assert 3.9e12 < floor.total_flops < 4.6e12
     assert 10e9 < floor.total_bytes < 12.5e9
     assert 4.0 < floor.time_ms(*GPU_PEAKS["H100"])["total"] < 8.0
+
+
+def test_bench_falls_back_to_the_byte_tokenizer(tmp_path, capsys):
+    """A bare GPU box may lack a model's tokenizer package; timing does not depend on token ids."""
+    import yaml
+
+    cfg = yaml.safe_load(open("config/model/tiny.yaml"))
+    cfg["text"]["tokenizer"] = str(tmp_path / "no-such-tokenizer")
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "bench.json"
+    assert run_bench("--model", str(path), "--runs", "1", "--warmup", "0", "--train-steps", "0", "--json", str(out)) == 0
+    assert "using the byte tokenizer" in capsys.readouterr().out
+    assert json.loads(out.read_text())["tokenizer"] == "bytes"

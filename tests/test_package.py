@@ -72,3 +72,27 @@ def test_cli_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "ki_vla.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "ki-vla" in out.stdout
+
+
+def test_cli_survives_a_subcommand_whose_dependency_is_missing(monkeypatch, capsys):
+    """A GPU box without MuJoCo still runs `ki-vla bench`; `ki-vla collect` says what is missing."""
+    import importlib
+
+    from ki_vla import cli
+
+    real = importlib.import_module
+
+    def without_mujoco(name, *args, **kwargs):
+        if name == "ki_vla.sim.cli":
+            raise ModuleNotFoundError("No module named 'mujoco'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", without_mujoco)
+    assert cli.main(["collect", "--out", "somewhere", "--episodes", "3"]) == 2
+    assert "collect: unavailable here: No module named 'mujoco'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:  # the other subcommands are still there...
+        cli.main(["bench", "--help"])
+    assert done.value.code == 0 and "--prefix-tokens" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:  # ...with strict argument checking
+        cli.main(["info", "--no-such-flag"])
+    assert done.value.code == 2

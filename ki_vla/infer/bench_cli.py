@@ -70,6 +70,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def model_config(args: argparse.Namespace):
     from ki_vla.model.config import PolicyConfig
+    from ki_vla.model.pretrained import load_text_tokenizer
 
     cfg = PolicyConfig.from_yaml(NAMED.get(args.model, args.model))
     if args.prefix_tokens is not None:
@@ -78,8 +79,15 @@ def model_config(args: argparse.Namespace):
             raise ValueError(f"--prefix-tokens {args.prefix_tokens} leaves {text} prompt tokens after "
                              f"{cfg.num_image_tokens} image tokens (need >= 8)")
         cfg = dataclasses.replace(cfg, max_text_tokens=text)
-    # Timing does not depend on weight values: skip loading pretrained text weights, keep the shapes.
-    return dataclasses.replace(cfg, dtype="float32", text=dataclasses.replace(cfg.text, pretrained=None))
+    # Timing does not depend on weight values: skip loading pretrained text weights, keep the shapes. Nor on token
+    # ids: where the model's tokenizer is not installed (a bare GPU box), the byte tokenizer stands in.
+    text = dataclasses.replace(cfg.text, pretrained=None)
+    try:
+        load_text_tokenizer(text.tokenizer)
+    except (FileNotFoundError, ImportError) as exc:
+        print(f"ki-vla bench: tokenizer {text.tokenizer!r} unavailable ({exc}); using the byte tokenizer")
+        text = dataclasses.replace(text, tokenizer="bytes")
+    return dataclasses.replace(cfg, dtype="float32", text=text)
 
 
 def build(cfg, variant: str, device: torch.device, dtype: torch.dtype):
@@ -199,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"model": args.model, "device": name, "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
               "batch_size": args.batch_size, "runs": args.runs,
               "prefix_tokens": cfg.num_image_tokens + cfg.max_text_tokens, "flow_steps": cfg.num_flow_steps,
+              "tokenizer": cfg.text.tokenizer,
               "capture_check": capture_problems(cfg, args.batch_size)}
     result["inference"] = bench_inference(args, cfg, device, dtype)
     floor = inference_floor(cfg, args.batch_size, bytes_per_param=2 if dtype == torch.bfloat16 else 4)
