@@ -136,3 +136,64 @@ def test_engine_prompt_budget():
         InferenceEngine(policy, batch_size=1, text_tokens=longest - 1).sample_actions(batch, noise=noise)
     with pytest.raises(ValueError, match="text_tokens must be"):
         InferenceEngine(policy, text_tokens=policy.cfg.max_text_tokens + 1)
+
+
+@pytest.mark.parametrize("conditioning", ["adarms", "mlp"])
+def test_precomputed_step_conditioning_equals_the_time_input(conditioning):
+    cfg = PolicyConfig.from_yaml("config/model/tiny.yaml")
+    cfg = dataclasses.replace(cfg, variant="ki", expert=dataclasses.replace(cfg.expert, time_conditioning=conditioning))
+    torch.manual_seed(0)
+    policy = KIPolicy(cfg).eval()
+    for m in policy.modules():
+        if isinstance(m, RMSNorm) and m.dense is not None:
+            torch.nn.init.normal_(m.dense.weight, std=0.05)
+    batch = policy.example_batch(2)
+    with torch.no_grad():
+        kv, valid = policy.prefix_cache(batch)
+        inputs = policy.expert_inputs(valid)
+        x, t = torch.randn(2, 50, 32), torch.tensor([0.7, 0.3])
+        direct = policy.expert(x, t, kv, *inputs)
+        pre = policy.expert(x, None, kv, *inputs, conditioning=policy.expert.step_conditioning(t))
+    torch.testing.assert_close(pre, direct, atol=1e-5, rtol=0)
+
+
+def test_merged_projections_equal_the_checkpoint_layout():
+    import copy
+
+    from ki_vla.model.projections import merge_projections
+
+    policy = trained_like("ki")
+    layer = policy.backbone.layers[0]
+    merged = copy.deepcopy(layer)
+    merge_projections(merged)
+    assert not hasattr(merged.self_attn, "q_proj") and hasattr(merged.mlp, "gate_up_proj")
+    x = torch.randn(2, 7, policy.cfg.text.hidden_size)
+    mask = torch.ones(2, 7, 7, dtype=torch.bool)
+    cos, sin = policy.backbone.rope(torch.arange(7)[None].expand(2, 7), x)
+    with torch.no_grad():
+        for a, b in zip(layer(x, mask, cos, sin), merged(x, mask, cos, sin), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_engine_denoising_loop_runs_four_gemms_per_layer_and_step():
+    """Merged Q/K/V and gate/up, adaRMS and time MLP precomputed: per step, action in/out + 4 per layer
+    (the reference runs 2 + 2 time MLP + 9 per layer + 1 final-norm modulation)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountGemms(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+                CountGemms.count += 1
+            return func(*args, **(kwargs or {}))
+
+    policy = trained_like("ki")
+    engine = InferenceEngine(policy, batch_size=1)
+    engine.load(policy.example_batch(1), torch.zeros(1, 50, 32))
+    engine.run_stage("vision")
+    engine.run_stage("prefix")
+    with CountGemms(), torch.no_grad():
+        engine.run_stage("expert")
+    layers, steps = policy.cfg.text.num_layers, engine.num_steps
+    assert CountGemms.count == steps * (2 + 4 * layers)

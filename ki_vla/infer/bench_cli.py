@@ -91,10 +91,18 @@ def model_config(args: argparse.Namespace):
 
 
 def build(cfg, variant: str, device: torch.device, dtype: torch.dtype):
+    from ki_vla.model.expert import RMSNorm
     from ki_vla.model.policy import KIPolicy
 
     torch.manual_seed(0)
-    return KIPolicy(dataclasses.replace(cfg, variant=variant)).to(device=device, dtype=dtype).eval()
+    policy = KIPolicy(dataclasses.replace(cfg, variant=variant))
+    for m in policy.modules():
+        # adaRMS modulations start at zero, which closes every expert residual branch: the engine-vs-eager check
+        # would then compare little more than the in/out projections. Random weights, random everywhere.
+        if isinstance(m, RMSNorm) and m.dense is not None:
+            torch.nn.init.normal_(m.dense.weight, std=0.02)
+            torch.nn.init.normal_(m.dense.bias, std=0.1)
+    return policy.to(device=device, dtype=dtype).eval()
 
 
 def _release(device: torch.device) -> None:

@@ -4,7 +4,11 @@ What makes it faster than `KIPolicy.sample_actions` (the reference it is tested 
 - Every tensor the loop touches is preallocated once for a fixed batch size: input buffers, the noise, one
   K/V buffer per layer of length L_prefix + H that the backbone fills with the prefix and each expert layer
   overwrites its own tail of in place (no per-step concatenation), and the output.
-- The expert's mask and RoPE tables depend only on the prefix, so they are computed once per chunk, not per step.
+- The expert's mask and RoPE tables depend only on the prefix, so they are computed once per chunk, not per step;
+  everything the (fixed) flow-time schedule contributes — the time MLP and every adaRMS modulation — is computed
+  once per engine (`ActionExpert.step_conditioning`).
+- Q/K/V and gate/up matrices of the backbone and expert layers are merged (`ki_vla.model.projections`): one GEMM
+  instead of three and two.
 - The three stages (vision, prefix, denoising loop) are captured as CUDA graphs on a GPU: one launch each,
   no Python or allocator work per kernel. Keys/values stay in the grouped-query layout; attention broadcasts
   them (`enable_gqa`) instead of materializing them per query head.
@@ -26,6 +30,7 @@ import torch
 
 from ki_vla.model.attention import block_causal_mask, positions_from_valid
 from ki_vla.model.policy import KIPolicy
+from ki_vla.model.projections import merge_projections
 from ki_vla.observation import Observation
 
 log = logging.getLogger(__name__)
@@ -59,15 +64,6 @@ class InferenceEngine:
             raise ValueError("the engine serves expert variants; pi0_fast decodes autoregressively (use sample_actions)")
         device = torch.device(device) if device is not None else policy.device
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        self.fused = (device.type == "cuda") if fuse is None else fuse
-        if policy.device != device or policy.backbone.dtype != dtype or self.fused:
-            # our own copy: fusion compiles its layers in place, and the caller's policy stays as it was
-            policy = copy.deepcopy(policy).to(device=device, dtype=dtype)
-        self.policy = policy.eval()
-        if self.fused:
-            from ki_vla.infer.fusion import fuse_layers
-
-            fuse_layers(self.policy)
         self.cfg = cfg = policy.cfg
         self.device, self.dtype = device, dtype
         self.batch_size = batch_size
@@ -79,8 +75,21 @@ class InferenceEngine:
         self.cuda_graphs = (device.type == "cuda") if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
+        self.fused = (device.type == "cuda") if fuse is None else fuse
+        # our own copy, in the serving dtype: projections are merged and layers compiled in place, and the caller's
+        # policy stays as it was
+        self.policy = policy = copy.deepcopy(policy).to(device=device, dtype=dtype).eval()
+        for layer in [*policy.backbone.layers, *policy.expert.layers]:
+            merge_projections(layer)
+        if self.fused:
+            from ki_vla.infer.fusion import fuse_layers
+
+            fuse_layers(self.policy)
         self.buffers = self._allocate()
-        self.timesteps = [torch.full((batch_size,), 1.0 - i / self.num_steps, device=device) for i in range(self.num_steps)]
+        with torch.no_grad():
+            self.conditioning = [policy.expert.step_conditioning(torch.full((batch_size,), 1.0 - i / self.num_steps,
+                                                                            device=device))
+                                 for i in range(self.num_steps)]
         self._graphs: dict[str, torch.cuda.CUDAGraph] = {}
         if self.cuda_graphs:
             self._capture()
@@ -128,8 +137,8 @@ class InferenceEngine:
         buf, expert = self.buffers, self.policy.expert
         x = buf.noise
         dt = -1.0 / self.num_steps
-        for t in self.timesteps:
-            v = expert(x, t, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True)
+        for cond in self.conditioning:
+            v = expert(x, None, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True, conditioning=cond)
             x = x + dt * v.float()
         buf.out.copy_(x[..., : self.cfg.action_dim])
 

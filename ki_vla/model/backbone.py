@@ -27,6 +27,7 @@ from transformers.models.siglip.modeling_siglip import SiglipVisionModel
 from ki_vla.model.attention import attend
 from ki_vla.model.config import PolicyConfig, TextConfig, VisionConfig
 from ki_vla.model.pretrained import load_pretrained_text_model
+from ki_vla.model.projections import gated_mlp, project_qkv
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +175,11 @@ def _decoder_layer_forward(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor
     """One Llama/Gemma decoder layer: pre-norm attention with RoPE, then the MLP; returns (x, K, V) post-RoPE."""
     attn = layer.self_attn
     h = layer.input_layernorm(x)
-    shape = (*h.shape[:2], -1, attn.head_dim)
-    q = attn.q_proj(h).view(shape).transpose(1, 2)
-    k = attn.k_proj(h).view(shape).transpose(1, 2)
-    v = attn.v_proj(h).view(shape).transpose(1, 2)
+    q, k, v = project_qkv(attn, h, attn.head_dim)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     if past is not None:
         k = torch.cat([past[0], k], dim=2)
         v = torch.cat([past[1], v], dim=2)
     x = x + attn.o_proj(attend(q, k, v, mask))
-    x = x + layer.mlp(layer.post_attention_layernorm(x))
+    x = x + gated_mlp(layer.mlp, layer.post_attention_layernorm(x))
     return x, k, v

@@ -11,6 +11,7 @@ Parameter names mirror a transformers Gemma/Llama decoder (`layers.{i}.self_attn
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -20,8 +21,25 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ki_vla.model.attention import attend
 from ki_vla.model.config import PolicyConfig
+from ki_vla.model.projections import gated_mlp, project_qkv
 
 KV = tuple[torch.Tensor, torch.Tensor]
+Modulation = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class StepConditioning:
+    """Everything the flow time contributes to one denoising step, computed once: the inference engine's time
+    schedule is fixed, so these are constants of the engine, and each step skips the time MLP and every adaRMS
+    `dense` (2 x layers + 1 small GEMMs per step at pi0.5 size).
+
+    norms: adaRMS, per layer (input norm, post-attention norm) modulations; final: the output norm's.
+    time_bias: MLP time conditioning (pi0), the time half of action_time_mlp_in plus its bias, (B, 1, W).
+    """
+
+    norms: list[tuple[Modulation, Modulation]] | None = None
+    final: Modulation | None = None
+    time_bias: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
@@ -45,15 +63,24 @@ class RMSNorm(nn.Module):
             nn.init.zeros_(self.dense.weight)
             nn.init.zeros_(self.dense.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def modulation(self, cond: torch.Tensor) -> Modulation:
+        """(scale, shift, gate), each (B, 1, W) float32, from the time conditioning (B, cond_dim)."""
+        scale, shift, gate = self.dense(cond)[:, None, :].float().chunk(3, dim=-1)
+        return scale, shift, gate
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
+                modulation: Modulation | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """modulation: precomputed `self.modulation(cond)` (the engine's fixed schedule); replaces cond."""
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.dense is None:
             w = self.weight.float()
             return (normed * ((1.0 + w) if self.gemma_style else w)).to(x.dtype), None
-        if cond is None:
-            raise ValueError("adaptive RMSNorm needs the time conditioning")
-        scale, shift, gate = self.dense(cond)[:, None, :].float().chunk(3, dim=-1)
+        if modulation is None:
+            if cond is None:
+                raise ValueError("adaptive RMSNorm needs the time conditioning")
+            modulation = self.modulation(cond)
+        scale, shift, gate = modulation
         return (normed * (1.0 + scale) + shift).to(x.dtype), gate.to(x.dtype)
 
 
@@ -80,7 +107,7 @@ class GatedMLP(nn.Module):
         self.act_fn = ACT2FN[act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return gated_mlp(self, x)
 
 
 class ExpertLayer(nn.Module):
@@ -95,15 +122,15 @@ class ExpertLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(ec.hidden_size, tc.rms_norm_eps, gemma, cond_dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None, prefix_kv: KV, mask: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False) -> torch.Tensor:
+                cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False,
+                modulation: tuple[Modulation, Modulation] | None = None) -> torch.Tensor:
         """kv_is_buffer: `prefix_kv` are preallocated (B, Hkv, L_prefix + H, D) buffers holding the prefix; the
-        layer writes its own K/V into the tail in place instead of concatenating (the inference engine's path)."""
+        layer writes its own K/V into the tail in place instead of concatenating (the inference engine's path).
+        modulation: precomputed adaRMS modulations of the two norms (see StepConditioning)."""
         attn = self.self_attn
-        h, gate = self.input_layernorm(x, cond)
-        shape = (*h.shape[:2], -1, attn.head_dim)
-        q = attn.q_proj(h).view(shape).transpose(1, 2)
-        k = attn.k_proj(h).view(shape).transpose(1, 2)
-        v = attn.v_proj(h).view(shape).transpose(1, 2)
+        mod_in, mod_post = modulation if modulation is not None else (None, None)
+        h, gate = self.input_layernorm(x, cond, mod_in)
+        q, k, v = project_qkv(attn, h, attn.head_dim)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if kv_is_buffer:
             keys, values = prefix_kv
@@ -114,7 +141,7 @@ class ExpertLayer(nn.Module):
             keys = torch.cat([prefix_kv[0].to(k.dtype), k], dim=2)
             values = torch.cat([prefix_kv[1].to(v.dtype), v], dim=2)
         x = gated_residual(x, attn.o_proj(attend(q, keys, values, mask)), gate)
-        h, gate = self.post_attention_layernorm(x, cond)
+        h, gate = self.post_attention_layernorm(x, cond, mod_post)
         return gated_residual(x, self.mlp(h), gate)
 
 
@@ -161,14 +188,43 @@ class ActionExpert(nn.Module):
         mixed = torch.cat([x, temb[:, None, :].expand_as(x)], dim=-1)
         return self.action_time_mlp_out(nn.functional.silu(self.action_time_mlp_in(mixed))), None
 
-    def forward(self, noisy_actions: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], mask: torch.Tensor,
-                cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False) -> torch.Tensor:
-        """mask: (B, H, L_prefix + H) bool. Returns the predicted velocity (B, H, max_action_dim)."""
-        x, cond = self.embed(noisy_actions, t)
-        for layer, kv in zip(self.layers, prefix_kv, strict=True):
+    def step_conditioning(self, t: torch.Tensor) -> StepConditioning:
+        """The time-only part of a step at flow time t (B,), for `forward(..., conditioning=...)`."""
+        temb = sinusoidal_time_embedding(t, self.cfg.expert.hidden_size).to(self.action_in_proj.weight.dtype)
+        if self.cfg.expert.time_conditioning == "adarms":
+            cond = nn.functional.silu(self.time_mlp_out(nn.functional.silu(self.time_mlp_in(temb))))
+            return StepConditioning(
+                norms=[(layer.input_layernorm.modulation(cond), layer.post_attention_layernorm.modulation(cond))
+                       for layer in self.layers],
+                final=self.norm.modulation(cond))
+        width = self.cfg.expert.hidden_size
+        lin = self.action_time_mlp_in
+        return StepConditioning(time_bias=nn.functional.linear(temb, lin.weight[:, width:], lin.bias)[:, None, :])
+
+    def forward(self, noisy_actions: torch.Tensor, t: torch.Tensor | None, prefix_kv: list[KV], mask: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False,
+                conditioning: StepConditioning | None = None) -> torch.Tensor:
+        """mask: (B, H, L_prefix + H) bool. Returns the predicted velocity (B, H, max_action_dim).
+        conditioning: `step_conditioning(t)` computed in advance (then t is not needed)."""
+        if conditioning is None:
+            x, cond = self.embed(noisy_actions, t)
+            mods: list = [None] * len(self.layers)
+        else:
+            x, cond = self._embed_conditioned(noisy_actions, conditioning), None
+            mods = conditioning.norms or [None] * len(self.layers)
+        for layer, kv, mod in zip(self.layers, prefix_kv, mods, strict=True):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cond, kv, mask, cos, sin, use_reentrant=False)
             else:
-                x = layer(x, cond, kv, mask, cos, sin, kv_is_buffer)
-        x, _ = self.norm(x, cond)
+                x = layer(x, cond, kv, mask, cos, sin, kv_is_buffer, mod)
+        x, _ = self.norm(x, cond, conditioning.final if conditioning is not None else None)
         return self.action_out_proj(x)
+
+    def _embed_conditioned(self, noisy_actions: torch.Tensor, conditioning: StepConditioning) -> torch.Tensor:
+        x = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
+        if self.cfg.expert.time_conditioning == "adarms":
+            return x
+        # [x ; temb] @ W_in^T + b  ==  x @ W_in[:, :W]^T + (temb @ W_in[:, W:]^T + b), the bracket precomputed
+        width = self.cfg.expert.hidden_size
+        h = nn.functional.linear(x, self.action_time_mlp_in.weight[:, :width]) + conditioning.time_bias
+        return self.action_time_mlp_out(nn.functional.silu(h))
