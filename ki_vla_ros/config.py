@@ -42,7 +42,7 @@ class PolicyNodeConfig:
 
     model: str = "config/model/tiny.yaml"        # checkpoint folder, or model YAML (random init, warns)
     device: str = "auto"                         # auto = cuda when available, else cpu
-    engine: str = "auto"                         # auto (engine + CUDA graphs on GPU) | on | off (reference)
+    engine: str = "auto"                         # auto (engine for expert variants, CUDA graphs on GPU) | on | off
     engine_fuse: str = "auto"                    # auto (fused norms/activations via torch.compile on GPU) | on | off
     engine_text_tokens: int = 0                  # the engine's prompt budget (0 = the model's max_text_tokens)
     camera_topic: str = "/ki_vla/camera/{name}"  # camera names come from the model's config

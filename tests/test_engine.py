@@ -51,8 +51,10 @@ def test_engine_predictor_serves_observations_like_the_policy():
     from ki_vla.observation import Observation
 
     policy = trained_like("ki")
-    assert make_predictor(policy, "auto") is policy  # CPU: the reference path
-    predictor = make_predictor(policy, "on")
+    assert make_predictor(policy, "off") is policy
+    fast = KIPolicy(dataclasses.replace(policy.cfg, variant="pi0_fast"))
+    assert make_predictor(fast, "auto") is fast  # autoregressive decoding: the reference path
+    predictor = make_predictor(policy, "auto")
     assert isinstance(predictor, EnginePredictor)
     obs = Observation.blank(policy.cfg.camera_names, 48, 14, instruction="transfer the red cube")
     a = predictor.predict(obs, generator=torch.Generator().manual_seed(4))

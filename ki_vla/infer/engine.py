@@ -238,13 +238,14 @@ def _mode(name: str, value: str) -> None:
 
 def make_predictor(policy: KIPolicy, engine: str = "auto", fuse: str = "auto",
                    text_tokens: int = 0) -> KIPolicy | EnginePredictor:
-    """What serves inference: the engine ("on"; "auto" = on a CUDA device, where CUDA graphs pay off) or the
-    reference `KIPolicy` ("off"; also pi0_fast, which decodes autoregressively). `fuse` picks the engine's
+    """What serves inference: the engine ("on"; "auto" = whenever it serves the variant: it is faster than the
+    reference on the CPU too, and captures CUDA graphs on a GPU) or the reference `KIPolicy` ("off"; also
+    pi0_fast, which decodes autoregressively). `fuse` picks the engine's
     torch.compile fusion ("auto" = on a CUDA device; compiling costs seconds to a minute at load) and
     `text_tokens` its prompt budget (0 = the model's)."""
     _mode("engine", engine)
     _mode("fuse", fuse)
-    use = engine == "on" or (engine == "auto" and policy.device.type == "cuda")
+    use = engine in ("on", "auto")
     if use and policy.expert is None:
         if engine == "on":
             raise ValueError("engine=on: the engine serves expert variants; pi0_fast decodes autoregressively")
