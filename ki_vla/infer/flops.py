@@ -76,3 +76,34 @@ def gpu_peak(device_name: str) -> tuple[str, float, float] | None:
         if key.lower() in device_name.lower():
             return key, flops, bw
     return None
+
+
+def training_flops(cfg: PolicyConfig, variant: str, batch_size: int, text_tokens: int, target_tokens: int) -> dict[str, float]:
+    """FLOPs of one training step (forward + backward = 3x forward for every trained part), by part, for the
+    token counts a batch really has after `trim_padding`.
+
+    What KI adds over pi0 is arithmetic on the backbone side: the FAST target tokens run through every backbone layer
+    (the backbone sequence grows from prefix to prefix + targets) and through the LM head for the CE loss. The
+    expert costs the same in both (insulation only skips the K/V gradient into the backbone, a few percent of the
+    expert's backward, ignored here). So the FLOP ratio ki/pi0 is what the measured step-time ratio should approach
+    when the step is compute-bound.
+    """
+    vc, tc, ec = cfg.vision, cfg.text, cfg.expert
+    patches = (vc.image_size // vc.patch_size) ** 2
+    vis_params = vc.num_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size)
+    proj_in = vc.hidden_size * (vc.scale_factor**2 if vc.arch == "idefics3" else 1)
+    vision = len(cfg.camera_names) * (2.0 * patches * vis_params + vc.num_layers * 4 * patches * patches * vc.hidden_size
+                                      + 2.0 * vc.tokens_per_image * proj_in * tc.hidden_size)
+    lp = cfg.num_image_tokens + text_tokens
+    ce = variant in ("ki", "joint", "pi0_fast")
+    lb = lp + (target_tokens if ce else 0)
+    backbone, _ = _decoder(lb, lb, tc.hidden_size, tc.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+    head = 2.0 * target_tokens * tc.hidden_size * tc.vocab_size if ce else 0.0
+    expert = 0.0
+    if variant != "pi0_fast":
+        h = cfg.horizon
+        expert, _ = _decoder(h, lp + h, ec.hidden_size, ec.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+    trained = 0.0 if variant == "frozen" else 1.0  # frozen: the backbone runs forward only
+    parts = {"vision": vision * (1 + 2 * trained), "backbone": backbone * (1 + 2 * trained), "lm_head": 3.0 * head,
+             "expert": 3.0 * expert}
+    return {k: batch_size * v for k, v in parts.items()}

@@ -82,10 +82,8 @@ class KIPolicy(nn.Module):
             if i >= batch_size - vlm_samples:
                 samples.append({"images": images, "prompt": "What is on the table? ", "answer": "a red cube"})
                 continue
-            steps = np.cumsum(rng.normal(0, 0.05, (cfg.horizon, cfg.action_dim)), axis=0)
             samples.append({"images": images, "state": rng.uniform(-1, 1, cfg.state_dim).astype(np.float32),
-                            "instruction": "transfer the red cube",
-                            "actions": np.clip(steps, -1, 1).astype(np.float32)})
+                            "instruction": "transfer the red cube", "actions": smooth_chunk(rng, cfg.horizon, cfg.action_dim)})
         fast = self.processor.fast_tokenizer
         self.processor.fast_tokenizer = fast or _RandomFastIds(cfg.fast_vocab_size, rng)
         try:
@@ -327,6 +325,15 @@ class KIPolicy(nn.Module):
             warnings.warn(msg, stacklevel=2)
             return cls(PolicyConfig.from_yaml(path)).to(device).eval()
         raise FileNotFoundError(f"model {path}: expected a checkpoint folder or a model .yaml file")
+
+
+def smooth_chunk(rng: np.random.Generator, horizon: int, dims: int) -> np.ndarray:
+    """A random action chunk shaped like a demonstration's: per joint, a sine of random frequency (0.2-1.5 cycles
+    per chunk) and phase, in [-1, 1]. Smoothness matters where FAST tokens are counted: a fitted FAST tokenizer
+    needs about 70 tokens for such a 50 x 14 chunk, as for real demonstrations, and far more for white noise."""
+    t = np.linspace(0.0, 1.0, horizon)[:, None]
+    freq, phase = rng.uniform(0.2, 1.5, (1, dims)), rng.uniform(0.0, 1.0, (1, dims))
+    return (0.9 * np.sin(2 * np.pi * (freq * t + phase))).astype(np.float32)
 
 
 class _RandomFastIds:
