@@ -110,3 +110,18 @@ def test_training_flops_explain_the_ki_overhead():
     frozen, joint = training_flops(cfg, "frozen", 1, 48, 0), training_flops(cfg, "joint", 1, 48, 0)
     assert frozen["backbone"] == pytest.approx(joint["backbone"] / 3)  # forward only
     assert training_flops(cfg, "pi0_fast", 2, 48, 72)["expert"] == 0
+
+
+def test_gpu_bench_script_runs_on_the_cpu(tmp_path):
+    """bench/gpu_bench.sh is what a GPU session runs in one device call; here its plumbing is checked on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DEVICE": "cpu", "MODELS": "tiny", "RUNS": "2", "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", "bench/gpu_bench.sh"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "torch" in (tmp_path / "environment.txt").read_text()
+    r = json.loads((tmp_path / "bench_tiny.json").read_text())
+    assert r["inference"]["engines"]["engine"]["profile"]["expert"]["busy_ms"] > 0
+    assert "ki/pi0" in (tmp_path / "bench_tiny.txt").read_text()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The inference-engine and training-step measurements for a GPU, in one command (one device call).
+#
+#   bash bench/gpu_bench.sh                      # tiny + pi05 on cuda, JSON and tables under $OUT or outputs/bench
+#   MODELS="smol" RUNS=200 bash bench/gpu_bench.sh
+#   DEVICE=cpu MODELS=tiny RUNS=2 bash bench/gpu_bench.sh   # what CI runs: the script itself works
+#
+# Runs from a source checkout with the machine's own python3 (torch + transformers; no venv needed): the repo is
+# put on PYTHONPATH. pi05 uses the paper's 816-token prefix and bf16 training weights (config/train/pi05.yaml's
+# memory setting). Each model gets its own time limit so one hang still leaves the other results.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-outputs/bench}
+device=${DEVICE:-cuda}
+models=${MODELS:-tiny pi05}
+runs=${RUNS:-100}
+limit=${PER_MODEL_TIMEOUT:-270}
+python=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+"$python" - > "$out/environment.txt" 2>&1 <<'PY'
+import platform, torch, transformers
+print("python", platform.python_version(), "torch", torch.__version__, "transformers", transformers.__version__)
+print("cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+PY
+cat "$out/environment.txt"
+
+status=0
+for model in $models; do
+    extra=()
+    if [ "$model" = pi05 ]; then extra=(--prefix-tokens 816 --train-dtype bfloat16); fi
+    echo "== $model"
+    timeout "$limit" "$python" -m ki_vla.cli bench --model "$model" --device "$device" --runs "$runs" --profile \
+        "${extra[@]}" --json "$out/bench_$model.json" 2>&1 | grep -v '^USDT' | tee "$out/bench_$model.txt"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" != 0 ]; then echo "bench $model: exit $rc (124 = over ${limit}s)"; status=1; fi
+done
+exit $status
