@@ -384,3 +384,17 @@ def test_trimmed_padding_gives_the_same_loss_and_gradients(cfg, variant, monkeyp
         assert (ga is None) == (gb is None)
         if ga is not None:
             torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(8, 1), (9, 3), (4, 4)])
+def test_grouped_query_attention_equals_expanded_heads(heads, kv_heads):
+    from ki_vla.model.attention import attend
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, heads, 5, 16), torch.randn(2, kv_heads, 9, 16), torch.randn(2, kv_heads, 9, 16)
+    mask = torch.rand(2, 5, 9) > 0.4
+    mask[..., 0] = True  # every query sees at least one key
+    g = heads // kv_heads
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1), attn_mask=mask[:, None])
+    torch.testing.assert_close(attend(q, k, v, mask), ref.transpose(1, 2).reshape(2, 5, heads * 16), atol=1e-5, rtol=0)

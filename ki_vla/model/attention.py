@@ -1,8 +1,7 @@
 """Masks, positions and attention shared by the backbone and the expert.
 
 Shapes follow openpi: masks are boolean (B, Lq, Lk), True = may attend. Keys/values are kept in the
-grouped-query layout (B, num_kv_heads, L, head_dim) and never expanded to all query heads:
-`scaled_dot_product_attention(..., enable_gqa=True)` broadcasts them.
+grouped-query layout (B, num_kv_heads, L, head_dim) and never expanded to all query heads (see `attend`).
 """
 from __future__ import annotations
 
@@ -34,7 +33,21 @@ def positions_from_valid(valid: torch.Tensor, offset: torch.Tensor | None = None
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); mask: (B, Lq, Lk) bool -> (B, Lq, Hq * D)."""
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1])
-    b, h, lq, d = out.shape
-    return out.transpose(1, 2).reshape(b, lq, h * d)
+    """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); mask: (B, Lq, Lk) bool -> (B, Lq, Hq * D).
+
+    Grouped-query attention without expanding K/V: the G = Hq / Hkv query heads that share a K/V head are folded
+    into the query axis, (B, Hkv, G * Lq, D), which is plain attention with Hkv heads. SDPA's own `enable_gqa`
+    would do the same job, but on CUDA it only reaches the flash kernel (no arbitrary masks, and ours are never
+    plain causal) or the math fallback, which materializes the scores in float32; folded, a masked GQA call runs on
+    the memory-efficient kernel, and each K/V tile is read once per group instead of once per query head.
+    """
+    b, hq, lq, d = q.shape
+    hkv = k.shape[1]
+    if hq == hkv:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+    else:
+        g = hq // hkv  # query head h reads K/V head h // g (transformers' repeat_kv order)
+        folded_mask = mask[:, None, None].expand(b, 1, g, lq, mask.shape[-1]).reshape(b, 1, g * lq, -1)
+        out = F.scaled_dot_product_attention(q.reshape(b, hkv, g * lq, d), k, v, attn_mask=folded_mask)
+        out = out.view(b, hq, lq, d)
+    return out.transpose(1, 2).reshape(b, lq, hq * d)
