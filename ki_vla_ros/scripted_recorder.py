@@ -5,14 +5,25 @@ lockstep mode and this node. For each episode it resets the sim to the episode's
 episode's joint commands on the two arm controller topics (the sim ticks once per left/right pair, as it
 does when the executor drives it), and records what a robot's recorder would see: every message arriving
 over DDS on the camera topics, /joint_states, /instruction and the two command topics (its own commands
-come back through its subscriptions like anyone's), one bag per episode, receive times on the node clock
-(sim time under use_sim_time). Subscriptions are raw, as `ros2 bag record`'s are: the serialized CDR bytes
-that came off the wire are written unchanged, through `rosbags` (rosbag2_py is not on PyPI).
+come back through its subscriptions like anyone's), one bag per episode. Subscriptions are raw, as
+`ros2 bag record`'s are: the serialized CDR bytes that came off the wire are written unchanged, through
+`rosbags` (rosbag2_py is not on PyPI).
+
+Log times are sim time, and in lockstep "when it arrived" has no meaning of its own: the sim waits for us, and
+the /clock message races the data topics, so stamping with the node clock at arrival put some frames one tick
+late (a flaky off-by-one in the converted episode). Instead: observations (images, joint states) are logged
+at their header stamp, the sim time they were produced at, which is what a robot's receive time approximates;
+our commands at the sim time of the status they answer; anything else (the latched instruction) at the latest
+sim time known. Before the first episode every subscription must be matched, so no first frame is lost to
+discovery.
 """
 from __future__ import annotations
 
 import json
+import struct
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +40,19 @@ from ki_vla_ros.ros_util import (CAMERA_IN_QOS, JOINT_STATE_IN_QOS, LATCHED_INST
                                  declare_config, now_sec, run_node)
 
 STORAGES = ("mcap", "sqlite3")
+HEADER_STAMPED = ("sensor_msgs/msg/Image", "sensor_msgs/msg/JointState")
+
+
+def header_stamp_ns(cdr: bytes) -> int:
+    """The header stamp of a serialized message that starts with std_msgs/Header (Image, JointState).
+
+    Read straight from the CDR bytes (4-byte encapsulation, then int32 sec and uint32 nanosec) rather than
+    deserializing a whole image to read 8 bytes; the encapsulation says the byte order."""
+    if len(cdr) < 12 or cdr[0] != 0:
+        raise ValueError("not a CDR-encapsulated message")
+    order = "<" if cdr[1] & 1 else ">"
+    sec, nanosec = struct.unpack_from(order + "iI", cdr, 4)
+    return sec * 1_000_000_000 + nanosec
 
 
 @dataclass
@@ -71,6 +95,8 @@ class ScriptedRecorder(Node):
         self._status: dict[str, Any] = {}
         self._writer: Any = None
         self._conns: dict[str, Any] = {}
+        self._latest_ns = 0                                  # latest sim time known (status clocks, stamps)
+        self._issued: dict[str, deque[int]] = {}             # command topic -> sim times of commands in flight
         self.left_pub = self.create_publisher(JointTrajectory, self.cfg.left_command_topic, RELIABLE_QOS)
         self.right_pub = self.create_publisher(JointTrajectory, self.cfg.right_command_topic, RELIABLE_QOS)
         self.reset_pub = self.create_publisher(Int64, self.cfg.reset_topic, RELIABLE_QOS)
@@ -84,9 +110,11 @@ class ScriptedRecorder(Node):
             self.topics[self.cfg.camera_topic.format(name=cam)] = ("sensor_msgs/msg/Image", Image)
         qos = {self.cfg.joint_states_topic: JOINT_STATE_IN_QOS, self.cfg.instruction_topic: LATCHED_INSTRUCTION_QOS,
                self.cfg.left_command_topic: RELIABLE_QOS, self.cfg.right_command_topic: RELIABLE_QOS}
-        for topic, (_, msg_type) in self.topics.items():
-            self.create_subscription(msg_type, topic, lambda data, t=topic: self._record(t, data),
-                                     qos.get(topic, CAMERA_IN_QOS), raw=True)
+        self._subs = {topic: self.create_subscription(msg_type, topic, lambda data, t=topic: self._record(t, data),
+                                                      qos.get(topic, CAMERA_IN_QOS), raw=True)
+                      for topic, (_, msg_type) in self.topics.items()}
+        self._issued = {self.cfg.left_command_topic: deque(), self.cfg.right_command_topic: deque()}
+        self._stamped = {t for t, (name, _) in self.topics.items() if name in HEADER_STAMPED}
         self.create_subscription(String, self.cfg.status_topic, self._on_status, RELIABLE_QOS)
         self._worker = threading.Thread(target=self._run, daemon=True)
         self._worker.start()
@@ -94,8 +122,15 @@ class ScriptedRecorder(Node):
     # ---- recording ---------------------------------------------------------------------------------------
     def _record(self, topic: str, data: bytes) -> None:
         with self._lock:
+            if topic in self._issued:  # reliable and in order: the oldest command in flight is this one
+                t_ns = self._issued[topic].popleft() if self._issued[topic] else self._latest_ns
+            elif topic in self._stamped:
+                t_ns = header_stamp_ns(data)
+            else:
+                t_ns = max(self._latest_ns, int(now_sec(self) * 1e9))
+            self._latest_ns = max(self._latest_ns, t_ns)
             if self._writer is not None:
-                self._writer.write(self._conns[topic], int(now_sec(self) * 1e9), data)
+                self._writer.write(self._conns[topic], t_ns, data)
 
     def _open(self, path: Path) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
@@ -123,6 +158,8 @@ class ScriptedRecorder(Node):
             return
         with self._status_cv:
             self._status = status
+            if isinstance(status.get("clock"), (int, float)):
+                self._latest_ns = max(self._latest_ns, int(round(status["clock"] * 1e9)))
             self._status_cv.notify_all()
 
     def _wait_status(self, pred, what: str, timeout: float | None = None) -> dict[str, Any]:
@@ -132,24 +169,43 @@ class ScriptedRecorder(Node):
                 raise TimeoutError(f"sim did not report {what} within {timeout} s (last: {self._status})")
             return dict(self._status)
 
-    def _command(self, q: np.ndarray) -> None:
+    def _command(self, q: np.ndarray, issued_ns: int) -> None:
         dt = 1.0 / self.cfg.control_hz
-        for pub, names, part in ((self.left_pub, LEFT_JOINTS, q[:7]), (self.right_pub, RIGHT_JOINTS, q[7:])):
+        for pub, topic, names, part in ((self.left_pub, self.cfg.left_command_topic, LEFT_JOINTS, q[:7]),
+                                        (self.right_pub, self.cfg.right_command_topic, RIGHT_JOINTS, q[7:])):
+            with self._lock:
+                self._issued[topic].append(issued_ns)
             pub.publish(command_trajectory(names, part[None, :], dt))
+
+    def _wait_matched(self) -> None:
+        """Every recorded topic has its publisher and the sim hears our resets: nothing is lost to discovery."""
+        deadline = time.monotonic() + self.cfg.startup_timeout
+        while True:
+            missing = [t for t, sub in self._subs.items() if sub.get_publisher_count() < 1]
+            if self.reset_pub.get_subscription_count() < 1:
+                missing.append(self.cfg.reset_topic)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no peer matched on {missing} within {self.cfg.startup_timeout} s")
+            time.sleep(0.05)
 
     def _run(self) -> None:
         out = Path(self.cfg.output)
         try:
             self._wait_status(lambda s: bool(s), "any status (is sim_node up in lockstep mode?)",
                               self.cfg.startup_timeout)
+            self._wait_matched()
             for k, (seed, actions) in enumerate(zip(self.seeds, self.actions, strict=True)):
                 # Record from before the reset: the reset's observation and the latched instruction belong to it.
                 self._open(out / f"episode_{k:06d}")
                 self.reset_pub.publish(Int64(data=int(seed)))
-                self._wait_status(lambda s: s.get("seed") == seed and s.get("step") == 0, f"the reset to seed {seed}")
+                status = self._wait_status(lambda s: s.get("seed") == seed and s.get("step") == 0,
+                                           f"the reset to seed {seed}")
                 for t, q in enumerate(actions):
-                    self._command(q)
-                    self._wait_status(lambda s, t=t: s.get("seed") == seed and s.get("step") == t + 1, f"tick {t + 1}")
+                    self._command(q, int(round(status["clock"] * 1e9)))
+                    status = self._wait_status(lambda s, t=t: s.get("seed") == seed and s.get("step") == t + 1,
+                                               f"tick {t + 1}")
                 threading.Event().wait(self.cfg.settle_seconds)
                 self._close()
                 final = dict(self._status)
