@@ -199,3 +199,29 @@ def test_engine_denoising_loop_runs_four_gemms_per_layer_and_step():
         engine.run_stage("expert")
     layers, steps = policy.cfg.text.num_layers, engine.num_steps
     assert CountGemms.count == steps * (2 + 4 * layers)
+
+
+def pi05_layout(variant: str = "ki") -> KIPolicy:
+    """pi0.5's layout (SigLIP vision, Gemma text with one K/V head, adaRMS expert) at toy size."""
+    raw = PolicyConfig.from_yaml("config/model/tiny.yaml").to_dict()
+    raw["variant"] = variant
+    raw["vision"].update(arch="siglip", scale_factor=1)  # 16 patch tokens per camera, no pixel shuffle
+    raw["text"].update(arch="gemma", num_kv_heads=1)
+    torch.manual_seed(0)
+    policy = KIPolicy(PolicyConfig.from_dict(raw))
+    for m in policy.modules():
+        if isinstance(m, RMSNorm) and m.dense is not None:
+            torch.nn.init.normal_(m.dense.weight, std=0.05)
+            torch.nn.init.normal_(m.dense.bias, mean=0.5, std=0.1)
+    return policy.eval()
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_engine_matches_reference_in_the_pi05_layout(fuse):
+    policy = pi05_layout()
+    assert policy.cfg.vision.arch == "siglip" and policy.cfg.text.arch == "gemma"
+    batch = policy.example_batch(1, seed=9)
+    noise = torch.randn(1, 50, 32, generator=torch.Generator().manual_seed(10))
+    engine = InferenceEngine(policy, batch_size=1, fuse=fuse)
+    torch.testing.assert_close(engine.sample_actions(batch, noise=noise), policy.sample_actions(batch, noise=noise),
+                               atol=1e-4 if fuse else 1e-5, rtol=0)

@@ -398,3 +398,19 @@ def test_grouped_query_attention_equals_expanded_heads(heads, kv_heads):
     ref = torch.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1), attn_mask=mask[:, None])
     torch.testing.assert_close(attend(q, k, v, mask), ref.transpose(1, 2).reshape(2, 5, heads * 16), atol=1e-5, rtol=0)
+
+
+def test_kv_only_prefix_pass_gives_the_same_kv(cfg):
+    """The expert's prefix needs each layer's K/V only: the last layer may stop right after them."""
+    from ki_vla.model.attention import block_causal_mask, positions_from_valid
+
+    policy = make(cfg, "ki").eval()
+    emb, valid = policy._prefix(policy.example_batch(2, seed=4))
+    mask = block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long))
+    with torch.no_grad():
+        hidden, full = policy.backbone(emb, mask, positions_from_valid(valid))
+        none, kv_only = policy.backbone(emb, mask, positions_from_valid(valid), kv_only=True)
+    assert hidden is not None and none is None
+    for (k1, v1), (k2, v2) in zip(full, kv_only, strict=True):
+        torch.testing.assert_close(k1, k2, atol=0, rtol=0)
+        torch.testing.assert_close(v1, v2, atol=0, rtol=0)

@@ -10,8 +10,10 @@ What makes it faster than `KIPolicy.sample_actions` (the reference it is tested 
 - Q/K/V and gate/up matrices of the backbone and expert layers are merged (`ki_vla.model.projections`): one GEMM
   instead of three and two.
 - The three stages (vision, prefix, denoising loop) are captured as CUDA graphs on a GPU: one launch each,
-  no Python or allocator work per kernel. Keys/values stay in the grouped-query layout; attention broadcasts
-  them (`enable_gqa`) instead of materializing them per query head.
+  no Python or allocator work per kernel. Keys/values stay in the grouped-query layout: attention folds each
+  query group onto its K/V head (`ki_vla.model.attention.attend`) instead of materializing them per query head.
+- The prefix pass stops the last backbone layer after its K/V (`kv_only`): its attention, MLP and final norm
+  would only feed logits the expert never reads.
 - Weights are converted to the requested dtype (bf16 on GPU) once, at construction.
 - Norms, activations, residual gates and RoPE are fused per layer type by torch.compile (`ki_vla.infer.fusion`;
   on by default on a GPU), compiled during the warm-up that precedes capture.
@@ -123,7 +125,8 @@ class InferenceEngine:
         per_image = self.cfg.vision.tokens_per_image
         valid = torch.cat([buf.image_valid.repeat_interleave(per_image, dim=1), buf.text_valid], dim=1)
         emb = torch.cat([buf.image_tokens, bb.embed_tokens(buf.text_ids).to(self.dtype)], dim=1)
-        _, kv = bb(emb, block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long)), positions_from_valid(valid))
+        _, kv = bb(emb, block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long)), positions_from_valid(valid),
+                   kv_only=True)
         lp = emb.shape[1]
         for (kb, vb), (k, v) in zip(buf.kv, kv, strict=True):
             kb[:, :, :lp].copy_(k)

@@ -63,7 +63,8 @@ class VLMBackbone(nn.Module):
 
     embed_images(images)   (B, N_cam, 3, S, S) in [-1, 1]     -> (B, N_cam * T_img, D)
     embed_tokens(ids)      (B, L)                             -> (B, L, D)
-    forward(x, mask, pos, past_kv=None)                       -> final-normed hidden (B, L, D), per-layer (K, V)
+    forward(x, mask, pos, past_kv=None, kv_only=False)        -> final-normed hidden (B, L, D) (None if kv_only),
+                                                                 per-layer (K, V)
     logits(hidden)         (..., D)                           -> (..., vocab) with the tied embedding
     """
 
@@ -143,7 +144,9 @@ class VLMBackbone(nn.Module):
     def vision_layers(self) -> nn.ModuleList:
         """The vision encoder's transformer layers (one module type, so one compiled graph serves them all)."""
         if self.cfg.vision.arch == "siglip":
-            return self.vision_tower.vision_model.encoder.layers
+            # some transformers versions wrap SigLIP's transformer in `.vision_model`, others do not
+            tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+            return tower.encoder.layers
         return self.vision_model.encoder.layers
 
     def rope(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,27 +155,34 @@ class VLMBackbone(nn.Module):
 
     # ---- transformer ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                past_kv: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:
+                past_kv: list[KV] | None = None, kv_only: bool = False) -> tuple[torch.Tensor | None, list[KV]]:
         """Run every decoder layer. `mask` is (B, L, L_past + L). Returned K/V are post-RoPE and include
-        `past_kv` (so the result can be fed back for incremental decoding)."""
+        `past_kv` (so the result can be fed back for incremental decoding).
+
+        kv_only: the caller wants the K/V alone (the expert's prefix): the last layer stops after its K/V
+        projections, skipping its attention, MLP and the final norm (~5% of a pi0.5 prefix pass), and the
+        hidden state returned is None."""
         cos, sin = self.rope(positions, x)
         new_kv: list[KV] = []
-        for i, layer in enumerate(self.language_model.layers):
+        layers = self.language_model.layers
+        for i, layer in enumerate(layers):
             past = past_kv[i] if past_kv is not None else None
+            stop = kv_only and i == len(layers) - 1
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, k, v = checkpoint(layer, x, mask, cos, sin, past, use_reentrant=False)
+                x, k, v = checkpoint(layer, x, mask, cos, sin, past, stop, use_reentrant=False)
             else:
-                x, k, v = layer(x, mask, cos, sin, past)
+                x, k, v = layer(x, mask, cos, sin, past, stop)
             new_kv.append((k, v))
-        return self.language_model.norm(x), new_kv
+        return (None if kv_only else self.language_model.norm(x)), new_kv
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.language_model.embed_tokens.weight.T
 
 
 def _decoder_layer_forward(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                           past: KV | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Llama/Gemma decoder layer: pre-norm attention with RoPE, then the MLP; returns (x, K, V) post-RoPE."""
+                           past: KV | None = None, kv_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Llama/Gemma decoder layer: pre-norm attention with RoPE, then the MLP; returns (x, K, V) post-RoPE.
+    kv_only: return right after the K/V (x unchanged): a caller that needs no hidden state past this layer."""
     attn = layer.self_attn
     h = layer.input_layernorm(x)
     q, k, v = project_qkv(attn, h, attn.head_dim)
@@ -180,6 +190,8 @@ def _decoder_layer_forward(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor
     if past is not None:
         k = torch.cat([past[0], k], dim=2)
         v = torch.cat([past[1], v], dim=2)
+    if kv_only:
+        return x, k, v
     x = x + attn.o_proj(attend(q, k, v, mask))
     x = x + gated_mlp(layer.mlp, layer.post_attention_layernorm(x))
     return x, k, v

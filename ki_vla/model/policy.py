@@ -100,7 +100,8 @@ class KIPolicy(nn.Module):
         txt = self.backbone.embed_tokens(batch["text_ids"])
         return torch.cat([img, txt.to(img.dtype)], dim=1), torch.cat([img_valid, batch["text_valid"]], dim=1)
 
-    def _run_backbone(self, batch: dict[str, torch.Tensor], with_targets: bool) -> tuple[torch.Tensor, list[KV], torch.Tensor]:
+    def _run_backbone(self, batch: dict[str, torch.Tensor], with_targets: bool) -> tuple[torch.Tensor | None, list[KV], torch.Tensor]:
+        """Final hidden states (None without targets: then only the prefix K/V are needed), prefix K/V, validity."""
         emb, valid = self._prefix(batch)
         lp = emb.shape[1]
         new_block = torch.zeros_like(valid, dtype=torch.long)
@@ -110,7 +111,7 @@ class KIPolicy(nn.Module):
             new_block = torch.cat([new_block, torch.ones_like(batch["target_valid"], dtype=torch.long)], dim=1)
             valid = torch.cat([valid, batch["target_valid"]], dim=1)
         mask = block_causal_mask(valid, new_block)
-        hidden, kv = self.backbone(emb, mask, positions_from_valid(valid))
+        hidden, kv = self.backbone(emb, mask, positions_from_valid(valid), kv_only=not with_targets)
         return hidden, [(k[:, :, :lp], v[:, :, :lp]) for k, v in kv], valid[:, :lp]
 
     def expert_inputs(self, prefix_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -152,7 +153,7 @@ class KIPolicy(nn.Module):
         grad_ctx = torch.no_grad() if cfg.variant == "frozen" else contextlib.nullcontext()
         with grad_ctx:
             hidden, prefix_kv, prefix_valid = self._run_backbone(batch, with_targets)
-        zero = hidden.new_zeros((), dtype=torch.float32)
+        zero = prefix_valid.new_zeros((), dtype=torch.float32)
         ce = zero
         if with_targets:
             lp = prefix_valid.shape[1]
