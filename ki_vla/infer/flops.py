@@ -1,7 +1,8 @@
 """The arithmetic and memory-traffic floor of one inference, computed from a config.
 
 Counted (multiply-add = 2 FLOPs): every linear layer of the vision tower, projector, language model (prefix
-tokens) and expert (H tokens x denoising steps), plus attention scores and weighted sums (QK^T and PV).
+tokens; of its last layer only the K/V projections, all the expert reads) and expert (H tokens x denoising
+steps), plus attention scores and weighted sums (QK^T and PV).
 Bytes: weights read once per pass (the expert's once per denoising step: at pi0.5 size they do not fit in
 L2), plus the expert's reads of the prefix K/V cache at every step. Norms, RoPE and softmax are left out:
 they are a few percent. The floor time is max(FLOPs / peak FLOP/s, bytes / bandwidth) on a named GPU.
@@ -59,7 +60,9 @@ def inference_floor(cfg: PolicyConfig, batch_size: int = 1, num_steps: int | Non
     vis_flops = n_cam * (2.0 * patches * vis_params + vc.num_layers * 4 * patches * patches * vc.hidden_size
                          + 2.0 * vc.tokens_per_image * proj_params)
     lp = cfg.num_image_tokens + cfg.max_text_tokens
-    pre_flops, lm_params = _decoder(lp, lp, tc.hidden_size, tc.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+    pre_flops, lm_params = _decoder(lp, lp, tc.hidden_size, tc.intermediate_size, tc.num_layers - 1, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+    last_kv_params = tc.hidden_size * 2 * tc.num_kv_heads * tc.head_dim  # the last layer: K/V projections only
+    pre_flops, lm_params = pre_flops + 2.0 * lp * last_kv_params, lm_params + last_kv_params
     h = cfg.horizon
     exp_flops, exp_params = _decoder(h, lp + h, ec.hidden_size, ec.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads, tc.head_dim)
     kv_bytes = tc.num_layers * 2 * (lp + h) * tc.num_kv_heads * tc.head_dim * bytes_per_param * batch_size
