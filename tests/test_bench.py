@@ -125,3 +125,18 @@ def test_gpu_bench_script_runs_on_the_cpu(tmp_path):
     r = json.loads((tmp_path / "bench_tiny.json").read_text())
     assert r["inference"]["engines"]["engine"]["profile"]["expert"]["busy_ms"] > 0
     assert "ki/pi0" in (tmp_path / "bench_tiny.txt").read_text()
+
+
+def test_bench_runs_the_gpu_numeric_path_on_the_cpu(tmp_path):
+    """bf16 weights + torch.compile fusion: what `--device cuda` runs, minus the CUDA graphs, so a dtype or
+    compile problem shows up here before it costs GPU time."""
+    out = tmp_path / "bench.json"
+    assert run_bench("--runs", "1", "--warmup", "0", "--train-steps", "0", "--dtype", "bfloat16", "--fuse", "on",
+                     "--json", str(out)) == 0
+    r = json.loads(out.read_text())
+    assert r["dtype"] == "bfloat16"
+    for label in ("engine", "fused"):
+        e = r["inference"]["engines"][label]
+        assert "error" not in e, e
+        assert e["max_abs_diff"] < 0.05  # bf16 against the bf16 reference, real units of ~1
+    assert r["inference"]["engines"]["fused"]["fused"]

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training weights/optimizer dtype (float32 runs under bf16 autocast on CUDA; "
                              "bfloat16 = config/train/pi05.yaml's memory setting)")
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps per variant (0 skips training)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="inference weights dtype (auto: bfloat16 on CUDA, float32 on the CPU; bfloat16 on the "
+                             "CPU runs the GPU's numeric path)")
     parser.add_argument("--fuse", default="auto", choices=("auto", "on", "off"),
                         help="also measure the engine with torch.compile fusion (auto: on CUDA only; compiling "
                              "takes seconds to a minute)")
@@ -240,7 +243,10 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
     cfg = model_config(args)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, args.dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     result = {"model": args.model, "device": name, "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
               "batch_size": args.batch_size, "runs": args.runs,
