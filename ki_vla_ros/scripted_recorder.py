@@ -20,6 +20,7 @@ discovery.
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import threading
 import time
@@ -72,6 +73,7 @@ class ScriptedRecorderConfig:
     startup_timeout: float = 120.0          # wall seconds for sim_node to come up (imports, scene, GL context)
     tick_timeout: float = 10.0              # wall seconds for the sim to answer one command pair
     settle_seconds: float = 0.3             # wall seconds to let in-flight messages land before a bag closes
+    reset_attempts: int = 3                 # resets per episode until its first observation is seen whole
 
     def validate(self) -> None:
         if not self.episodes_file or not Path(self.episodes_file).is_file():
@@ -96,6 +98,7 @@ class ScriptedRecorder(Node):
         self._writer: Any = None
         self._conns: dict[str, Any] = {}
         self._latest_ns = 0                                  # latest sim time known (status clocks, stamps)
+        self._received: dict[str, int] = {}                  # topic -> messages written to the open bag
         self._issued: dict[str, deque[int]] = {}             # command topic -> sim times of commands in flight
         self.left_pub = self.create_publisher(JointTrajectory, self.cfg.left_command_topic, RELIABLE_QOS)
         self.right_pub = self.create_publisher(JointTrajectory, self.cfg.right_command_topic, RELIABLE_QOS)
@@ -131,6 +134,8 @@ class ScriptedRecorder(Node):
             self._latest_ns = max(self._latest_ns, t_ns)
             if self._writer is not None:
                 self._writer.write(self._conns[topic], t_ns, data)
+                self._received[topic] = self._received.get(topic, 0) + 1
+                self._status_cv.notify_all()
 
     def _open(self, path: Path) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
@@ -142,7 +147,7 @@ class ScriptedRecorder(Node):
         writer.open()
         conns = {topic: writer.add_connection(topic, msgtype, typestore=ts) for topic, (msgtype, _) in self.topics.items()}
         with self._lock:
-            self._writer, self._conns = writer, conns
+            self._writer, self._conns, self._received = writer, conns, {}
 
     def _close(self) -> None:
         with self._lock:
@@ -177,6 +182,28 @@ class ScriptedRecorder(Node):
                 self._issued[topic].append(issued_ns)
             pub.publish(command_trajectory(names, part[None, :], dt))
 
+    def _start_episode(self, path: Path, seed: int) -> dict[str, Any]:
+        """Open the episode's bag and reset the sim into it; returns the step-0 status.
+
+        Recording starts before the reset: the reset's observation and the latched instruction belong to the
+        episode. Discovery can match our reader before the sim's writer has matched it back, and a volatile
+        message sent in between is lost, so the step-0 observation must be seen on every camera and the joint
+        states; if it is not, the bag is discarded and the (deterministic) reset repeated."""
+        observed = [self.cfg.joint_states_topic] + [self.cfg.camera_topic.format(name=c) for c in self.cfg.camera_names]
+        for attempt in range(1, self.cfg.reset_attempts + 1):
+            self._open(path)
+            self.reset_pub.publish(Int64(data=seed))
+            status = self._wait_status(lambda s: s.get("seed") == seed and s.get("step") == 0, f"the reset to seed {seed}")
+            with self._status_cv:
+                if self._status_cv.wait_for(lambda: all(self._received.get(t) for t in observed), self.cfg.tick_timeout):
+                    return status
+                missing = [t for t in observed if not self._received.get(t)]
+            self._close()
+            shutil.rmtree(path, ignore_errors=True)
+            self.get_logger().warning(f"seed {seed}: step-0 observation missing on {missing} (attempt {attempt}); "
+                                      "resetting again")
+        raise TimeoutError(f"seed {seed}: no complete step-0 observation after {self.cfg.reset_attempts} resets")
+
     def _wait_matched(self) -> None:
         """Every recorded topic has its publisher and the sim hears our resets: nothing is lost to discovery."""
         deadline = time.monotonic() + self.cfg.startup_timeout
@@ -197,11 +224,7 @@ class ScriptedRecorder(Node):
                               self.cfg.startup_timeout)
             self._wait_matched()
             for k, (seed, actions) in enumerate(zip(self.seeds, self.actions, strict=True)):
-                # Record from before the reset: the reset's observation and the latched instruction belong to it.
-                self._open(out / f"episode_{k:06d}")
-                self.reset_pub.publish(Int64(data=int(seed)))
-                status = self._wait_status(lambda s: s.get("seed") == seed and s.get("step") == 0,
-                                           f"the reset to seed {seed}")
+                status = self._start_episode(out / f"episode_{k:06d}", int(seed))
                 for t, q in enumerate(actions):
                     self._command(q, int(round(status["clock"] * 1e9)))
                     status = self._wait_status(lambda s, t=t: s.get("seed") == seed and s.get("step") == t + 1,
