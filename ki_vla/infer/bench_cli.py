@@ -1,22 +1,22 @@
 """`ki-vla bench --model {tiny,smol,pi05|PATH} --device {cpu,cuda}`: inference and training speed in one table.
 
-Inference: the eager reference (`KIPolicy.sample_actions`) and the engine (`ki_vla.infer.engine`) on the same
-random-weight model, batch and noise, stage by stage (vision, prefix, expert denoising loop) and end to end,
-p50/p99 over --runs after --warmup; their ratio; and the arithmetic/memory floor from the config. The reference
-prefix time is (vision + prefix) minus vision, measured separately. Training: one optimizer step (forward,
-backward, AdamW) for the `ki` and `pi0` variants and their ratio (the paper: KI costs about +20%), with peak
-memory (CUDA allocator peak; on the CPU the process's peak RSS, which only grows).
+Inference: the eager reference (`KIPolicy.sample_actions`) and the engine (`ki_vla.infer.engine`; with
+torch.compile fusion too on CUDA or with --fuse on) on the same random-weight model, batch and noise, stage by
+stage (vision, prefix, expert denoising loop) and end to end, p50/p99 over --runs after --warmup; the speed-up;
+the arithmetic/memory floor from the config; the CUDA-graph capture check; with --profile, where each stage's
+time goes. The reference prefix time is (vision + prefix) minus vision, measured separately. Training: one
+optimizer step (forward, backward, AdamW) for the `ki` and `pi0` variants and their ratio (the paper: KI costs
+about +20%), measured and by FLOPs, with peak memory (CUDA allocator peak; on the CPU the process's peak RSS,
+which only grows).
 Ratios are what to compare across machines; absolute numbers belong to the device printed in the header.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import resource
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -138,11 +138,9 @@ def bench_engine(args: argparse.Namespace, policy, batch: dict, noise: torch.Ten
         if args.profile:
             engine.load(batch, noise)
             out["profile"] = {name: profile_stage(fn, device) for name, fn in engine._stage_fns().items()}
-        del engine
     except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
         out = {"error": f"{type(exc).__name__}: {exc}", "fused": fuse}
-    _release(device)
-    return out
+    return out  # the engine is freed here; the caller empties the CUDA cache
 
 
 def bench_inference(args: argparse.Namespace, cfg, device: torch.device, dtype: torch.dtype) -> dict:
@@ -168,14 +166,12 @@ def bench_inference(args: argparse.Namespace, cfg, device: torch.device, dtype: 
                "prefix": {k: max(0.0, ref_vis_prefix[k] - ref_vision[k]) for k in ref_vision},
                "expert": t(expert_loop),
                "total": t(lambda: policy.sample_actions(batch, noise=noise, normalized=True))}
-        del kv, valid
 
     fuse_too = args.fuse == "on" or (args.fuse == "auto" and device.type == "cuda")
-    engines = {"engine": bench_engine(args, policy, batch, noise, False, device, dtype)}
-    if fuse_too:
-        engines["fused"] = bench_engine(args, policy, batch, noise, True, device, dtype)
-    del policy
-    _release(device)
+    engines = {}
+    for label, fuse in (("engine", False), ("fused", True)) if fuse_too else (("engine", False),):
+        engines[label] = bench_engine(args, policy, batch, noise, fuse, device, dtype)
+        _release(device)
     return {"reference": ref, "engines": engines}
 
 
@@ -209,7 +205,7 @@ def _train_step(args: argparse.Namespace, cfg, device: torch.device, variant: st
 
 def _fast_tokenizer(cfg):
     """A FAST tokenizer fitted on chunks like example_batch's (`smooth_chunk`), so the KI step carries a realistic
-    number of FAST target tokens (about 70 for 50 x 14 chunks): the extra cost of KI is in that count."""
+    number of FAST target tokens (75-110 for 50 x 14 chunks): the extra cost of KI is in that count."""
     from ki_vla.model.policy import smooth_chunk
     from ki_vla.tokenizer.fast import FastTokenizer
 
@@ -254,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
               "tokenizer": cfg.text.tokenizer,
               "capture_check": capture_problems(cfg, args.batch_size)}
     result["inference"] = bench_inference(args, cfg, device, dtype)
+    _release(device)  # the reference policy is gone too
     floor = inference_floor(cfg, args.batch_size, bytes_per_param=2 if dtype == torch.bfloat16 else 4)
     result["floor"] = {"tflop": {k: v / 1e12 for k, v in floor.flops.items()}, "gbytes": {k: v / 1e9 for k, v in floor.bytes.items()}}
     peak = gpu_peak(name) if device.type == "cuda" else None
