@@ -7,14 +7,14 @@
 #
 # Runs from a source checkout with the machine's own python3 (torch + transformers; no venv needed): the repo is
 # put on PYTHONPATH. pi05 uses the paper's 816-token prefix and bf16 training weights (config/train/pi05.yaml's
-# memory setting). Each model gets its own time limit so one hang still leaves the other results.
+# memory setting). Each model gets its own time limit (tiny 90 s, smol 240 s, pi05 480 s; PER_MODEL_TIMEOUT
+# overrides all) so one hang still leaves the other results, and the default pair fits a 10-minute call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-outputs/bench}
 device=${DEVICE:-cuda}
 models=${MODELS:-tiny pi05}
 runs=${RUNS:-100}
-limit=${PER_MODEL_TIMEOUT:-270}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -29,7 +29,12 @@ cat "$out/environment.txt"
 status=0
 for model in $models; do
     extra=()
-    if [ "$model" = pi05 ]; then extra=(--prefix-tokens 816 --train-dtype bfloat16); fi
+    case "$model" in
+        tiny) limit=90 ;;
+        pi05) limit=480; extra=(--prefix-tokens 816 --train-dtype bfloat16) ;;
+        *) limit=240 ;;
+    esac
+    limit=${PER_MODEL_TIMEOUT:-$limit}
     echo "== $model"
     timeout "$limit" "$python" -m ki_vla.cli bench --model "$model" --device "$device" --runs "$runs" --profile \
         "${extra[@]}" --json "$out/bench_$model.json" 2>&1 | grep -v '^USDT' | tee "$out/bench_$model.txt"

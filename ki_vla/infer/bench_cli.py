@@ -101,7 +101,8 @@ def build(cfg, variant: str, device: torch.device, dtype: torch.dtype):
     from ki_vla.model.policy import KIPolicy
 
     torch.manual_seed(0)
-    policy = KIPolicy(dataclasses.replace(cfg, variant=variant))
+    with torch.device(device):  # initialized where it runs: a pi0.5-size random init takes minutes on the CPU
+        policy = KIPolicy(dataclasses.replace(cfg, variant=variant))
     for m in policy.modules():
         # adaRMS modulations start at zero, which closes every expert residual branch: the engine-vs-eager check
         # would then compare little more than the in/out projections. Random weights, random everywhere.
@@ -257,15 +258,19 @@ def run(args: argparse.Namespace) -> int:
     if peak:
         result["floor"]["ms"] = floor.time_ms(peak[1], peak[2])
         result["floor"]["gpu"] = peak[0]
-    if args.train_steps > 0:
-        result["training"] = bench_training(args, cfg, device)
-    print(format_table(result))
+    # Printed and saved part by part: a run cut short by a time limit keeps what it measured.
+    print(format_inference(result), flush=True)
     if args.json:
         write_json_atomic(result, args.json)
+    if args.train_steps > 0:
+        result["training"] = bench_training(args, cfg, device)
+        print(format_training(result["training"]), flush=True)
+        if args.json:
+            write_json_atomic(result, args.json)
     return 0
 
 
-def format_table(r: dict) -> str:
+def format_inference(r: dict) -> str:
     from ki_vla.infer.profile import format_profile
 
     inf, fl = r["inference"], r["floor"]
@@ -300,16 +305,18 @@ def format_table(r: dict) -> str:
     for label, e in ok.items():
         if "profile" in e:
             lines.append(f"[{label}] " + format_profile(e["profile"]))
-    if "training" in r:
-        tr = r["training"]
-        lines.append(f"training step (fwd+bwd+AdamW, {tr['dtype']}, batch {tr['batch_size']}):")
-        for v in ("ki", "pi0"):
-            t = tr[v]
-            lines.append(f"  {v:<4}" + (f"FAILED {t['error']}" if "error" in t else
-                                        f"p50 {t['p50']:.1f} ms  p99 {t['p99']:.1f} ms  peak {t['peak_memory_mb']:.0f} MB  "
-                                        f"{t['tflop']:.3f} TFLOP ({t['tokens']['text']} prompt + {t['tokens']['target']} "
-                                        f"target tokens after trimming)"))
-        if "ki_over_pi0" in tr:
-            lines.append(f"  ki/pi0 {tr['ki_over_pi0']:.2f}x measured, {tr['ki_over_pi0_flops']:.2f}x by FLOPs "
-                         "(target <= 1.25x)")
+    return "\n".join(lines)
+
+
+def format_training(tr: dict) -> str:
+    lines = [f"training step (fwd+bwd+AdamW, {tr['dtype']}, batch {tr['batch_size']}):"]
+    for v in ("ki", "pi0"):
+        t = tr[v]
+        lines.append(f"  {v:<4}" + (f"FAILED {t['error']}" if "error" in t else
+                                    f"p50 {t['p50']:.1f} ms  p99 {t['p99']:.1f} ms  peak {t['peak_memory_mb']:.0f} MB  "
+                                    f"{t['tflop']:.3f} TFLOP ({t['tokens']['text']} prompt + {t['tokens']['target']} "
+                                    f"target tokens after trimming)"))
+    if "ki_over_pi0" in tr:
+        lines.append(f"  ki/pi0 {tr['ki_over_pi0']:.2f}x measured, {tr['ki_over_pi0_flops']:.2f}x by FLOPs "
+                     "(target <= 1.25x)")
     return "\n".join(lines)
