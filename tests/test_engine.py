@@ -225,3 +225,21 @@ def test_engine_matches_reference_in_the_pi05_layout(fuse):
     engine = InferenceEngine(policy, batch_size=1, fuse=fuse)
     torch.testing.assert_close(engine.sample_actions(batch, noise=noise), policy.sample_actions(batch, noise=noise),
                                atol=1e-4 if fuse else 1e-5, rtol=0)
+
+
+def test_auto_fusion_falls_back_to_the_unfused_engine(monkeypatch, caplog):
+    """fuse=auto: a failing compile must not leave the robot without a policy; fuse=on: it is an error."""
+    from ki_vla.infer import engine as engine_mod
+    from ki_vla.infer import fusion
+
+    def broken(policy):
+        raise RuntimeError("inductor: no working compiler")
+
+    monkeypatch.setattr(engine_mod, "fuse_by_default", lambda device: True)  # as on a GPU
+    monkeypatch.setattr(fusion, "fuse_layers", broken)
+    policy = trained_like("ki")
+    with caplog.at_level("WARNING"):
+        predictor = engine_mod.make_predictor(policy, "auto", fuse="auto")
+    assert not predictor.engine.fused and "serving the unfused engine" in caplog.text
+    with pytest.raises(RuntimeError, match="no working compiler"):
+        engine_mod.make_predictor(policy, "on", fuse="on")

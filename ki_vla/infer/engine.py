@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 STAGES = ("vision", "prefix", "expert")
 
 
+def fuse_by_default(device: torch.device) -> bool:
+    """torch.compile fusion pays off on a GPU; on the CPU its compile time outweighs what it saves per call."""
+    return device.type == "cuda"
+
+
 @dataclass
 class EngineBuffers:
     images: torch.Tensor
@@ -77,7 +82,7 @@ class InferenceEngine:
         self.cuda_graphs = (device.type == "cuda") if cuda_graphs is None else cuda_graphs
         if self.cuda_graphs and device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        self.fused = (device.type == "cuda") if fuse is None else fuse
+        self.fused = fuse_by_default(device) if fuse is None else fuse
         # our own copy, in the serving dtype: projections are merged and layers compiled in place, and the caller's
         # policy stays as it was
         self.policy = policy = copy.deepcopy(policy).to(device=device, dtype=dtype).eval()
@@ -243,9 +248,10 @@ def make_predictor(policy: KIPolicy, engine: str = "auto", fuse: str = "auto",
                    text_tokens: int = 0) -> KIPolicy | EnginePredictor:
     """What serves inference: the engine ("on"; "auto" = whenever it serves the variant: it is faster than the
     reference on the CPU too, and captures CUDA graphs on a GPU) or the reference `KIPolicy` ("off"; also
-    pi0_fast, which decodes autoregressively). `fuse` picks the engine's
-    torch.compile fusion ("auto" = on a CUDA device; compiling costs seconds to a minute at load) and
-    `text_tokens` its prompt budget (0 = the model's)."""
+    pi0_fast, which decodes autoregressively). `fuse` picks the engine's torch.compile fusion ("auto" = on a
+    CUDA device, and if compiling fails there the unfused engine serves, with a warning: fusion is an
+    optimization, not a reason for a robot to have no policy; "on" = required) and `text_tokens` its prompt
+    budget (0 = the model's)."""
     _mode("engine", engine)
     _mode("fuse", fuse)
     use = engine in ("on", "auto")
@@ -255,4 +261,13 @@ def make_predictor(policy: KIPolicy, engine: str = "auto", fuse: str = "auto",
         use = False
     if not use:
         return policy
-    return EnginePredictor(policy, fuse=None if fuse == "auto" else fuse == "on", text_tokens=text_tokens or None)
+    budget = text_tokens or None
+    if fuse != "auto":
+        return EnginePredictor(policy, fuse=fuse == "on", text_tokens=budget)
+    if not fuse_by_default(policy.device):
+        return EnginePredictor(policy, fuse=False, text_tokens=budget)
+    try:
+        return EnginePredictor(policy, fuse=True, text_tokens=budget)
+    except Exception as exc:  # noqa: BLE001 - any compile/capture failure of the fused path
+        log.warning("fused engine failed (%s: %s); serving the unfused engine", type(exc).__name__, exc)
+        return EnginePredictor(policy, fuse=False, text_tokens=budget)
