@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import platform
 import resource
+import sys
 import time
 from typing import Callable
 
@@ -112,6 +113,11 @@ def build(cfg, variant: str, device: torch.device, dtype: torch.dtype):
     return policy.to(device=device, dtype=dtype).eval()
 
 
+def _phase(text: str) -> None:
+    """What the bench is doing now, on stderr (a pi0.5-size run takes minutes; the table goes to stdout)."""
+    print(f"ki-vla bench: {text}...", file=sys.stderr, flush=True)
+
+
 def _release(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -126,6 +132,8 @@ def bench_engine(args: argparse.Namespace, policy, batch: dict, noise: torch.Ten
     from ki_vla.infer.profile import profile_stage
 
     t = lambda fn: _timer(device, fn, args.runs, args.warmup)  # noqa: E731
+    _phase(f"{'fused ' if fuse else ''}engine: build{' + compile' if fuse else ''}"
+           f"{' + CUDA-graph capture' if device.type == 'cuda' else ''}, then {args.runs} timed runs per stage")
     try:
         t0 = time.perf_counter()
         engine = InferenceEngine(policy, batch_size=args.batch_size, device=device, dtype=dtype, fuse=fuse)
@@ -145,12 +153,14 @@ def bench_engine(args: argparse.Namespace, policy, batch: dict, noise: torch.Ten
 
 
 def bench_inference(args: argparse.Namespace, cfg, device: torch.device, dtype: torch.dtype) -> dict:
+    _phase(f"building the {args.model} reference policy on {device}")
     policy = build(cfg, "ki", device, dtype)
     batch = policy.example_batch(args.batch_size)
     batch["images"] = batch["images"].to(dtype)
     noise = torch.randn(args.batch_size, cfg.horizon, cfg.max_action_dim, device=device)
     t = lambda fn: _timer(device, fn, args.runs, args.warmup)  # noqa: E731
 
+    _phase(f"eager reference: {args.runs} timed runs per stage")
     with torch.no_grad():
         kv, valid = policy.prefix_cache(batch)
 
@@ -219,6 +229,7 @@ def bench_training(args: argparse.Namespace, cfg, device: torch.device) -> dict:
     """ki and pi0 steps; a failure (out of memory at pi0.5 size, say) is reported, not raised."""
     out: dict = {"dtype": args.train_dtype, "batch_size": args.train_batch_size}
     for variant in ("ki", "pi0"):
+        _phase(f"training step, {variant}: build + {args.train_steps} timed steps")
         try:
             out[variant] = _train_step(args, cfg, device, variant)  # the model and optimizer are freed on return
         except Exception as exc:  # noqa: BLE001
@@ -230,8 +241,14 @@ def bench_training(args: argparse.Namespace, cfg, device: torch.device) -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def _capture_check(cfg, batch_size: int) -> dict:
     from ki_vla.infer.capture_check import capture_problems
+
+    _phase("CUDA-graph capture check (meta device)")
+    return capture_problems(cfg, batch_size)
+
+
+def run(args: argparse.Namespace) -> int:
     from ki_vla.infer.flops import gpu_peak, inference_floor
 
     if args.runs < 1 or args.warmup < 0 or args.batch_size < 1:
@@ -249,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
               "batch_size": args.batch_size, "runs": args.runs,
               "prefix_tokens": cfg.num_image_tokens + cfg.max_text_tokens, "flow_steps": cfg.num_flow_steps,
               "tokenizer": cfg.text.tokenizer,
-              "capture_check": capture_problems(cfg, args.batch_size)}
+              "capture_check": _capture_check(cfg, args.batch_size)}
     result["inference"] = bench_inference(args, cfg, device, dtype)
     _release(device)  # the reference policy is gone too
     floor = inference_floor(cfg, args.batch_size, bytes_per_param=2 if dtype == torch.bfloat16 else 4)
