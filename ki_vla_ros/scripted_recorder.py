@@ -82,6 +82,8 @@ class ScriptedRecorderConfig:
             raise ValueError("output folder is required")
         if self.storage not in STORAGES:
             raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
+        if self.reset_attempts < 1:
+            raise ValueError(f"reset_attempts must be >= 1, got {self.reset_attempts}")
 
 
 class ScriptedRecorder(Node):
