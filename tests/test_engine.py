@@ -6,16 +6,13 @@ import torch
 
 from ki_vla import KIPolicy, PolicyConfig
 from ki_vla.infer.engine import InferenceEngine
-from ki_vla.model.expert import RMSNorm
+from ki_vla.model.expert import open_time_gates
 
 
 def trained_like(variant: str) -> KIPolicy:
     torch.manual_seed(0)
     policy = KIPolicy(dataclasses.replace(PolicyConfig.from_yaml("config/model/tiny.yaml"), variant=variant))
-    for m in policy.modules():  # open the adaRMS gates (zero at init) so every path carries signal
-        if isinstance(m, RMSNorm) and m.dense is not None:
-            torch.nn.init.normal_(m.dense.weight, std=0.05)
-            torch.nn.init.normal_(m.dense.bias, mean=0.5, std=0.1)
+    open_time_gates(policy)  # zero at init: opened so every path carries signal
     return policy.eval()
 
 
@@ -146,9 +143,7 @@ def test_precomputed_step_conditioning_equals_the_time_input(conditioning):
     cfg = dataclasses.replace(cfg, variant="ki", expert=dataclasses.replace(cfg.expert, time_conditioning=conditioning))
     torch.manual_seed(0)
     policy = KIPolicy(cfg).eval()
-    for m in policy.modules():
-        if isinstance(m, RMSNorm) and m.dense is not None:
-            torch.nn.init.normal_(m.dense.weight, std=0.05)
+    open_time_gates(policy, bias_mean=0.0, bias_std=0.0)
     batch = policy.example_batch(2)
     with torch.no_grad():
         kv, valid = policy.prefix_cache(batch)
@@ -162,6 +157,7 @@ def test_precomputed_step_conditioning_equals_the_time_input(conditioning):
 def test_merged_projections_equal_the_checkpoint_layout():
     import copy
 
+    from ki_vla.model.attention import sdpa_mask
     from ki_vla.model.projections import merge_projections
 
     policy = trained_like("ki")
@@ -170,7 +166,8 @@ def test_merged_projections_equal_the_checkpoint_layout():
     merge_projections(merged)
     assert not hasattr(merged.self_attn, "q_proj") and hasattr(merged.mlp, "gate_up_proj")
     x = torch.randn(2, 7, policy.cfg.text.hidden_size)
-    mask = torch.ones(2, 7, 7, dtype=torch.bool)
+    tc = policy.cfg.text
+    mask = sdpa_mask(torch.ones(2, 7, 7, dtype=torch.bool), tc.num_heads // tc.num_kv_heads)
     cos, sin = policy.backbone.rope(torch.arange(7)[None].expand(2, 7), x)
     with torch.no_grad():
         for a, b in zip(layer(x, mask, cos, sin), merged(x, mask, cos, sin), strict=True):
@@ -209,10 +206,7 @@ def pi05_layout(variant: str = "ki") -> KIPolicy:
     raw["text"].update(arch="gemma", num_kv_heads=1)
     torch.manual_seed(0)
     policy = KIPolicy(PolicyConfig.from_dict(raw))
-    for m in policy.modules():
-        if isinstance(m, RMSNorm) and m.dense is not None:
-            torch.nn.init.normal_(m.dense.weight, std=0.05)
-            torch.nn.init.normal_(m.dense.bias, mean=0.5, std=0.1)
+    open_time_gates(policy)
     return policy.eval()
 
 

@@ -8,7 +8,7 @@ import torch
 from ki_vla import FastTokenizer, KIPolicy, PolicyConfig
 from ki_vla.data.normalize import Normalizer
 from ki_vla.model.config import VARIANTS
-from ki_vla.model.expert import RMSNorm
+from ki_vla.model.expert import open_time_gates
 
 TINY = "config/model/tiny.yaml"
 
@@ -31,10 +31,7 @@ def make(cfg: PolicyConfig, variant: str, seed: int = 0, **kw) -> KIPolicy:
     attention branch is closed, and "no gradient reaches the backbone" would hold for any variant."""
     torch.manual_seed(seed)
     policy = KIPolicy(dataclasses.replace(cfg, variant=variant), **kw)
-    for m in policy.modules():
-        if isinstance(m, RMSNorm) and m.dense is not None:
-            torch.nn.init.normal_(m.dense.weight, std=0.05)
-            torch.nn.init.normal_(m.dense.bias, mean=0.5, std=0.1)
+    open_time_gates(policy)
     return policy
 
 
@@ -388,7 +385,7 @@ def test_trimmed_padding_gives_the_same_loss_and_gradients(cfg, variant, monkeyp
 
 @pytest.mark.parametrize("heads,kv_heads", [(8, 1), (9, 3), (4, 4)])
 def test_grouped_query_attention_equals_expanded_heads(heads, kv_heads):
-    from ki_vla.model.attention import attend
+    from ki_vla.model.attention import attend, sdpa_mask
 
     torch.manual_seed(0)
     q, k, v = torch.randn(2, heads, 5, 16), torch.randn(2, kv_heads, 9, 16), torch.randn(2, kv_heads, 9, 16)
@@ -397,7 +394,8 @@ def test_grouped_query_attention_equals_expanded_heads(heads, kv_heads):
     g = heads // kv_heads
     ref = torch.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1), attn_mask=mask[:, None])
-    torch.testing.assert_close(attend(q, k, v, mask), ref.transpose(1, 2).reshape(2, 5, heads * 16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(attend(q, k, v, sdpa_mask(mask, g)), ref.transpose(1, 2).reshape(2, 5, heads * 16),
+                               atol=1e-5, rtol=0)
 
 
 def test_kv_only_prefix_pass_gives_the_same_kv(cfg):

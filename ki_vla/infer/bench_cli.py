@@ -98,18 +98,15 @@ def model_config(args: argparse.Namespace):
 
 
 def build(cfg, variant: str, device: torch.device, dtype: torch.dtype):
-    from ki_vla.model.expert import RMSNorm
+    from ki_vla.model.expert import open_time_gates
     from ki_vla.model.policy import KIPolicy
 
     torch.manual_seed(0)
     with torch.device(device):  # initialized where it runs: a pi0.5-size random init takes minutes on the CPU
         policy = KIPolicy(dataclasses.replace(cfg, variant=variant))
-    for m in policy.modules():
-        # adaRMS modulations start at zero, which closes every expert residual branch: the engine-vs-eager check
-        # would then compare little more than the in/out projections. Random weights, random everywhere.
-        if isinstance(m, RMSNorm) and m.dense is not None:
-            torch.nn.init.normal_(m.dense.weight, std=0.02)
-            torch.nn.init.normal_(m.dense.bias, std=0.1)
+    # Random weights, random everywhere: with the adaRMS gates at their zero init the engine-vs-eager check would
+    # compare little more than the expert's in/out projections.
+    open_time_gates(policy, weight_std=0.02, bias_mean=0.0, bias_std=0.1)
     return policy.to(device=device, dtype=dtype).eval()
 
 

@@ -115,7 +115,8 @@ class InferenceEngine:
             image_tokens=torch.zeros(b, cfg.num_image_tokens, tc.hidden_size, device=dev, dtype=dt),
             kv=[(torch.zeros(kv_shape, device=dev, dtype=dt), torch.zeros(kv_shape, device=dev, dtype=dt))
                 for _ in range(tc.num_layers)],
-            mask=torch.zeros(b, cfg.horizon, lp + cfg.horizon, dtype=torch.bool, device=dev),
+            mask=torch.zeros(b, 1, tc.num_heads // tc.num_kv_heads * cfg.horizon, lp + cfg.horizon, dtype=torch.bool,
+                             device=dev),  # in attend's layout (sdpa_mask)
             cos=torch.zeros(b, cfg.horizon, tc.head_dim, device=dev, dtype=dt),
             sin=torch.zeros(b, cfg.horizon, tc.head_dim, device=dev, dtype=dt),
             out=torch.zeros(b, cfg.horizon, cfg.action_dim, device=dev),

@@ -32,8 +32,18 @@ def positions_from_valid(valid: torch.Tensor, offset: torch.Tensor | None = None
     return pos
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); mask: (B, Lq, Lk) bool -> (B, Lq, Hq * D).
+def sdpa_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, Lq, Lk) bool -> the attention mask `attend` takes: (B, 1, groups * Lq, Lk), the query rows repeated
+    once per query head sharing a K/V head (see `attend`). Every layer of a pass shares one mask, so callers
+    build it once per pass (the expert's once per chunk), not once per layer."""
+    b, lq, lk = mask.shape
+    if groups == 1:
+        return mask[:, None]
+    return mask[:, None, None].expand(b, 1, groups, lq, lk).reshape(b, 1, groups * lq, lk)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D); attn_mask: `sdpa_mask(mask, Hq // Hkv)` -> (B, Lq, Hq * D).
 
     Grouped-query attention without expanding K/V: the G = Hq / Hkv query heads that share a K/V head are folded
     into the query axis, (B, Hkv, G * Lq, D), which is plain attention with Hkv heads. SDPA's own `enable_gqa`
@@ -43,11 +53,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """
     b, hq, lq, d = q.shape
     hkv = k.shape[1]
-    if hq == hkv:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
-    else:
-        g = hq // hkv  # query head h reads K/V head h // g (transformers' repeat_kv order)
-        folded_mask = mask[:, None, None].expand(b, 1, g, lq, mask.shape[-1]).reshape(b, 1, g * lq, -1)
-        out = F.scaled_dot_product_attention(q.reshape(b, hkv, g * lq, d), k, v, attn_mask=folded_mask)
-        out = out.view(b, hq, lq, d)
-    return out.transpose(1, 2).reshape(b, lq, hq * d)
+    # query head h reads K/V head h // G (transformers' repeat_kv order), so the fold is a reshape
+    out = F.scaled_dot_product_attention(q.reshape(b, hkv, (hq // hkv) * lq, d), k, v, attn_mask=attn_mask)
+    return out.view(b, hq, lq, d).transpose(1, 2).reshape(b, lq, hq * d)

@@ -24,7 +24,7 @@ from transformers.models.idefics3.modeling_idefics3 import Idefics3Connector, Id
 from transformers.models.llama.modeling_llama import LlamaModel, apply_rotary_pos_emb
 from transformers.models.siglip.modeling_siglip import SiglipVisionModel
 
-from ki_vla.model.attention import attend
+from ki_vla.model.attention import attend, sdpa_mask
 from ki_vla.model.config import PolicyConfig, TextConfig, VisionConfig
 from ki_vla.model.pretrained import load_pretrained_text_model
 from ki_vla.model.projections import gated_mlp, project_qkv
@@ -163,6 +163,7 @@ class VLMBackbone(nn.Module):
         projections, skipping its attention, MLP and the final norm (~5% of a pi0.5 prefix pass), and the
         hidden state returned is None."""
         cos, sin = self.rope(positions, x)
+        mask = sdpa_mask(mask, self.cfg.text.num_heads // self.cfg.text.num_kv_heads)  # once for every layer
         new_kv: list[KV] = []
         layers = self.language_model.layers
         for i, layer in enumerate(layers):
@@ -182,6 +183,7 @@ class VLMBackbone(nn.Module):
 def _decoder_layer_forward(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                            past: KV | None = None, kv_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Llama/Gemma decoder layer: pre-norm attention with RoPE, then the MLP; returns (x, K, V) post-RoPE.
+    mask: in `attend`'s layout (`sdpa_mask`).
     kv_only: return right after the K/V (x unchanged): a caller that needs no hidden state past this layer."""
     attn = layer.self_attn
     h = layer.input_layernorm(x)

@@ -84,6 +84,16 @@ class RMSNorm(nn.Module):
         return (normed * (1.0 + scale) + shift).to(x.dtype), gate.to(x.dtype)
 
 
+def open_time_gates(module: nn.Module, weight_std: float = 0.05, bias_mean: float = 0.5, bias_std: float = 0.1) -> None:
+    """Random weights for every adaRMS `dense` in `module`. Zero at init is right for training (a fresh expert
+    starts as a plain transformer) but closes every residual gate: a random-weight expert then ignores its
+    attention and MLP, and tests or benchmarks of those paths would check next to nothing."""
+    for m in module.modules():
+        if isinstance(m, RMSNorm) and m.dense is not None:
+            nn.init.normal_(m.dense.weight, std=weight_std)
+            nn.init.normal_(m.dense.bias, mean=bias_mean, std=bias_std)
+
+
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     return x + (y if gate is None else y * gate)
 
@@ -204,7 +214,8 @@ class ActionExpert(nn.Module):
     def forward(self, noisy_actions: torch.Tensor, t: torch.Tensor | None, prefix_kv: list[KV], mask: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False,
                 conditioning: StepConditioning | None = None) -> torch.Tensor:
-        """mask: (B, H, L_prefix + H) bool. Returns the predicted velocity (B, H, max_action_dim).
+        """mask: `sdpa_mask` of the (B, H, L_prefix + H) bool mask (KIPolicy.expert_inputs builds it once per
+        chunk). Returns the predicted velocity (B, H, max_action_dim).
         conditioning: `step_conditioning(t)` computed in advance (then t is not needed)."""
         if conditioning is None:
             x, cond = self.embed(noisy_actions, t)

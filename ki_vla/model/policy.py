@@ -23,7 +23,7 @@ from torch import nn
 
 from ki_vla.atomic import atomic_dir
 from ki_vla.data.normalize import Normalizer
-from ki_vla.model.attention import block_causal_mask, positions_from_valid
+from ki_vla.model.attention import block_causal_mask, positions_from_valid, sdpa_mask
 from ki_vla.model.backbone import KV, VLMBackbone
 from ki_vla.model.config import PolicyConfig
 from ki_vla.model.expert import ActionExpert
@@ -115,8 +115,9 @@ class KIPolicy(nn.Module):
         return hidden, [(k[:, :, :lp], v[:, :, :lp]) for k, v in kv], valid[:, :lp]
 
     def expert_inputs(self, prefix_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The expert's attention mask (B, H, L_p + H) and RoPE tables for its H tokens, whose positions continue
-        after the valid prefix. They depend on the prefix only, so a denoising loop computes them once."""
+        """The expert's attention mask (B, H, L_p + H), in `attend`'s layout (`sdpa_mask`), and RoPE tables for its
+        H tokens, whose positions continue after the valid prefix. They depend on the prefix only, so a denoising
+        loop computes them once."""
         b, h = prefix_valid.shape[0], self.cfg.horizon
         own = torch.ones(b, h, h, dtype=torch.bool, device=prefix_valid.device)
         mask = torch.cat([prefix_valid[:, None, :].expand(b, h, -1), own], dim=2)
@@ -124,7 +125,7 @@ class KIPolicy(nn.Module):
         positions = offset[:, None] + torch.arange(h, device=prefix_valid.device)[None, :]
         like = torch.empty((), dtype=self.backbone.dtype, device=prefix_valid.device)
         cos, sin = self.backbone.rope(positions, like)
-        return mask, cos, sin
+        return sdpa_mask(mask, self.cfg.text.num_heads // self.cfg.text.num_kv_heads), cos, sin
 
     def _expert_velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], prefix_valid: torch.Tensor) -> torch.Tensor:
         return self.expert(x_t, t, prefix_kv, *self.expert_inputs(prefix_valid))
