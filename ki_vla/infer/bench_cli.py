@@ -56,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _timer(device: torch.device, fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    from ki_vla.infer.profile import device_sync
+
+    sync = device_sync(device)
     for _ in range(warmup):
         fn()
     sync()

@@ -19,24 +19,15 @@ from torch import nn
 from ki_vla.model.policy import KIPolicy
 
 
-def layer_groups(policy: KIPolicy) -> dict[str, nn.ModuleList]:
-    """The repeated layers of each stage, by name."""
-    groups = {"vision": policy.backbone.vision_layers, "prefix": policy.backbone.layers}
+def fuse_layers(policy: KIPolicy) -> None:
+    """Compile every repeated layer of `policy` (vision encoder, decoder, expert) in place; lazily: the first call
+    of each layer type compiles. The policy should be an inference copy: training code expects eager modules."""
+    groups: list[nn.ModuleList] = [policy.backbone.vision_layers, policy.backbone.layers]
     if policy.expert is not None:
-        groups["expert"] = policy.expert.layers
-    return groups
-
-
-def fuse_layers(policy: KIPolicy) -> int:
-    """Compile every repeated layer of `policy` in place (lazily: the first call of each layer type compiles).
-    Returns the number of layers wrapped. The policy should be an inference copy: training code expects eager
-    modules."""
-    count = 0
-    for layers in layer_groups(policy).values():
+        groups.append(policy.expert.layers)
+    for layers in groups:
         for layer in layers:
             layer.compile(dynamic=False, fullgraph=True)
-            count += 1
-    return count
 
 
 def compiled_kernel_names(fn, *args, **kwargs) -> list[str]:

@@ -30,10 +30,15 @@ def category(name: str) -> str:
     return "other"
 
 
+def device_sync(device: torch.device) -> Callable[[], None]:
+    """What waits for the device's queued work before a clock is read (nothing to wait for on the CPU)."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 def profile_stage(fn: Callable[[], None], device: torch.device, runs: int = 5, top: int = 8) -> dict:
     """Profile `runs` calls of `fn` (after one untimed call); per-run milliseconds by category and the top ops."""
     cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync = device_sync(device)
     with torch.no_grad():
         fn()
         sync()
