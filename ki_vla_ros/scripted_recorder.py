@@ -120,7 +120,7 @@ class ScriptedRecorder(Node):
                       for topic, (_, msg_type) in self.topics.items()}
         self._issued = {self.cfg.left_command_topic: deque(), self.cfg.right_command_topic: deque()}
         self._stamped = {t for t, (name, _) in self.topics.items() if name in HEADER_STAMPED}
-        self.create_subscription(String, self.cfg.status_topic, self._on_status, RELIABLE_QOS)
+        self._status_sub = self.create_subscription(String, self.cfg.status_topic, self._on_status, RELIABLE_QOS)
         self._worker = threading.Thread(target=self._run, daemon=True)
         self._worker.start()
 
@@ -189,17 +189,22 @@ class ScriptedRecorder(Node):
 
         Recording starts before the reset: the reset's observation and the latched instruction belong to the
         episode. Discovery can match our reader before the sim's writer has matched it back, and a volatile
-        message sent in between is lost, so the step-0 observation must be seen on every camera and the joint
-        states; if it is not, the bag is discarded and the (deterministic) reset repeated."""
+        message sent in between is lost, so the reset's status and the step-0 observation must be seen on every
+        camera and the joint states; if not, the bag is discarded and the (deterministic) reset repeated."""
         observed = [self.cfg.joint_states_topic] + [self.cfg.camera_topic.format(name=c) for c in self.cfg.camera_names]
         for attempt in range(1, self.cfg.reset_attempts + 1):
             self._open(path)
+            with self._lock:
+                self._status = {}  # a late status from an earlier attempt must not pass for this reset's
             self.reset_pub.publish(Int64(data=seed))
-            status = self._wait_status(lambda s: s.get("seed") == seed and s.get("step") == 0, f"the reset to seed {seed}")
             with self._status_cv:
-                if self._status_cv.wait_for(lambda: all(self._received.get(t) for t in observed), self.cfg.tick_timeout):
+                reset = self._status_cv.wait_for(lambda: self._status.get("seed") == seed
+                                                 and self._status.get("step") == 0, self.cfg.tick_timeout)
+                status = dict(self._status)
+                if reset and self._status_cv.wait_for(lambda: all(self._received.get(t) for t in observed),
+                                                      self.cfg.tick_timeout):
                     return status
-                missing = [t for t in observed if not self._received.get(t)]
+                missing = [t for t in observed if not self._received.get(t)] if reset else [self.cfg.status_topic]
             self._close()
             shutil.rmtree(path, ignore_errors=True)
             self.get_logger().warning(f"seed {seed}: step-0 observation missing on {missing} (attempt {attempt}); "
@@ -207,23 +212,27 @@ class ScriptedRecorder(Node):
         raise TimeoutError(f"seed {seed}: no complete step-0 observation after {self.cfg.reset_attempts} resets")
 
     def _wait_matched(self) -> None:
-        """Every recorded topic has its publisher and the sim hears our resets: nothing is lost to discovery."""
+        """Every recorded topic and the status have their publisher and the sim hears our resets.
+
+        This, not a first status, is how we know the sim is up: in lockstep the sim publishes its start-up
+        status once, possibly before our subscription matched (volatile: lost), and then waits for us. The
+        first episode's reset brings a status we are sure to hear."""
         deadline = time.monotonic() + self.cfg.startup_timeout
         while True:
-            missing = [t for t, sub in self._subs.items() if sub.get_publisher_count() < 1]
+            subs = {**self._subs, self.cfg.status_topic: self._status_sub}
+            missing = [t for t, sub in subs.items() if sub.get_publisher_count() < 1]
             if self.reset_pub.get_subscription_count() < 1:
                 missing.append(self.cfg.reset_topic)
             if not missing:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no peer matched on {missing} within {self.cfg.startup_timeout} s")
+                raise TimeoutError(f"no peer matched on {missing} within {self.cfg.startup_timeout} s "
+                                   "(is sim_node up in lockstep mode?)")
             time.sleep(0.05)
 
     def _run(self) -> None:
         out = Path(self.cfg.output)
         try:
-            self._wait_status(lambda s: bool(s), "any status (is sim_node up in lockstep mode?)",
-                              self.cfg.startup_timeout)
             self._wait_matched()
             for k, (seed, actions) in enumerate(zip(self.seeds, self.actions, strict=True)):
                 status = self._start_episode(out / f"episode_{k:06d}", int(seed))

@@ -15,7 +15,7 @@ from typing import Any
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
@@ -39,6 +39,8 @@ class RosHarness:
         while not self._stop.is_set() and self.context.ok():
             try:
                 self.executor.spin_once(timeout_sec=0.05)
+            except ExternalShutdownException:  # a node ended the context (one-shot nodes do, as under run_node)
+                return
             except Exception as exc:  # a callback raised: record it (tests assert none did) and go on
                 if not self._stop.is_set():
                     self.errors.append(exc)

@@ -170,3 +170,33 @@ def test_bad_parameters_raise():
             SimNode(context=h.context, parameter_overrides=_params(mode="fast"))
         with pytest.raises(ValueError, match="camera_hz"):
             SimNode(context=h.context, parameter_overrides=_params(camera_hz=30.0))
+
+
+def test_scripted_recorder_joins_a_sim_that_is_already_up(tmp_path):
+    """In lockstep the sim sends its start-up status once, then waits. A recorder that subscribes after that
+    (what a slow machine makes of `collect --bag` starting both at once) must still record the episode."""
+    import time
+
+    from ki_vla.sim.scenes import BimanualSim
+    from ki_vla.sim.scripted import ScriptedPolicy, run_scripted_episode
+    from ki_vla_ros.scripted_recorder import ScriptedRecorder
+
+    env = BimanualSim("transfer_cube", seed=1, cameras=(), image_size=(32, 48))
+    try:
+        ep = run_scripted_episode(env, ScriptedPolicy("transfer_cube"), 1, render=False)
+    finally:
+        env.close()
+    assert ep["success"]
+    np.savez(tmp_path / "episodes.npz", seeds=np.array([1]), actions=ep["actions"][None])
+    with ros_harness() as h:
+        sim = h.add(SimNode(context=h.context, parameter_overrides=_params(
+            mode="lockstep", lockstep_on_command=True, task="transfer_cube", seed=1, image_height=32, image_width=48,
+            camera_hz=25.0, camera_names=["cam_high"], instruction_topic="/instruction", idle_republish_period=0.0)))
+        assert wait_for(lambda: sim._last is not None, 60.0)  # the start-up status is out, heard by nobody
+        time.sleep(0.5)
+        rec = h.add(ScriptedRecorder(context=h.context, parameter_overrides=_params(
+            episodes_file=str(tmp_path / "episodes.npz"), output=str(tmp_path / "bags"), camera_names=["cam_high"],
+            startup_timeout=30.0)))
+        rec._worker.join(timeout=120.0)
+        assert not rec._worker.is_alive() and rec.error == ""
+    assert (tmp_path / "bags" / "episode_000000" / "metadata.yaml").is_file()
