@@ -119,7 +119,7 @@ def test_executor_rate_limits_hold_and_resume():
         # Stale input: no chunks -> after chunk_timeout the command is held constant.
         time.sleep(0.6)
         left.clear(), right.clear()
-        assert wait_for(lambda: len(left) > 10 and len(right) > 10, 3.0)
+        assert wait_for(lambda: len(left) > 10 and len(right) > 10, 15.0)
         held = commands(left, right)[:, 0]
         assert np.ptp(held, axis=0).max() < 1e-12
         assert ex.core.holding
@@ -143,7 +143,7 @@ def test_executor_rate_limits_hold_and_resume():
                         return {v.key: v.value for v in s.values}
             return None
 
-        assert wait_for(lambda: report() is not None and int(report()["rejected"]) >= 5, 3.0), report()
+        assert wait_for(lambda: report() is not None and int(report()["rejected"]) >= 5, 15.0), report()
         kv = report()
         assert int(kv["accepted"]) >= 5
         for reason in ("nan", "jump", "names", "malformed", "limits"):
