@@ -101,7 +101,8 @@ class ScriptedRecorder(Node):
         self._conns: dict[str, Any] = {}
         self._latest_ns = 0                                  # latest sim time known (status clocks, stamps)
         self._received: dict[str, int] = {}                  # topic -> messages written to the open bag
-        self._issued: dict[str, deque[int]] = {}             # command topic -> sim times of commands in flight
+        # command topic -> sim times of our commands in flight
+        self._issued: dict[str, deque[int]] = {self.cfg.left_command_topic: deque(), self.cfg.right_command_topic: deque()}
         self.left_pub = self.create_publisher(JointTrajectory, self.cfg.left_command_topic, RELIABLE_QOS)
         self.right_pub = self.create_publisher(JointTrajectory, self.cfg.right_command_topic, RELIABLE_QOS)
         self.reset_pub = self.create_publisher(Int64, self.cfg.reset_topic, RELIABLE_QOS)
@@ -118,7 +119,6 @@ class ScriptedRecorder(Node):
         self._subs = {topic: self.create_subscription(msg_type, topic, lambda data, t=topic: self._record(t, data),
                                                       qos.get(topic, CAMERA_IN_QOS), raw=True)
                       for topic, (_, msg_type) in self.topics.items()}
-        self._issued = {self.cfg.left_command_topic: deque(), self.cfg.right_command_topic: deque()}
         self._stamped = {t for t, (name, _) in self.topics.items() if name in HEADER_STAMPED}
         self._status_sub = self.create_subscription(String, self.cfg.status_topic, self._on_status, RELIABLE_QOS)
         self._worker = threading.Thread(target=self._run, daemon=True)
@@ -169,11 +169,10 @@ class ScriptedRecorder(Node):
                 self._latest_ns = max(self._latest_ns, int(round(status["clock"] * 1e9)))
             self._status_cv.notify_all()
 
-    def _wait_status(self, pred, what: str, timeout: float | None = None) -> dict[str, Any]:
-        timeout = self.cfg.tick_timeout if timeout is None else timeout
+    def _wait_status(self, pred, what: str) -> dict[str, Any]:
         with self._status_cv:
-            if not self._status_cv.wait_for(lambda: pred(self._status), timeout=timeout):
-                raise TimeoutError(f"sim did not report {what} within {timeout} s (last: {self._status})")
+            if not self._status_cv.wait_for(lambda: pred(self._status), timeout=self.cfg.tick_timeout):
+                raise TimeoutError(f"sim did not report {what} within {self.cfg.tick_timeout} s (last: {self._status})")
             return dict(self._status)
 
     def _command(self, q: np.ndarray, issued_ns: int) -> None:

@@ -33,7 +33,6 @@ from ki_vla.eval.percentiles import percentile_summary
 Predictor = Callable[[Sequence[dict[str, Any]]], np.ndarray]
 
 
-
 @dataclass
 class OpenLoopResult:
     """Everything one replay produced; the metrics are computed from it by `summarize`."""

@@ -177,7 +177,9 @@ def bench_inference(args: argparse.Namespace, cfg, device: torch.device, dtype: 
                "expert": t(expert_loop),
                "total": t(lambda: policy.sample_actions(batch, noise=noise, normalized=True))}
 
-    fuse_too = args.fuse == "on" or (args.fuse == "auto" and device.type == "cuda")
+    from ki_vla.infer.engine import fuse_by_default
+
+    fuse_too = args.fuse == "on" or (args.fuse == "auto" and fuse_by_default(device))
     engines = {}
     for label, fuse in (("engine", False), ("fused", True)) if fuse_too else (("engine", False),):
         engines[label] = bench_engine(args, policy, batch, noise, fuse, device, dtype)

@@ -263,12 +263,11 @@ def make_predictor(policy: KIPolicy, engine: str = "auto", fuse: str = "auto",
     if not use:
         return policy
     budget = text_tokens or None
-    if fuse != "auto":
-        return EnginePredictor(policy, fuse=fuse == "on", text_tokens=budget)
-    if not fuse_by_default(policy.device):
-        return EnginePredictor(policy, fuse=False, text_tokens=budget)
+    fused = fuse == "on" or (fuse == "auto" and fuse_by_default(policy.device))
     try:
-        return EnginePredictor(policy, fuse=True, text_tokens=budget)
+        return EnginePredictor(policy, fuse=fused, text_tokens=budget)
     except Exception as exc:  # noqa: BLE001 - any compile/capture failure of the fused path
+        if fuse != "auto" or not fused:
+            raise
         log.warning("fused engine failed (%s: %s); serving the unfused engine", type(exc).__name__, exc)
         return EnginePredictor(policy, fuse=False, text_tokens=budget)

@@ -49,16 +49,21 @@ def _decoder(tokens: int, ctx: int, width: int, mlp: int, layers: int, heads: in
     return 2.0 * tokens * params + attn, float(params)
 
 
+def _vision(cfg: PolicyConfig) -> tuple[float, float]:
+    """(FLOPs for all cameras of one sample, weight parameters) of the vision tower (patch embedding + encoder)
+    and its projector into the language model."""
+    vc = cfg.vision
+    patches = (vc.image_size // vc.patch_size) ** 2
+    tower = vc.num_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size) + 3 * vc.patch_size**2 * vc.hidden_size
+    projector = vc.hidden_size * (vc.scale_factor**2 if vc.arch == "idefics3" else 1) * cfg.text.hidden_size
+    per_image = 2.0 * patches * tower + vc.num_layers * 4 * patches * patches * vc.hidden_size + 2.0 * vc.tokens_per_image * projector
+    return len(cfg.camera_names) * per_image, float(tower + projector)
+
+
 def inference_floor(cfg: PolicyConfig, batch_size: int = 1, num_steps: int | None = None, bytes_per_param: int = 2) -> Floor:
     steps = num_steps or cfg.num_flow_steps
-    vc, tc, ec = cfg.vision, cfg.text, cfg.expert
-    n_cam = len(cfg.camera_names)
-    patches = (vc.image_size // vc.patch_size) ** 2
-    vis_params = vc.num_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size) + 3 * vc.patch_size**2 * vc.hidden_size
-    proj_in = vc.hidden_size * (vc.scale_factor**2 if vc.arch == "idefics3" else 1)
-    proj_params = proj_in * tc.hidden_size
-    vis_flops = n_cam * (2.0 * patches * vis_params + vc.num_layers * 4 * patches * patches * vc.hidden_size
-                         + 2.0 * vc.tokens_per_image * proj_params)
+    tc, ec = cfg.text, cfg.expert
+    vis_flops, vis_params = _vision(cfg)
     lp = cfg.num_image_tokens + cfg.max_text_tokens
     pre_flops, lm_params = _decoder(lp, lp, tc.hidden_size, tc.intermediate_size, tc.num_layers - 1, tc.num_heads, tc.num_kv_heads, tc.head_dim)
     last_kv_params = tc.hidden_size * 2 * tc.num_kv_heads * tc.head_dim  # the last layer: K/V projections only
@@ -68,7 +73,7 @@ def inference_floor(cfg: PolicyConfig, batch_size: int = 1, num_steps: int | Non
     kv_bytes = tc.num_layers * 2 * (lp + h) * tc.num_kv_heads * tc.head_dim * bytes_per_param * batch_size
     return Floor(
         flops={"vision": batch_size * vis_flops, "prefix": batch_size * pre_flops, "expert": batch_size * steps * exp_flops},
-        bytes={"vision": (vis_params + proj_params) * bytes_per_param, "prefix": lm_params * bytes_per_param + kv_bytes,
+        bytes={"vision": vis_params * bytes_per_param, "prefix": lm_params * bytes_per_param + kv_bytes,
                "expert": steps * (exp_params * bytes_per_param + kv_bytes)},
     )
 
@@ -91,12 +96,8 @@ def training_flops(cfg: PolicyConfig, variant: str, batch_size: int, text_tokens
     expert's backward, ignored here). So the FLOP ratio ki/pi0 is what the measured step-time ratio should approach
     when the step is compute-bound.
     """
-    vc, tc, ec = cfg.vision, cfg.text, cfg.expert
-    patches = (vc.image_size // vc.patch_size) ** 2
-    vis_params = vc.num_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size)
-    proj_in = vc.hidden_size * (vc.scale_factor**2 if vc.arch == "idefics3" else 1)
-    vision = len(cfg.camera_names) * (2.0 * patches * vis_params + vc.num_layers * 4 * patches * patches * vc.hidden_size
-                                      + 2.0 * vc.tokens_per_image * proj_in * tc.hidden_size)
+    tc, ec = cfg.text, cfg.expert
+    vision, _ = _vision(cfg)
     lp = cfg.num_image_tokens + text_tokens
     ce = variant in ("ki", "joint", "pi0_fast")
     lb = lp + (target_tokens if ce else 0)

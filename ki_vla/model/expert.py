@@ -186,23 +186,27 @@ class ActionExpert(nn.Module):
         cond_dim = width if ec.time_conditioning == "adarms" else None
         self.norm = RMSNorm(width, tc.rms_norm_eps, tc.arch == "gemma", cond_dim)
 
+    def _time_embedding(self, t: torch.Tensor) -> torch.Tensor:
+        return sinusoidal_time_embedding(t, self.cfg.expert.hidden_size).to(self.action_in_proj.weight.dtype)
+
+    def _adarms_cond(self, temb: torch.Tensor) -> torch.Tensor:
+        """The time MLP's output: what every adaRMS `dense` reads (B, W)."""
+        return nn.functional.silu(self.time_mlp_out(nn.functional.silu(self.time_mlp_in(temb))))
+
     def embed(self, noisy_actions: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, H, max_action_dim), (B,) -> action tokens (B, H, W) and the adaRMS conditioning (B, W) or None."""
-        width = self.cfg.expert.hidden_size
-        dtype = self.action_in_proj.weight.dtype
-        x = self.action_in_proj(noisy_actions.to(dtype))
-        temb = sinusoidal_time_embedding(t, width).to(dtype)
+        x = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
+        temb = self._time_embedding(t)
         if self.cfg.expert.time_conditioning == "adarms":
-            cond = nn.functional.silu(self.time_mlp_out(nn.functional.silu(self.time_mlp_in(temb))))
-            return x, cond
+            return x, self._adarms_cond(temb)
         mixed = torch.cat([x, temb[:, None, :].expand_as(x)], dim=-1)
         return self.action_time_mlp_out(nn.functional.silu(self.action_time_mlp_in(mixed))), None
 
     def step_conditioning(self, t: torch.Tensor) -> StepConditioning:
         """The time-only part of a step at flow time t (B,), for `forward(..., conditioning=...)`."""
-        temb = sinusoidal_time_embedding(t, self.cfg.expert.hidden_size).to(self.action_in_proj.weight.dtype)
+        temb = self._time_embedding(t)
         if self.cfg.expert.time_conditioning == "adarms":
-            cond = nn.functional.silu(self.time_mlp_out(nn.functional.silu(self.time_mlp_in(temb))))
+            cond = self._adarms_cond(temb)
             return StepConditioning(
                 norms=[(layer.input_layernorm.modulation(cond), layer.post_attention_layernorm.modulation(cond))
                        for layer in self.layers],
