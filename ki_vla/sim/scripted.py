@@ -287,6 +287,10 @@ class ScriptedPolicy:
         grasp = cube + up * c.grasp_height
         rp, rr, rg = self._home(env, "right")
         lp, lr, lg = self._home(env, "left")
+        # Timing: some arm moves at every instant until the cube is handed over. A stretch where both arms
+        # stand still while the next move depends only on the clock cannot be learned from what the policy
+        # sees (images and joints look the same all through it); the left arm starts its approach the
+        # moment the right arm arrives at the meeting point, and the right lets go once the left has closed.
         right = [
             Waypoint(0.0, rp, rr, rg),
             Waypoint(1.2, grasp + up * c.pregrasp_height, r_pick, 1.0),   # above the cube, open
@@ -294,19 +298,19 @@ class ScriptedPolicy:
             Waypoint(2.5, grasp, r_pick, 0.0),                           # close
             Waypoint(2.8, grasp, r_pick, 0.0),                           # settle the grasp
             Waypoint(4.0, meet, r_pick, 0.0),                            # carry to the meeting point
-            Waypoint(5.2, meet, r_pick, 0.0),                            # wait for the left gripper
-            Waypoint(5.6, meet, r_pick, 1.0),                            # let go
-            Waypoint(6.4, meet + ex * 0.10 + up * 0.05, r_pick, 1.0),    # back off
+            Waypoint(4.9, meet, r_pick, 0.0),                            # hold while the left comes in
+            Waypoint(5.3, meet, r_pick, 1.0),                            # let go
+            Waypoint(6.1, meet + ex * 0.10 + up * 0.05, r_pick, 1.0),    # back off
         ]
         take = meet - ex * c.left_depth
         left = [
             Waypoint(0.0, lp, lr, lg),
             Waypoint(2.5, take - ex * 0.12, l_take, 1.0),                # stand by, open
-            Waypoint(4.4, take - ex * 0.12, l_take, 1.0),
-            Waypoint(5.0, take, l_take, 1.0),                            # slide over the cube
-            Waypoint(5.3, take, l_take, 0.0),                            # close on top/bottom faces
-            Waypoint(5.8, take, l_take, 0.0),                            # right lets go meanwhile
-            Waypoint(6.8, take - ex * 0.10 + up * 0.03, l_take, 0.0),    # carry it away
+            Waypoint(4.0, take - ex * 0.12, l_take, 1.0),
+            Waypoint(4.6, take, l_take, 1.0),                            # slide over the cube
+            Waypoint(4.9, take, l_take, 0.0),                            # close on top/bottom faces
+            Waypoint(5.4, take, l_take, 0.0),                            # right lets go meanwhile
+            Waypoint(6.4, take - ex * 0.10 + up * 0.03, l_take, 0.0),    # carry it away
         ]
         return {"left": left, "right": right}
 
