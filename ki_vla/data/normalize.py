@@ -5,8 +5,9 @@ Statistics are computed once, when a dataset is written (or, for a dataset that 
 (`{feature: {"min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"}}`, lists of floats) and
 copied into a checkpoint with `Normalizer.to_dict()`, so inference never needs the dataset.
 
-Quantile normalization (pi0.5 / openpi style) maps q01 -> -1 and q99 -> +1 and clips: robust to the rare
-outliers teleoperation produces, unlike min/max. Dimensions whose range is (near) zero, such as a gripper that
+Quantile normalization (pi0.5 / openpi style) maps q01 -> -1 and q99 -> +1: robust to the rare outliers
+teleoperation produces, unlike min/max. Nothing is clipped by default: a policy whose actions were clipped to
+[q01, q99] could never command the outer 1% of a joint's range (the state's prompt bins clip on their own). Dimensions whose range is (near) zero, such as a gripper that
 never moves in a dataset, are shifted by their centre instead of divided by zero, so normalize/unnormalize
 stay exact inverses on the data they were fitted on.
 """
@@ -144,7 +145,7 @@ class Normalizer:
         self,
         stats: Mapping[str, Mapping[str, Any]],
         mode: str = "quantile",
-        clip: bool = True,
+        clip: bool = False,
         eps: float = 1e-6,
         modes: Mapping[str, str] | None = None,
     ) -> None:
@@ -242,7 +243,7 @@ class Normalizer:
         return cls(
             stats_from_json(data["stats"]),
             mode=data.get("mode", "quantile"),
-            clip=data.get("clip", True),
+            clip=data.get("clip", False),
             eps=data.get("eps", 1e-6),
             modes=data.get("modes") or None,
         )

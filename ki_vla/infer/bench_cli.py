@@ -167,7 +167,7 @@ def bench_inference(args: argparse.Namespace, cfg, device: torch.device, dtype: 
             x = noise
             for i in range(cfg.num_flow_steps):
                 tt = torch.full((args.batch_size,), 1.0 - i / cfg.num_flow_steps, device=device)
-                x = x + (-1.0 / cfg.num_flow_steps) * policy._expert_velocity(x, tt, kv, valid).float()
+                x = x + (-1.0 / cfg.num_flow_steps) * policy._expert_velocity(x, tt, kv, valid, batch["state"]).float()
             return x
 
         ref_vision = t(lambda: policy.backbone.embed_images(batch["images"]))

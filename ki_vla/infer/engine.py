@@ -52,6 +52,8 @@ class EngineBuffers:
     text_ids: torch.Tensor
     text_valid: torch.Tensor
     noise: torch.Tensor
+    state: torch.Tensor  # normalized robot state, for an expert with `expert.state_input`
+    dims: torch.Tensor  # KIPolicy.action_dim_mask: x stays zero on the padded action dims
     image_tokens: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     mask: torch.Tensor
@@ -112,6 +114,8 @@ class InferenceEngine:
             text_ids=torch.zeros(b, self.text_tokens, dtype=torch.long, device=dev),
             text_valid=torch.ones(b, self.text_tokens, dtype=torch.bool, device=dev),
             noise=torch.zeros(b, cfg.horizon, cfg.max_action_dim, device=dev),
+            state=torch.zeros(b, cfg.state_dim, device=dev),
+            dims=self.policy.action_dim_mask(dev),
             image_tokens=torch.zeros(b, cfg.num_image_tokens, tc.hidden_size, device=dev, dtype=dt),
             kv=[(torch.zeros(kv_shape, device=dev, dtype=dt), torch.zeros(kv_shape, device=dev, dtype=dt))
                 for _ in range(tc.num_layers)],
@@ -147,8 +151,8 @@ class InferenceEngine:
         x = buf.noise
         dt = -1.0 / self.num_steps
         for cond in self.conditioning:
-            v = expert(x, None, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True, conditioning=cond)
-            x = x + dt * v.float()
+            v = expert(x, None, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True, conditioning=cond, state=buf.state)
+            x = x + dt * v.float() * buf.dims
         buf.out.copy_(x[..., : self.cfg.action_dim])
 
     def _stage_fns(self) -> dict[str, Callable[[], None]]:
@@ -192,10 +196,10 @@ class InferenceEngine:
         buf.image_valid.copy_(batch["image_valid"])
         buf.text_ids.copy_(text_ids)
         buf.text_valid.copy_(text_valid)
-        if noise is not None:
-            buf.noise.copy_(noise)
-        else:
-            buf.noise.copy_(torch.randn(buf.noise.shape, generator=generator, device=generator.device if generator else "cpu"))
+        buf.state.copy_(batch["state"])
+        if noise is None:
+            noise = torch.randn(buf.noise.shape, generator=generator, device=generator.device if generator else "cpu")
+        buf.noise.copy_(noise.to(buf.noise.device) * buf.dims)  # padded action dims stay zero (KIPolicy.action_dim_mask)
 
     def run_stage(self, name: str) -> None:
         if name in self._graphs:

@@ -70,6 +70,10 @@ class ExpertConfig:
     hidden_size: int = 32
     intermediate_size: int = 64
     time_conditioning: str = "adarms"  # pi0.5: adaptive RMSNorm; pi0: an MLP mixing action and time
+    # pi0-style proprioception: a linear embedding of the continuous normalized state is added to every action
+    # token, so the expert reads the joints directly instead of decoding the prompt's state digits through the
+    # backbone's K/V (hard for a small backbone trained from scratch). The prompt keeps its discretized state.
+    state_input: bool = False
 
 
 @dataclass

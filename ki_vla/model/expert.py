@@ -176,6 +176,7 @@ class ActionExpert(nn.Module):
         self.gradient_checkpointing = False
         self.action_in_proj = nn.Linear(cfg.max_action_dim, width)
         self.action_out_proj = nn.Linear(width, cfg.max_action_dim)
+        self.state_proj = nn.Linear(cfg.state_dim, width) if ec.state_input else None
         if ec.time_conditioning == "adarms":
             self.time_mlp_in = nn.Linear(width, width)
             self.time_mlp_out = nn.Linear(width, width)
@@ -193,9 +194,20 @@ class ActionExpert(nn.Module):
         """The time MLP's output: what every adaRMS `dense` reads (B, W)."""
         return nn.functional.silu(self.time_mlp_out(nn.functional.silu(self.time_mlp_in(temb))))
 
-    def embed(self, noisy_actions: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, H, max_action_dim), (B,) -> action tokens (B, H, W) and the adaRMS conditioning (B, W) or None."""
+    def _action_tokens(self, noisy_actions: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, max_action_dim) -> (B, H, W); with `state_input`, plus the state embedding on every token."""
         x = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
+        if self.state_proj is None:
+            return x
+        if state is None:
+            raise ValueError("this expert reads the robot state (expert.state_input) but got none")
+        return x + self.state_proj(state.to(x.dtype))[:, None, :]
+
+    def embed(self, noisy_actions: torch.Tensor, t: torch.Tensor,
+              state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, H, max_action_dim), (B,) -> action tokens (B, H, W) and the adaRMS conditioning (B, W) or None.
+        state: (B, state_dim) normalized, read only with `expert.state_input`."""
+        x = self._action_tokens(noisy_actions, state)
         temb = self._time_embedding(t)
         if self.cfg.expert.time_conditioning == "adarms":
             return x, self._adarms_cond(temb)
@@ -217,15 +229,16 @@ class ActionExpert(nn.Module):
 
     def forward(self, noisy_actions: torch.Tensor, t: torch.Tensor | None, prefix_kv: list[KV], mask: torch.Tensor,
                 cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False,
-                conditioning: StepConditioning | None = None) -> torch.Tensor:
+                conditioning: StepConditioning | None = None, state: torch.Tensor | None = None) -> torch.Tensor:
         """mask: `sdpa_mask` of the (B, H, L_prefix + H) bool mask (KIPolicy.expert_inputs builds it once per
         chunk). Returns the predicted velocity (B, H, max_action_dim).
-        conditioning: `step_conditioning(t)` computed in advance (then t is not needed)."""
+        conditioning: `step_conditioning(t)` computed in advance (then t is not needed).
+        state: (B, state_dim) normalized robot state (needed with `expert.state_input`)."""
         if conditioning is None:
-            x, cond = self.embed(noisy_actions, t)
+            x, cond = self.embed(noisy_actions, t, state)
             mods: list = [None] * len(self.layers)
         else:
-            x, cond = self._embed_conditioned(noisy_actions, conditioning), None
+            x, cond = self._embed_conditioned(noisy_actions, conditioning, state), None
             mods = conditioning.norms or [None] * len(self.layers)
         for layer, kv, mod in zip(self.layers, prefix_kv, mods, strict=True):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -235,8 +248,9 @@ class ActionExpert(nn.Module):
         x, _ = self.norm(x, cond, conditioning.final if conditioning is not None else None)
         return self.action_out_proj(x)
 
-    def _embed_conditioned(self, noisy_actions: torch.Tensor, conditioning: StepConditioning) -> torch.Tensor:
-        x = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
+    def _embed_conditioned(self, noisy_actions: torch.Tensor, conditioning: StepConditioning,
+                           state: torch.Tensor | None) -> torch.Tensor:
+        x = self._action_tokens(noisy_actions, state)
         if self.cfg.expert.time_conditioning == "adarms":
             return x
         # [x ; temb] @ W_in^T + b  ==  x @ W_in[:, :W]^T + (temb @ W_in[:, W:]^T + b), the bracket precomputed

@@ -127,8 +127,19 @@ class KIPolicy(nn.Module):
         cos, sin = self.backbone.rope(positions, like)
         return sdpa_mask(mask, self.cfg.text.num_heads // self.cfg.text.num_kv_heads), cos, sin
 
-    def _expert_velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], prefix_valid: torch.Tensor) -> torch.Tensor:
-        return self.expert(x_t, t, prefix_kv, *self.expert_inputs(prefix_valid))
+    def _expert_velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], prefix_valid: torch.Tensor,
+                         state: torch.Tensor | None = None) -> torch.Tensor:
+        return self.expert(x_t, t, prefix_kv, *self.expert_inputs(prefix_valid), state=state)
+
+    def action_dim_mask(self, device: torch.device | str) -> torch.Tensor:
+        """(max_action_dim,) 1 for the robot's action dims, 0 for the padding up to max_action_dim.
+
+        The padded dims are never supervised; if they carried noise, sampling would integrate an untrained
+        velocity there and feed the drift back into the expert at every step. Noise and x are kept at zero on
+        them in training, in `sample_actions` and in the inference engine alike."""
+        mask = torch.zeros(self.cfg.max_action_dim, device=device)
+        mask[: self.cfg.action_dim] = 1.0
+        return mask
 
     def sample_time(self, b: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         a, c = self.cfg.time_beta
@@ -170,9 +181,9 @@ class KIPolicy(nn.Module):
             actions = batch["actions"].to(torch.float32)
             b = actions.shape[0]
             t = self.sample_time(b, actions.device, generator)
-            noise = torch.randn(actions.shape, device=actions.device, generator=generator)
+            noise = torch.randn(actions.shape, device=actions.device, generator=generator) * self.action_dim_mask(actions.device)
             x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
-            v = self._expert_velocity(x_t, t, prefix_kv, prefix_valid).float()
+            v = self._expert_velocity(x_t, t, prefix_kv, prefix_valid, batch.get("state")).float()
             err = (v - (noise - actions))[..., : cfg.action_dim].pow(2).mean(-1)
             av = batch["action_valid"]
             if av.any():
@@ -206,13 +217,16 @@ class KIPolicy(nn.Module):
             x = noise.to(self.device, torch.float32) if noise is not None else torch.randn(shape, device=self.device, generator=generator)
             if x.shape != shape:
                 raise ValueError(f"noise has shape {tuple(x.shape)}, expected {shape}")
+            dims = self.action_dim_mask(self.device)
+            x = x * dims
+            state = batch.get("state")
             kv, valid = self.prefix_cache(batch) if use_cache else (None, None)
             dt = -1.0 / steps
             for i in range(steps):
                 t = torch.full((b,), 1.0 + i * dt, device=self.device)
                 if not use_cache:
                     kv, valid = self.prefix_cache(batch)
-                x = x + dt * self._expert_velocity(x, t, kv, valid).float()
+                x = x + dt * self._expert_velocity(x, t, kv, valid, state).float() * dims
             out = x[..., : self.cfg.action_dim]
         if normalized:
             return out

@@ -12,6 +12,7 @@ Batch layout (all tensors; L_img = cameras x tokens per image):
   text_ids (B, L_txt) long, LEFT-padded            text_valid (B, L_txt) bool
   target_ids (B, L_tgt) long, right-padded         target_valid (B, L_tgt) bool  (CE positions)
   actions (B, H, max_action_dim) normalized        action_valid (B, H) bool (False: padding or no actions)
+  state (B, state_dim) float normalized (zero for VLM samples; read by an expert with `expert.state_input`)
 Left-padding the prompt puts the last prompt token at the end of the prefix, so the hidden state that
 predicts the first target token is always at index L_prefix - 1.
 """
@@ -148,6 +149,7 @@ class Processor:
         target_valid = np.zeros((b, cfg.max_target_tokens), bool)
         actions = np.zeros((b, h, cfg.max_action_dim), np.float32)
         action_valid = np.zeros((b, h), bool)
+        states = np.zeros((b, cfg.state_dim), np.float32)
         for i, sample in enumerate(samples):
             cams = sample.get("images") or {}
             masks = sample.get("image_mask") or {}
@@ -162,7 +164,8 @@ class Processor:
                 state = np.asarray(sample["state"], np.float32)
                 if state.shape != (cfg.state_dim,):
                     raise ValueError(f"state has shape {state.shape}, expected ({cfg.state_dim},)")
-                prompt = robot_prompt(str(sample["instruction"]), discretize_state(self.normalize_state(state), cfg.state_bins))
+                states[i] = self.normalize_state(state)
+                prompt = robot_prompt(str(sample["instruction"]), discretize_state(states[i], cfg.state_bins))
                 if with_targets and sample.get("actions") is not None:
                     raw = np.asarray(sample["actions"], np.float32)
                     if raw.shape != (h, cfg.action_dim):
@@ -179,7 +182,7 @@ class Processor:
                 target_ids[i, : len(tgt)] = tgt
                 target_valid[i, : len(tgt)] = True
         batch = {"images": images, "image_valid": image_valid, "text_ids": text_ids, "text_valid": text_valid,
-                 "target_ids": target_ids, "target_valid": target_valid, "actions": actions, "action_valid": action_valid}
+                 "target_ids": target_ids, "target_valid": target_valid, "actions": actions, "action_valid": action_valid, "state": states}
         return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
 
 

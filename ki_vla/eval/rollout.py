@@ -1,0 +1,200 @@
+"""Closed-loop rollouts without ROS: the sim, the policy and the executor's own control logic in one process.
+
+Why it exists beside `ki-vla eval-sim` (which runs the real ROS graph and is the number to report): measuring
+a learning curve means evaluating many checkpoints on many seeds, and the ROS graph costs a full set of
+processes, DDS and a render of every camera at every tick. Here each tick runs the same pieces a robot's graph
+runs (`ChunkExecutor` with the configured merger, the URDF's limits and chunk checks, the camera node's resize)
+but renders only at the ticks where the policy reads an observation, and several sims run in parallel worker
+processes. Time is the sim clock: inference takes `latency_ticks` control ticks (0 = lockstep), during which the
+executor keeps following the chunks it has; a chunk stamped with its observation time is then merged exactly as
+the executor node merges it. Episodes are deterministic for a given seed and flow-noise seed.
+
+Per episode it records success, the staged reward, and for transfer_color whether the *other* cube was moved
+(language following: the wrong cube moving is the failure an instruction-blind policy makes half the time).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
+
+STRATEGIES = ("latest", "temporal_ensembling")
+# transfer_color: the other cube counts as moved when it left its start by more than this (metres, any axis).
+WRONG_CUBE_MOVE_M = 0.02
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How the policy's chunks are executed: the executor's merger and how often the policy is asked.
+
+    replan_every: ticks between observations the policy sees (the policy node runs back to back; at ~20 ms per
+    chunk that is every tick or two in realtime). latency_ticks: ticks between an observation and its chunk
+    becoming available (must be below replan_every + the horizon, or every chunk would arrive expired).
+    """
+
+    task: str = "transfer_cube"
+    merge_strategy: str = "latest"
+    replan_every: int = 10
+    latency_ticks: int = 0
+    ensembling_m: float = 0.01
+    sim_image_size: tuple[int, int] = (120, 160)
+    max_seconds: float | None = None  # default: the task's episode length
+    urdf: str = "urdf/aloha_vx300s.urdf"
+    target: str | None = None  # transfer_color: name this cube in every episode (default: drawn per seed)
+
+    def __post_init__(self) -> None:
+        from ki_vla.sim.scenes import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"unknown sim task {self.task!r}; choose one of {list(TASKS)}")
+        if self.merge_strategy not in STRATEGIES:
+            raise ValueError(f"merge_strategy must be one of {STRATEGIES}, got {self.merge_strategy!r}")
+        if self.replan_every < 1 or self.latency_ticks < 0:
+            raise ValueError("replan_every must be >= 1 and latency_ticks >= 0")
+        if self.target is not None and self.task != "transfer_color":
+            raise ValueError("target is only meaningful for transfer_color")
+        object.__setattr__(self, "sim_image_size", tuple(int(v) for v in self.sim_image_size))
+
+
+@dataclass
+class RolloutResult:
+    seed: int
+    success: bool
+    max_reward: int
+    reward_fraction: float
+    duration_s: float
+    instruction: str
+    target: str | None = None
+    wrong_cube_moved: bool = False
+    chunks: int = 0
+    rejected_chunks: int = 0
+    held_ticks: int = 0
+    reward_curve: list[int] = field(default_factory=list)  # staged reward every 10 ticks
+
+
+def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: Any,
+                generator: Any | None = None) -> RolloutResult:
+    """One episode of `sim` (a BimanualSim configured with the policy's cameras) driven by `policy.predict`."""
+    from ki_vla.infer.chunking import ChunkExecutor, make_merger
+    from ki_vla.infer.safety import ChunkRejected
+    from ki_vla.observation import Observation
+
+    dt = 1.0 / CONTROL_HZ
+    obs = sim.reset(seed=seed, target=cfg.target, render=False)
+    other_start = None
+    if sim.config.task == "transfer_color":
+        from ki_vla.sim.scenes import COLOR_BODIES
+
+        other = COLOR_BODIES["blue" if sim.target == "red" else "red"]
+        other_start = sim.body_pose(other)[0].copy()
+    executor = ChunkExecutor(make_merger(cfg.merge_strategy, cfg.ensembling_m), limits, dt)
+    max_ticks = int(round((cfg.max_seconds or sim.episode_steps * dt) / dt))
+    cams = tuple(policy.cfg.camera_names)
+    pending: list[tuple[int, float, np.ndarray]] = []  # (tick it arrives, observation stamp, chunk)
+    result = RolloutResult(seed=seed, success=False, max_reward=0, reward_fraction=0.0, duration_s=0.0,
+                           instruction=sim.instruction, target=sim.target)
+    for tick in range(max_ticks):
+        now = tick * dt
+        state = obs["state"]
+        executor.on_state(state)
+        if tick % cfg.replan_every == 0:
+            images = sim.render(cams)
+            chunk = policy.predict(Observation(images=images, state=state, instruction=sim.instruction, stamp=now),
+                                   generator=generator)
+            pending.append((tick + cfg.latency_ticks, now, chunk))
+        for item in [p for p in pending if p[0] <= tick]:
+            pending.remove(item)
+            _, stamp, chunk = item
+            try:
+                executor.on_chunk(JOINT_NAMES, np.arange(len(chunk)) * dt, chunk, stamp=stamp, now=now)
+                result.chunks += 1
+            except ChunkRejected:
+                result.rejected_chunks += 1
+        command = executor.tick(now)
+        target = state if command is None else command.positions[0]
+        result.held_ticks += int(command is None or command.holding)
+        obs = sim.step(target, render=False)
+        reward = sim.reward()
+        result.max_reward = max(result.max_reward, reward)
+        if tick % 10 == 0:
+            result.reward_curve.append(int(reward))
+        if reward == sim.max_reward:
+            result.success = True
+            result.duration_s = (tick + 1) * dt
+            break
+    else:
+        result.duration_s = max_ticks * dt
+    result.reward_fraction = result.max_reward / sim.max_reward
+    if other_start is not None:
+        moved = np.abs(sim.body_pose(COLOR_BODIES["blue" if sim.target == "red" else "red"])[0] - other_start)
+        result.wrong_cube_moved = bool(moved.max() > WRONG_CUBE_MOVE_M)
+    return result
+
+
+# ---- parallel workers: one policy and one sim per process ----------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> None:
+    import torch
+
+    from ki_vla.infer.safety import JointLimits
+    from ki_vla.model.policy import KIPolicy
+    from ki_vla.paths import resolve
+    from ki_vla.sim.scenes import BimanualSim
+
+    torch.set_num_threads(threads)
+    policy = KIPolicy.load(model, device=device)
+    _WORKER.update(
+        policy=policy, cfg=cfg,
+        sim=BimanualSim(cfg.task, cameras=tuple(policy.cfg.camera_names), image_size=cfg.sim_image_size),
+        limits=JointLimits.from_urdf(resolve(cfg.urdf), JOINT_NAMES))
+
+
+def _worker_episode(seed: int) -> dict:
+    import torch
+
+    gen = torch.Generator().manual_seed(int(seed))  # flow noise per seed: results do not depend on worker count
+    with torch.no_grad():
+        res = run_episode(_WORKER["policy"], _WORKER["sim"], _WORKER["cfg"], int(seed), _WORKER["limits"], gen)
+    return asdict(res)
+
+
+def evaluate(model: str | Path, cfg: RolloutConfig, seeds: list[int], workers: int = 2, device: str = "cpu",
+             progress: bool = True) -> list[RolloutResult]:
+    """Episodes for `seeds` in `workers` processes (each with its own policy copy and sim); ordered by seed."""
+    from tqdm import tqdm
+
+    if not seeds:
+        raise ValueError("no seeds to evaluate")
+    workers = max(1, min(int(workers), len(seeds)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")  # MuJoCo GL contexts and torch threads do not survive fork
+    out: dict[int, RolloutResult] = {}
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(str(model), cfg, threads, device)) as pool, \
+            tqdm(total=len(seeds), desc=f"rollout {cfg.task}", unit="ep", disable=not progress) as bar:
+        for row in pool.imap_unordered(_worker_episode, seeds):
+            out[row["seed"]] = RolloutResult(**row)
+            bar.update(1)
+            bar.set_postfix(success=sum(r.success for r in out.values()))
+    return [out[s] for s in seeds]
+
+
+def summarize(results: list[RolloutResult]) -> dict[str, Any]:
+    """Success rate with its 95% Wilson interval, mean reward fraction, wrong-cube rate."""
+    from ki_vla.eval.closed_loop import success_interval
+
+    n = len(results)
+    k = sum(r.success for r in results)
+    low, high = success_interval(k, n) if n else (0.0, 1.0)
+    return {"episodes": n, "successes": k, "success_rate": k / n if n else 0.0, "success_rate_ci95": [low, high],
+            "mean_reward_fraction": float(np.mean([r.reward_fraction for r in results])) if n else 0.0,
+            "reward_histogram": {str(v): sum(r.max_reward == v for r in results) for v in range(5)},
+            "wrong_cube_moved_rate": float(np.mean([r.wrong_cube_moved for r in results])) if n else 0.0,
+            "rejected_chunks": int(sum(r.rejected_chunks for r in results))}
