@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "collect": "ki_vla.sim.cli",
     "eval-bag": "ki_vla.eval.bag_cli",
     "eval-sim": "ki_vla.eval.sim_cli",
+    "eval-rollout": "ki_vla.eval.rollout_cli",
+    "learning-curve": "ki_vla.eval.curve_cli",
     "bench": "ki_vla.infer.bench_cli",
 }
 

@@ -94,5 +94,23 @@ def test_action_chunks_and_normalizer_from_dataset(dataset: LeRobotDataset) -> N
     np.testing.assert_allclose(chunks[7 + 3], ds[10]["actions"].numpy())
     norm = Normalizer.from_dataset(dataset)
     y = norm.normalize("action", chunks)
-    assert y.min() >= -1 and y.max() <= 1
+    # q01 -> -1, q99 -> +1 and nothing clipped: the extremes land just outside and invert exactly
+    assert y.min() < -1 and y.max() > 1 and y.min() > -1.1 and y.max() < 1.1
+    np.testing.assert_allclose(norm.unnormalize("action", y), chunks, rtol=1e-6)
     assert np.isclose(np.quantile(dataset.column("action")[:, 0], 0.99), norm.unnormalize("action", np.ones(14))[0])
+
+
+def test_default_cache_holds_every_episode_so_batches_mix_episodes(dataset: LeRobotDataset) -> None:
+    """The default (cache every episode) shuffles globally: one decode per episode, and the first batches draw
+    from most episodes (with the old 4-episode blocks a batch came from at most one block)."""
+    ds = ChunkDataset(dataset, horizon=2)
+    assert ds.cache_episodes == len(LENGTHS)
+    order = ds.block_order(seed=0)
+    assert sorted(order) == list(range(len(ds)))
+    first = [ds.locate(i)[0] for i in order[:8]]
+    assert len(set(first)) >= 3
+    for i in order:
+        ds[i]
+    assert ds.decode_count == len(LENGTHS)
+    blocks = ChunkDataset(dataset, horizon=2, cache_episodes=1).block_order(seed=0)
+    assert len({ds.locate(i)[0] for i in blocks[:5]}) == 1  # the small-cache mode still reads one block at a time

@@ -237,3 +237,20 @@ def test_auto_fusion_falls_back_to_the_unfused_engine(monkeypatch, caplog):
     assert not predictor.engine.fused and "serving the unfused engine" in caplog.text
     with pytest.raises(RuntimeError, match="no working compiler"):
         engine_mod.make_predictor(policy, "on", fuse="on")
+
+
+def test_engine_matches_reference_with_the_expert_state_input():
+    """The small CPU recipe's expert reads the continuous state: the engine's state buffer must be refreshed per
+    request (a stale state would replay the previous observation's joints)."""
+    cfg = PolicyConfig.from_yaml("config/model/small.yaml")
+    assert cfg.expert.state_input
+    torch.manual_seed(0)
+    policy = KIPolicy(cfg).eval()
+    open_time_gates(policy)
+    engine = InferenceEngine(policy, batch_size=1, fuse=False)
+    noise = torch.randn(1, cfg.horizon, cfg.max_action_dim, generator=torch.Generator().manual_seed(1))
+    for seed in (0, 1):
+        batch = policy.example_batch(1, seed=seed)
+        batch["target_ids"], batch["target_valid"] = batch["target_ids"][:, :0], batch["target_valid"][:, :0]
+        torch.testing.assert_close(engine.sample_actions(batch, noise=noise), policy.sample_actions(batch, noise=noise),
+                                   atol=1e-5, rtol=0)

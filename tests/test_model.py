@@ -412,3 +412,51 @@ def test_kv_only_prefix_pass_gives_the_same_kv(cfg):
     for (k1, v1), (k2, v2) in zip(full, kv_only, strict=True):
         torch.testing.assert_close(k1, k2, atol=0, rtol=0)
         torch.testing.assert_close(v1, v2, atol=0, rtol=0)
+
+
+# ---- padded action dims and the expert's state input -------------------------------------------------------
+def _record_expert_inputs(policy: KIPolicy) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    policy.expert.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    return seen
+
+
+def test_padded_action_dims_stay_zero_in_training_and_sampling(cfg):
+    """The dims between action_dim and max_action_dim are never supervised: if they carried noise, sampling would
+    integrate an untrained velocity there (the drift a review measured at mean |x| 0.95) and feed it back."""
+    from ki_vla.infer.engine import InferenceEngine
+
+    assert cfg.max_action_dim > cfg.action_dim
+    policy = make(cfg, "ki")
+    seen = _record_expert_inputs(policy)
+    policy.compute_loss(policy.example_batch(2))
+    assert len(seen) == 1 and bool((seen[0][..., cfg.action_dim:] == 0).all())
+    assert bool((seen[0][..., : cfg.action_dim] != 0).any())
+    batch = policy.example_batch(1)
+    seen.clear()
+    full_noise = torch.randn(1, cfg.horizon, cfg.max_action_dim)  # noise on every dim: the padding must be dropped
+    ref = policy.sample_actions(batch, num_steps=4, noise=full_noise, normalized=True)
+    assert len(seen) == 4 and all(bool((x[..., cfg.action_dim:] == 0).all()) for x in seen)
+    seen.clear()
+    eng = InferenceEngine(policy, batch_size=1, num_steps=4, fuse=False).sample_actions(batch, noise=full_noise, normalized=True)
+    assert len(seen) == 4 and all(bool((x[..., cfg.action_dim:] == 0).all()) for x in seen)
+    torch.testing.assert_close(eng, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_expert_state_input_reads_the_continuous_state(cfg, tmp_path):
+    with_state = dataclasses.replace(cfg, expert=dataclasses.replace(cfg.expert, state_input=True))
+    policy = make(with_state, "ki")
+    assert policy.expert.state_proj is not None and make(cfg, "ki").expert.state_proj is None
+    batch = policy.example_batch(1)
+    assert batch["state"].shape == (1, cfg.state_dim)
+    noise = torch.randn(1, cfg.horizon, cfg.max_action_dim)
+    a = policy.sample_actions(batch, noise=noise, normalized=True)
+    moved = dict(batch, state=batch["state"] + 0.5)
+    assert float((policy.sample_actions(moved, noise=noise, normalized=True) - a).abs().max()) > 1e-3
+    # the flow gradient trains the state projection (and, insulated, still never the backbone)
+    policy.compute_loss(batch)["flow"].backward()
+    assert nonzero(grads(policy.expert.state_proj))
+    policy.save_pretrained(tmp_path / "ckpt")
+    back = KIPolicy.from_pretrained(tmp_path / "ckpt")
+    assert back.cfg.expert.state_input
+    torch.testing.assert_close(back.sample_actions(batch, noise=noise, normalized=True), a)

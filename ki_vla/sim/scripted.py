@@ -340,9 +340,8 @@ class ScriptedPolicy:
             Waypoint(2.0, peg_grasp, r_rot, 1.0),
             Waypoint(2.5, peg_grasp, r_rot, 0.0),
             Waypoint(2.8, peg_grasp, r_rot, 0.0),
-            Waypoint(4.2, right_ready, r_rot, 0.0),
-            Waypoint(4.8, right_ready, r_rot, 0.0),
-            Waypoint(6.6, right_in, r_rot, 0.0),
+            Waypoint(4.2, right_ready, r_rot, 0.0),                      # no pause here: see _transfer
+            Waypoint(6.0, right_in, r_rot, 0.0),
         ]
         left = [
             Waypoint(0.0, lp, lr, lg),
