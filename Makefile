@@ -26,11 +26,12 @@ $(STAMP): requirements.txt requirements-ros.txt requirements-weights.txt setup.p
 test: venv
 	$(PY) -m pytest -q
 
-# make demo DEVICE=cuda STEPS=30000 EPISODES=50 trains for real on a GPU.
+# Sized for 30 minutes on 2 CPU cores, venv included (README). make demo DEVICE=cuda STEPS=15000 EPISODES=50 runs
+# the full CPU recipe's budget on a GPU.
 DEVICE ?= cpu
-STEPS ?= 4000
-EPISODES ?= 20
-EVAL_EPISODES ?= 5
+STEPS ?= 5000
+EPISODES ?= 40
+EVAL_EPISODES ?= 10
 demo: venv
 	$(PY) -m ki_vla.demo --device $(DEVICE) --train-steps $(STEPS) --collect-episodes $(EPISODES) --eval-episodes $(EVAL_EPISODES)
 

@@ -164,3 +164,30 @@ def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], t
     for name, data in videos.items():
         rep.add_file(name, data)
     return rep.write(path, metrics)
+
+
+# What each reward stage means (the sim's staged rewards, ACT's definitions), for reports written in words.
+STAGE_NAMES = {
+    "transfer_cube": ("touched the cube with the right gripper", "lifted it off the table", "brought it into the left gripper",
+                      "completed the handover (left holds it in the air)"),
+    "transfer_color": ("touched the named cube with the right gripper", "lifted it", "brought it into the left gripper",
+                       "completed the handover with the other cube left alone"),
+    "insertion": ("grasped both peg and socket", "lifted both", "brought the peg into the socket", "touched the pin"),
+}
+
+
+def describe_outcomes(rewards: list[int], task: str) -> str:
+    """One paragraph from per-episode max reward stages: how far the policy gets, and where episodes stop."""
+    names = STAGE_NAMES.get(task)
+    n = len(rewards)
+    if not names or n == 0:
+        return ""
+    reached = [sum(r >= k for r in rewards) for k in range(1, len(names) + 1)]
+    parts = [f"{names[k]} in {reached[k]}/{n}" for k in range(len(names))]
+    text = "Stage by stage, over all episodes, the policy " + "; ".join(parts) + "."
+    stuck = [sum(r == k for r in rewards) for k in range(len(names))]  # episodes that ended at stage k (k < max)
+    worst = max(range(len(stuck)), key=lambda k: stuck[k])
+    if stuck[worst] and reached[-1] < n:
+        where = "before the first stage (it never reached the object)" if worst == 0 else f"after it {names[worst - 1]}"
+        text += f" Most failures ({stuck[worst]} of {n - reached[-1]}) stopped {where}."
+    return text
