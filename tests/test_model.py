@@ -460,3 +460,29 @@ def test_expert_state_input_reads_the_continuous_state(cfg, tmp_path):
     back = KIPolicy.from_pretrained(tmp_path / "ckpt")
     assert back.cfg.expert.state_input
     torch.testing.assert_close(back.sample_actions(batch, noise=noise, normalized=True), a)
+
+
+def test_rotary_tables_stay_float32_in_bf16_models_and_engines(cfg):
+    """Rounded to bf16 the inverse frequencies shift every angle: cos tables off by ~0.18 near position 1000 for the
+    tiny model (1.26 at pi05's head_dim). Only the final bf16 rounding of cos/sin may differ (half an ulp: 0.004)."""
+    import copy
+
+    from ki_vla.infer.engine import InferenceEngine
+
+    pos = torch.arange(900, 1000)[None]
+    torch.manual_seed(0)
+    ref = KIPolicy(cfg)
+    cos32, sin32 = ref.backbone.rope(pos, torch.empty((), dtype=torch.float32))
+    bf16 = KIPolicy(dataclasses.replace(cfg, dtype="bfloat16"))
+    engine = InferenceEngine(ref, batch_size=1, dtype=torch.bfloat16, fuse=False)
+    for model in (bf16, engine.policy, copy.deepcopy(bf16).to(torch.float16)):
+        rotary = model.backbone.language_model.rotary_emb
+        assert rotary.inv_freq.dtype == torch.float32 and rotary.original_inv_freq.dtype == torch.float32
+        cos, sin = model.backbone.rope(pos, torch.empty((), dtype=torch.bfloat16))
+        assert float((cos.float() - cos32).abs().max()) < 8e-3 and float((sin.float() - sin32).abs().max()) < 8e-3
+    # what the fix prevents: transformers' own module, cast like any other
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    plain = LlamaRotaryEmbedding(ref.backbone.language_model.config).to(torch.bfloat16)
+    cos, _ = plain(torch.empty((), dtype=torch.bfloat16), pos)
+    assert float((cos.float() - cos32).abs().max()) > 0.05

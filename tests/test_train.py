@@ -115,6 +115,37 @@ def test_torchrun_two_processes_gloo(dataset, tmp_path, strategy):
     assert torch.isfinite(policy.sample_actions(policy.example_batch(1))).all()
 
 
+def _vlm_folder(root: Path) -> Path:
+    import cv2
+    import numpy as np
+
+    (root / "images").mkdir(parents=True)
+    cv2.imwrite(str(root / "images" / "0.png"), np.full((16, 16, 3), 200, np.uint8))
+    (root / "samples.jsonl").write_text(
+        json.dumps({"image": "images/0.png", "prompt": "What colour is the cube?", "answer": "red"}) + "\n"
+        + json.dumps({"image": None, "prompt": "Say hi.", "answer": "hi"}) + "\n")
+    return root
+
+
+def test_ddp_cotraining_survives_action_free_micro_batches(dataset, tmp_path):
+    """A micro-batch of VLM samples only gives the expert no flow loss; DDP (find_unused_parameters=False) used to
+    fail the next step ("Expected to have finished reduction"). Both ranks must end with identical weights."""
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 1000 + 13),
+           str(ROOT / "tests" / "ddp_cotrain_worker.py"), str(out), f"model={ROOT / 'config/model/tiny.yaml'}",
+           f"dataset={dataset}", f"output_dir={tmp_path / 'run'}", f"vlm_dataset={_vlm_folder(tmp_path / 'vlm')}",
+           "vlm_ratio=0.6", "max_steps=6", "batch_size=1", "save_every=6", "ema_decay=null", "progress=false",
+           "tensorboard=false", "fast_vocab_size=256", "distributed=ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    flags = [f for rank in data["has_robot"] for f in rank]
+    assert not all(flags) and any(flags), flags  # some micro-batches were action-free, some were not
+    a, b = data["checksums"]
+    assert a == b
+
+
 def test_fit_tokenizer_cli_then_train_uses_it(dataset, tmp_path, capsys):
     import shutil
 
@@ -134,15 +165,7 @@ def test_fit_tokenizer_cli_then_train_uses_it(dataset, tmp_path, capsys):
 
 def test_cotraining_mixture_trains_ce_on_vlm_samples(dataset, tmp_path):
     """vlm_dataset + vlm_ratio: action-free VLM samples enter the batches (CE only) next to robot samples."""
-    import cv2
-    import numpy as np
-
-    vlm = tmp_path / "vlm"
-    (vlm / "images").mkdir(parents=True)
-    cv2.imwrite(str(vlm / "images" / "0.png"), np.full((16, 16, 3), 200, np.uint8))
-    (vlm / "samples.jsonl").write_text(
-        json.dumps({"image": "images/0.png", "prompt": "What colour is the cube?", "answer": "red"}) + "\n"
-        + json.dumps({"image": None, "prompt": "Say hi.", "answer": "hi"}) + "\n")
+    vlm = _vlm_folder(tmp_path / "vlm")
     trainer = Trainer(config(dataset, tmp_path / "run", vlm_dataset=str(vlm), vlm_ratio=0.5, max_steps=3, save_every=3))
     samples = [trainer.dataset[i] for i in trainer.schedule.indices(0, 0, 0)]
     assert any(s["is_vlm"] for s in samples) and not all(s["is_vlm"] for s in samples)
@@ -169,3 +192,22 @@ def test_accumulation_and_checkpointing_match_the_plain_step(dataset, tmp_path):
         assert micro == plain_trainer.schedule.indices(step, 0, 0)
     accum = accum_trainer.train()
     assert accum[0]["loss"] == pytest.approx(plain[0]["loss"], rel=0.2) and len(accum) == 2
+
+
+def test_non_finite_loss_stops_before_the_update(dataset, tmp_path, monkeypatch):
+    """A NaN loss must not reach optimizer.step(): the weights stay as the last finite step left them."""
+    trainer = Trainer(config(dataset, tmp_path / "nan", max_steps=3, save_every=3, ema_decay=None))
+    trainer.train(until=1)
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    real = trainer.policy.compute_loss
+
+    def poisoned(batch, generator=None):
+        out = real(batch, generator)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(trainer.policy, "compute_loss", poisoned)
+    trainer.start_step = 1
+    with pytest.raises(FloatingPointError, match="step 2"):
+        trainer.train()
+    after = trainer.policy.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -58,6 +58,40 @@ class MultiModalProjector(nn.Module):
         return self.linear(x)
 
 
+class _Float32Rotary:
+    """Mixin for a transformers rotary-embedding module: casts (`.to(bfloat16)`, `.half()`) move its inverse
+    frequencies to the new device but keep them float32. Rounded to bf16 they shift every position's angle (cos
+    tables off by up to 1.26 at pi0.5's head_dim 256 near position 1000): a bf16 model would see other positions
+    than the fp32 model it was trained as, and pretrained weights would lose their positional code."""
+
+    _ROTARY_BUFFERS = ("inv_freq", "original_inv_freq")
+
+    def _apply(self, fn, recurse=True):
+        saved = {n: getattr(self, n) for n in self._ROTARY_BUFFERS if isinstance(getattr(self, n, None), torch.Tensor)}
+        super()._apply(fn, recurse)
+        for name, value in saved.items():
+            setattr(self, name, value.to(device=getattr(self, name).device, dtype=torch.float32))
+        return self
+
+
+_FLOAT32_ROTARY_CLASSES: dict[type, type] = {}
+
+
+def keep_rotary_float32(rotary: nn.Module) -> None:
+    """Give `rotary` (in place) the `_Float32Rotary` behaviour; a class swap rather than a patched method, so
+    `copy.deepcopy` (the inference engine's copy) and state dicts keep working unchanged."""
+    cls = type(rotary)
+    if issubclass(cls, _Float32Rotary):
+        return
+    if cls not in _FLOAT32_ROTARY_CLASSES:
+        _FLOAT32_ROTARY_CLASSES[cls] = type(f"Float32{cls.__name__}", (_Float32Rotary, cls), {})
+    rotary.__class__ = _FLOAT32_ROTARY_CLASSES[cls]
+    for name in _Float32Rotary._ROTARY_BUFFERS:
+        value = getattr(rotary, name, None)
+        if isinstance(value, torch.Tensor):
+            setattr(rotary, name, value.float())
+
+
 class VLMBackbone(nn.Module):
     """Images + prompt tokens -> per-layer K/V and logits.
 
@@ -78,6 +112,7 @@ class VLMBackbone(nn.Module):
             hf_cfg = hf_text_config(tc)
             model = GemmaModel(hf_cfg) if tc.arch == "gemma" else LlamaModel(hf_cfg)
         self.language_model = model
+        keep_rotary_float32(model.rotary_emb)
         for layer in model.layers:
             # Our layer computation (K/V out, explicit masks) replaces transformers' forward on each instance.
             # Calling the layer module itself (rather than reaching into its submodules) keeps module hooks

@@ -185,9 +185,11 @@ class KIPolicy(nn.Module):
             x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
             v = self._expert_velocity(x_t, t, prefix_kv, prefix_valid, batch.get("state")).float()
             err = (v - (noise - actions))[..., : cfg.action_dim].pow(2).mean(-1)
-            av = batch["action_valid"]
-            if av.any():
-                flow = err[av].mean()
+            # A masked mean rather than `err[av].mean()` only when some action is valid: a micro-batch of VLM
+            # samples alone (co-training) still runs the expert into the loss with zero weight, so under DDP every
+            # expert parameter gets its (zero) gradient and the reducer never waits for a missing one.
+            av = batch["action_valid"].to(err.dtype)
+            flow = (err * av).sum() / av.sum().clamp(min=1.0)
         # ce and flow keep their graphs so either can be back-propagated alone (the insulation tests do).
         return {"loss": ce + cfg.flow_alpha * flow, "ce": ce, "flow": flow}
 

@@ -300,14 +300,16 @@ class Trainer:
                     samples_since += cfg.batch_size * env.world_size
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     [p for p in self.policy.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                # Checked before the update: one NaN step would poison the weights, the EMA and the next checkpoint.
+                if not (all(math.isfinite(v) for v in sums.values()) and math.isfinite(float(grad_norm))):
+                    raise FloatingPointError(f"non-finite loss or gradient at step {step + 1} (grad norm {float(grad_norm)}, "
+                                             f"{sums}); weights left as after step {step}")
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
                     self.ema.update_parameters(self.policy)
                 step += 1
-                if not all(math.isfinite(v) for v in sums.values()):
-                    raise FloatingPointError(f"non-finite loss at step {step}: {sums}")
                 if step % cfg.log_every == 0 or step == cfg.max_steps or step == self.start_step + 1:
                     now = time.perf_counter()
                     row = {"step": step, **env.mean(sums), "lr": self.scheduler.get_last_lr()[0],
