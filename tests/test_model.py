@@ -486,3 +486,12 @@ def test_rotary_tables_stay_float32_in_bf16_models_and_engines(cfg):
     plain = LlamaRotaryEmbedding(ref.backbone.language_model.config).to(torch.bfloat16)
     cos, _ = plain(torch.empty((), dtype=torch.bfloat16), pos)
     assert float((cos.float() - cos32).abs().max()) > 0.05
+
+
+def test_fast_tokenizer_larger_than_the_reserved_range_is_refused(cfg, fast_tok):
+    small = dataclasses.replace(cfg, fast_vocab_size=fast_tok.vocab_size - 1)
+    with pytest.raises(ValueError, match="reserves"):
+        KIPolicy(small, fast_tokenizer=fast_tok)
+    policy = KIPolicy(small)
+    with pytest.raises(ValueError, match="reserves"):
+        policy.set_fast_tokenizer(fast_tok)

@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="policy device: auto | cpu | cuda")
     parser.add_argument("--sim-image-size", type=_image_size, default=(120, 160), metavar="HxW",
                         help="camera images the sim renders (default 120x160; the camera node resizes for the model)")
+    parser.add_argument("--merger", choices=("temporal_ensembling", "latest"), default=None,
+                        help="the executor's merge strategy (default: the graph config's)")
+    parser.add_argument("--min-inference-period", type=float, default=None,
+                        help="policy_node min_inference_period in seconds (default: the graph config's)")
     parser.add_argument("--startup-timeout", type=float, default=240.0, help="wall seconds for the graph to come up")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -71,6 +75,10 @@ def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
                                                     resize_mode=pcfg.image_resize)
     pol = params["policy_node"]["ros__parameters"]
     pol["model"] = str(model)
+    if getattr(args, "merger", None):
+        params["executor_node"]["ros__parameters"]["merge_strategy"] = args.merger
+    if getattr(args, "min_inference_period", None) is not None:
+        pol["min_inference_period"] = float(args.min_inference_period)
     if args.device:
         pol["device"] = args.device
     return params
@@ -103,7 +111,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     max_seconds = args.max_seconds or TASK_SPECS[args.task].episode_steps / CONTROL_HZ
     work = Path(tempfile.mkdtemp(prefix="ki_vla_eval_sim_"))
     params_file = work / "graph.yaml"
-    write_ros_params(_graph_params(args, model, pcfg), params_file)
+    params = _graph_params(args, model, pcfg)
+    write_ros_params(params, params_file)
     results_file = work / "results.json"
     env = ros_env()
     graph_log, eval_log = work / "graph.log", work / "evaluator.log"
@@ -141,7 +150,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     results = [EpisodeResult(**r) for r in data["results"]]
     meta = {"model": str(args.model), "weights": weights, "variant": pcfg.variant, "task": args.task, "mode": args.mode,
             "seed": args.seed, "max_seconds": max_seconds, "sim_image_size": list(args.sim_image_size),
-            "device": args.device or "auto", "torch": torch.__version__, "wall_seconds": time.perf_counter() - start}
+            "device": args.device or "auto", "torch": torch.__version__, "wall_seconds": time.perf_counter() - start,
+            "merge_strategy": params["executor_node"]["ros__parameters"]["merge_strategy"],
+            "min_inference_period": params["policy_node"]["ros__parameters"]["min_inference_period"]}
     metrics = summarize(results, meta)
     videos = {r.video: (work / r.video).read_bytes() for r in results if r.video and (work / r.video).exists()}
     write_report(str(report), metrics, videos, title=f"Closed-loop evaluation: {args.task}")

@@ -28,7 +28,7 @@ from ki_vla.model.backbone import KV, VLMBackbone
 from ki_vla.model.config import PolicyConfig
 from ki_vla.model.expert import ActionExpert
 from ki_vla.model.pretrained import load_text_tokenizer
-from ki_vla.model.processing import Processor, trim_padding
+from ki_vla.model.processing import Processor, check_fast_tokenizer, trim_padding
 from ki_vla.observation import Observation
 from ki_vla.paths import resolve
 
@@ -66,6 +66,7 @@ class KIPolicy(nn.Module):
         return self.processor.fast_tokenizer
 
     def set_fast_tokenizer(self, tokenizer: Any) -> None:
+        check_fast_tokenizer(tokenizer, self.cfg)
         self.processor.fast_tokenizer = tokenizer
 
     def set_normalizer(self, normalizer: Normalizer) -> None:
@@ -243,7 +244,8 @@ class KIPolicy(nn.Module):
         b = emb.shape[0]
         hidden, kv = self.backbone(emb, block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long)), positions_from_valid(valid))
         allowed = torch.full((cfg.text.vocab_size,), float("-inf"), device=emb.device)
-        allowed[proc.fast_lm_lo: proc.fast_lm_hi + 1] = 0.0
+        # only the ids this tokenizer has (it may be smaller than the reserved range): others cannot be decoded
+        allowed[proc.fast_lm_hi - (proc.fast_tokenizer.vocab_size - 1): proc.fast_lm_hi + 1] = 0.0
         allowed[proc.eos_id] = 0.0
         logits = self.backbone.logits(hidden[:, -1]).float() + allowed
         n_valid = valid.long().sum(1)

@@ -44,6 +44,15 @@ def check_normalizer(normalizer: Normalizer, cfg: PolicyConfig) -> None:
         normalizer.normalize(key, np.zeros(dim, np.float32))  # raises a ValueError naming the mismatch
 
 
+def check_fast_tokenizer(tokenizer: Any | None, cfg: PolicyConfig) -> None:
+    """FAST id f maps to LM id `fast_lm_hi - f`: a tokenizer with more ids than the model reserves
+    (`fast_vocab_size`) would map its top ids silently onto real text tokens."""
+    size = getattr(tokenizer, "vocab_size", None)
+    if size is not None and int(size) > cfg.fast_vocab_size:
+        raise ValueError(f"the FAST tokenizer has {int(size)} ids but the model reserves {cfg.fast_vocab_size} "
+                         "(fast_vocab_size in the model config; the train config's fast_vocab_size must not exceed it)")
+
+
 def discretize_state(state_norm: np.ndarray, bins: int) -> np.ndarray:
     """Normalized state in [-1, 1] -> integer bins [0, bins) (pi0.5 puts these in the prompt as text)."""
     edges = np.linspace(-1.0, 1.0, bins + 1)[:-1]
@@ -62,6 +71,7 @@ class Processor:
                  normalizer: Normalizer | None = None) -> None:
         self.cfg = cfg
         self.text_tokenizer = text_tokenizer
+        check_fast_tokenizer(fast_tokenizer, cfg)
         self.fast_tokenizer = fast_tokenizer
         self.has_data_stats = normalizer is not None
         self.normalizer = normalizer if normalizer is not None else identity_normalizer(cfg)

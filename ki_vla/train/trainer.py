@@ -186,6 +186,9 @@ class Trainer:
             tok = FastTokenizer.load(shipped)
         else:
             local = self.out / FAST_DIR
+            if self.cfg.fast_vocab_size > self.policy.cfg.fast_vocab_size:
+                raise ValueError(f"train fast_vocab_size {self.cfg.fast_vocab_size} exceeds the {self.policy.cfg.fast_vocab_size} "
+                                 "FAST ids the model reserves (model config fast_vocab_size)")
             if self.env.is_main:
                 chunks = normalizer.normalize("action", robot.all_action_chunks())
                 if len(chunks) > MAX_FAST_CHUNKS:  # a seeded subset keeps fitting fast on large datasets
