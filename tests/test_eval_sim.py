@@ -56,10 +56,12 @@ def test_eval_sim_lockstep_episode_through_ros(tmp_path):
     report = tmp_path / "report"
     code = main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_cube", "--episodes", "1",
                  "--max-seconds", "1.0", "--mode", "lockstep", "--videos", "1", "--sim-image-size", "48x64",
-                 "--report", str(report), "--quiet", "--startup-timeout", "120"])
+                 "--report", str(report), "--quiet", "--startup-timeout", "120", "--merger", "latest",
+                 "--min-inference-period", "0.05"])
     assert code == 0
     m = json.loads((report / "metrics.json").read_text())
     assert m["episodes"] == 1 and m["success_rate"] == 0.0 and m["mode"] == "lockstep"
+    assert m["merge_strategy"] == "latest" and m["min_inference_period"] == 0.05  # the graph ran what was asked
     assert m["per_episode"][0]["chunks"] > 0 and m["control_rate_hz"] > 0
     assert "RANDOM weights" in (report / "report.md").read_text()
     assert (report / m["per_episode"][0]["video"]).stat().st_size > 0

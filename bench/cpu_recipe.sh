@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The CPU recipe end to end for one sim task (README: "Train a policy that solves the sim tasks on a CPU"):
+#
+#   bash bench/cpu_recipe.sh transfer_cube            # ~1 h 15 min on 2 cores: collect, train, evaluate
+#   bash bench/cpu_recipe.sh transfer_color
+#   OUT=runs/x EPISODES=50 STEPS=12000 EVAL=50 bash bench/cpu_recipe.sh insertion
+#
+# 1. 50 scripted demonstrations (seeds 0..), 2. `ki-vla train --config config/train/sim_cpu.yaml`,
+# 3. the learning curve over the kept checkpoints (ROS-free lockstep rollouts, seeds 1000..),
+# 4. the final checkpoint through the ROS graph: lockstep, then realtime (alone on the machine: realtime numbers
+#    depend on free CPU). transfer_color is evaluated once per instruction (red, blue) on the same scenes, so
+#    "the other instruction moves the other cube" is measured. Outputs under $OUT/<task>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+task=${1:?usage: bench/cpu_recipe.sh transfer_cube|transfer_color|insertion}
+out=${OUT:-outputs/cpu_recipe}/$task
+episodes=${EPISODES:-50}
+steps=${STEPS:-12000}
+eval_episodes=${EVAL:-50}
+kivla=${KIVLA:-.venv/bin/ki-vla}
+mkdir -p "$out"
+[ -d "$out/data" ] || "$kivla" collect --task "$task" --episodes "$episodes" --out "$out/data"
+"$kivla" train --config config/train/sim_cpu.yaml dataset="$out/data" output_dir="$out/train" max_steps="$steps" resume=true
+"$kivla" learning-curve --run "$out/train" --task "$task" --episodes "$eval_episodes" --out "$out/curve"
+targets=("")
+[ "$task" = transfer_color ] && targets=(red blue)
+for target in "${targets[@]}"; do
+  suffix=${target:+_$target}
+  "$kivla" eval-rollout --model "$out/train/final" --task "$task" --episodes "$eval_episodes" \
+    ${target:+--target "$target"} --json "$out/rollout$suffix.json"
+done
+for mode in lockstep realtime; do
+  "$kivla" eval-sim --model "$out/train/final" --task "$task" --episodes "$eval_episodes" --mode "$mode" \
+    --report "$out/eval_sim_$mode"
+done
+echo "-> $out"
