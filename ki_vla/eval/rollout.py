@@ -144,13 +144,14 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> None:
     import torch
 
+    from ki_vla.infer.engine import make_predictor
     from ki_vla.infer.safety import JointLimits
     from ki_vla.model.policy import KIPolicy
     from ki_vla.paths import resolve
     from ki_vla.sim.scenes import BimanualSim
 
     torch.set_num_threads(threads)
-    policy = KIPolicy.load(model, device=device)
+    policy = make_predictor(KIPolicy.load(model, device=device))  # what policy_node serves: the engine
     _WORKER.update(
         policy=policy, cfg=cfg,
         sim=BimanualSim(cfg.task, cameras=tuple(policy.cfg.camera_names), image_size=cfg.sim_image_size),
