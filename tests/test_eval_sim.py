@@ -71,3 +71,14 @@ def test_eval_sim_rejects_bad_input(tmp_path):
     assert main(["eval-sim", "--model", str(tmp_path / "none"), "--task", "transfer_cube", "--report", str(tmp_path / "r")]) == 2
     assert main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_cube", "--episodes", "0",
                  "--report", str(tmp_path / "r")]) == 2
+
+
+def test_outcomes_described_stage_by_stage():
+    from ki_vla.eval.closed_loop import describe_outcomes
+
+    text = describe_outcomes([4, 4, 2, 2, 2, 0], "transfer_cube")
+    assert "touched the cube with the right gripper in 5/6" in text and "lifted it off the table in 5/6" in text
+    assert "completed the handover (left holds it in the air) in 2/6" in text
+    assert "Most failures (3 of 4) stopped after it lifted it off the table" in text
+    assert "Most failures" not in describe_outcomes([4, 4], "transfer_cube")
+    assert describe_outcomes([], "transfer_cube") == "" and describe_outcomes([1], "unknown") == ""
