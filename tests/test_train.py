@@ -240,3 +240,19 @@ def test_ranks_read_disjoint_samples_that_mix_episodes(dataset, tmp_path):
     assert len(set(seen)) == len(seen)  # one epoch: nothing twice
     episodes = {trainer.dataset.locate(i)[0] for i in seen[:8]}
     assert episodes == {0, 1}  # both episodes of the fixture within the first global batches
+
+
+def test_validation_holds_out_the_last_episodes_and_logs_their_loss(dataset, tmp_path):
+    trainer = Trainer(config(dataset, tmp_path / "val", max_steps=4, save_every=4, val_episodes=1, val_every=2,
+                             val_batches=2, batch_size=2))
+    assert trainer.dataset.num_episodes == 1 and trainer.val_dataset.num_episodes == 1
+    train_eps = {trainer.dataset[i]["episode_index"] for i in range(len(trainer.dataset))}
+    val_eps = {trainer.val_dataset[i]["episode_index"] for i in range(len(trainer.val_dataset))}
+    assert train_eps.isdisjoint(val_eps)
+    first = trainer.validate()
+    assert first == trainer.validate()  # fixed samples and noise: the same weights give the same number
+    rows = trainer.train()
+    val_rows = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in val_rows] == [2, 4] and all(r["val_loss"] > 0 and r["val_flow"] > 0 for r in val_rows)
+    with pytest.raises(ValueError, match="val_episodes"):
+        Trainer(config(dataset, tmp_path / "val2", val_episodes=2))

@@ -53,11 +53,17 @@ class ChunkDataset(Dataset):
         float_images: bool = False,
         cache_episodes: int | None = None,
         resize_mode: str = "stretch",
+        episodes: Sequence[int] | None = None,
     ) -> None:
+        """episodes: the dataset's episode positions to serve (default all), e.g. a training / validation split;
+        this dataset's own episode positions (`locate`, `episode_range`) number them 0.. in that order."""
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self._eps = list(range(ds.num_episodes)) if episodes is None else [int(e) for e in episodes]
+        if not self._eps or any(not 0 <= e < ds.num_episodes for e in self._eps) or len(set(self._eps)) != len(self._eps):
+            raise ValueError(f"episodes must be distinct positions in [0, {ds.num_episodes}), got {episodes}")
         if cache_episodes is None:
-            cache_episodes = ds.num_episodes
+            cache_episodes = len(self._eps)
         if cache_episodes < 1:
             raise ValueError(f"cache_episodes must be >= 1, got {cache_episodes}")
         self.ds = ds
@@ -74,14 +80,18 @@ class ChunkDataset(Dataset):
         self.cache_episodes = int(cache_episodes)
         self.state_dim = int(ds.column(STATE_KEY).shape[1])
         self.action_dim = int(ds.column(ACTION_KEY).shape[1])
-        self._starts = np.cumsum([0, *ds.episode_lengths]).tolist()
-        self._episode_indices = ds.episode_indices
-        self._tasks = [ds.episode_task(e) for e in range(ds.num_episodes)]
+        self._starts = np.cumsum([0, *(ds.episode_lengths[e] for e in self._eps)]).tolist()
+        self._episode_indices = [ds.episode_indices[e] for e in self._eps]
+        self._tasks = [ds.episode_task(e) for e in self._eps]
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
         self.decode_count = 0  # episodes decoded so far (cache misses): observable for tests and tuning
 
     def __len__(self) -> int:
         return int(self._starts[-1])
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._eps)
 
     def locate(self, index: int) -> tuple[int, int]:
         """(episode position, frame) of a flat sample index."""
@@ -98,7 +108,7 @@ class ChunkDataset(Dataset):
         if ep in self._cache:
             self._cache.move_to_end(ep)
             return self._cache[ep]
-        data = self.ds.episode(ep, cameras=self.camera_names) if self.camera_names else {"images": {}}
+        data = self.ds.episode(self._eps[ep], cameras=self.camera_names) if self.camera_names else {"images": {}}
         images = {cam: np.ascontiguousarray(resize_frames(data["images"][cam], self.image_size, self.resize_mode)) for cam in self.camera_names}
         self.decode_count += 1
         self._cache[ep] = images
@@ -108,7 +118,7 @@ class ChunkDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ep, t = self.locate(int(index))
-        start, stop = self.ds.episode_rows(ep)
+        start, stop = self.ds.episode_rows(self._eps[ep])
         length = stop - start
         actions_all = self.ds.column(ACTION_KEY)
         idx = np.minimum(np.arange(t, t + self.horizon), length - 1)
@@ -136,7 +146,7 @@ class ChunkDataset(Dataset):
         """(N, horizon, D_a) action chunks (end-padded) without touching images, e.g. to fit a tokenizer."""
         actions = self.ds.column(ACTION_KEY)
         chunks = []
-        for ep in range(self.ds.num_episodes):
+        for ep in self._eps:
             start, stop = self.ds.episode_rows(ep)
             for t in range(0, stop - start, stride):
                 idx = np.minimum(np.arange(t, t + self.horizon), stop - start - 1)
@@ -147,7 +157,7 @@ class ChunkDataset(Dataset):
         """A cache-friendly shuffled permutation of all sample indices (see the module docstring)."""
         k = episodes_per_block or self.cache_episodes
         rng = np.random.default_rng([int(seed), int(epoch)])
-        episodes = rng.permutation(self.ds.num_episodes)
+        episodes = rng.permutation(self.num_episodes)
         order: list[int] = []
         for b in range(0, len(episodes), k):
             block = np.concatenate([np.asarray(self.episode_range(int(e))) for e in episodes[b : b + k]])

@@ -219,7 +219,7 @@ def select_frames(chunks: ChunkDataset, stride: int, max_frames: int | None = No
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
     out: list[int] = []
-    for ep in range(chunks.ds.num_episodes):
+    for ep in range(chunks.num_episodes):
         out.extend(chunks.episode_range(ep)[::stride])
     return out[:max_frames] if max_frames is not None else out
 

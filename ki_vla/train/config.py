@@ -41,6 +41,12 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False  # continue from the newest checkpoint in output_dir
     num_workers: int = 0
+    # Held-out validation: the last `val_episodes` episodes of the dataset are not trained on; every `val_every`
+    # steps the loss on `val_batches` fixed batches of them (EMA weights when kept: what final/ holds) is logged
+    # as val_loss / val_flow / val_ce, to pick checkpoints by.
+    val_episodes: int = 0
+    val_every: int = 500
+    val_batches: int = 4
     fast_vocab_size: int = 1024  # when the dataset has no FAST tokenizer yet
     tensorboard: bool = True
     progress: bool = True
@@ -65,6 +71,8 @@ class TrainConfig:
         need(self.distributed in ("ddp", "fsdp"), "distributed must be ddp or fsdp")
         need(0 <= self.vlm_ratio < 1, "vlm_ratio must be in [0, 1)")
         need(self.vlm_ratio == 0 or bool(self.vlm_dataset), "vlm_ratio > 0 needs vlm_dataset")
+        need(self.val_episodes >= 0 and self.val_every > 0 and self.val_batches > 0,
+             "val_episodes must be >= 0, val_every and val_batches > 0")
         need(self.save_every > 0 and self.log_every > 0 and self.keep_checkpoints > 0,
              "save_every, log_every and keep_checkpoints must be > 0")
 

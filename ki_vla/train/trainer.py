@@ -9,7 +9,8 @@ Output folder:
   checkpoints/step_<N>/policy/  (KIPolicy.save_pretrained)   ema/ (EMA weights, when enabled)
                       training_state.pt (optimizer, scheduler, step, RNG, EMA count)
   final/                the deployable checkpoint (EMA weights when enabled), loadable by the policy node
-  metrics.jsonl         one JSON line per logged step (step, loss, ce, flow, lr, grad_norm, samples_per_s)
+  metrics.jsonl         one JSON line per logged step (step, loss, ce, flow, lr, grad_norm, samples_per_s; val_loss,
+                        val_ce, val_flow at validation steps when val_episodes > 0)
   tb/                   TensorBoard scalars
   fast_tokenizer/       the FAST tokenizer fitted on the dataset (when it had none)
 """
@@ -115,8 +116,16 @@ class Trainer:
         pcfg = self.policy.cfg
         ds = LeRobotDataset(cfg.dataset)
         self._check_dataset(ds, pcfg)
-        robot = ChunkDataset(ds, horizon=pcfg.horizon, camera_names=list(pcfg.camera_names),
-                             image_size=(pcfg.image_size, pcfg.image_size), resize_mode=pcfg.image_resize)
+        if cfg.val_episodes >= ds.num_episodes:
+            raise ValueError(f"val_episodes={cfg.val_episodes} leaves nothing to train on ({ds.num_episodes} episodes)")
+        n_train = ds.num_episodes - cfg.val_episodes
+
+        def chunks(episodes: range) -> ChunkDataset:
+            return ChunkDataset(ds, horizon=pcfg.horizon, camera_names=list(pcfg.camera_names), episodes=episodes,
+                                image_size=(pcfg.image_size, pcfg.image_size), resize_mode=pcfg.image_resize)
+
+        robot = chunks(range(n_train))
+        self.val_dataset = chunks(range(n_train, ds.num_episodes)) if cfg.val_episodes else None
         if self.resume_from is None:
             self._prepare_normalization(ds, robot)
         self.dataset: Any = robot
@@ -253,6 +262,33 @@ class Trainer:
         samples = [self.dataset[i] for i in self.schedule.indices(step, self.env.rank, micro)]
         return self.policy.processor(samples, device=self.device)
 
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean losses over the same `val_batches` held-out batches every time (fixed samples, fixed flow noise), on
+        the EMA weights when kept (what final/ holds). Only the main process runs it (the others skip)."""
+        val = self.val_dataset
+        model = self.ema.module if self.ema is not None else self.policy
+        order = np.random.default_rng(self.cfg.seed).permutation(len(val))
+        bs = self.cfg.batch_size
+        sums = {"loss": 0.0, "ce": 0.0, "flow": 0.0}
+        n = 0
+        was_training = model.training
+        model.eval()
+        try:
+            for b in range(self.cfg.val_batches):
+                idx = order[b * bs: (b + 1) * bs]
+                if len(idx) == 0:
+                    break
+                batch = model.processor([val[int(i)] for i in idx], device=self.device)
+                with self.autocast:
+                    out = model.compute_loss(batch, torch.Generator(device=self.device).manual_seed(self.cfg.seed + b))
+                for k in sums:
+                    sums[k] += float(out[k])
+                n += 1
+        finally:
+            model.train(was_training)
+        return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
+
     def _generator(self, step: int, micro: int) -> torch.Generator:
         seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self.env.rank * 31 + micro
         return torch.Generator(device=self.device).manual_seed(seed)
@@ -313,11 +349,14 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update_parameters(self.policy)
                 step += 1
-                if step % cfg.log_every == 0 or step == cfg.max_steps or step == self.start_step + 1:
+                validate_now = self.val_dataset is not None and (step % cfg.val_every == 0 or step == stop)
+                if step % cfg.log_every == 0 or step == cfg.max_steps or step == self.start_step + 1 or validate_now:
                     now = time.perf_counter()
                     row = {"step": step, **env.mean(sums), "lr": self.scheduler.get_last_lr()[0],
                            "grad_norm": float(grad_norm), "samples_per_s": samples_since / max(now - t_last, 1e-9)}
-                    t_last, samples_since = now, 0
+                    if validate_now and env.is_main:
+                        row.update(self.validate())
+                    t_last, samples_since = time.perf_counter(), 0
                     history.append(row)
                     if env.is_main:
                         metrics.write(json.dumps(row) + "\n")
