@@ -96,7 +96,7 @@ def test_action_chunks_and_normalizer_from_dataset(dataset: LeRobotDataset) -> N
     y = norm.normalize("action", chunks)
     # q01 -> -1, q99 -> +1 and nothing clipped: the extremes land just outside and invert exactly
     assert y.min() < -1 and y.max() > 1 and y.min() > -1.1 and y.max() < 1.1
-    np.testing.assert_allclose(norm.unnormalize("action", y), chunks, rtol=1e-5)  # float32 round trip
+    np.testing.assert_allclose(norm.unnormalize("action", y), chunks, rtol=0, atol=1e-4)  # float32, values up to ~300
     assert np.isclose(np.quantile(dataset.column("action")[:, 0], 0.99), norm.unnormalize("action", np.ones(14))[0])
 
 
