@@ -121,3 +121,28 @@ def test_joint_mapping_roundtrip():
         JointMapping.from_lists([0.0] * NUM_JOINTS, offset, NUM_JOINTS)
     with pytest.raises(ValueError):
         JointMapping.from_lists([1.0] * 3, offset, NUM_JOINTS)
+
+
+def test_gripper_overshoot_is_clamped_not_a_rejection(limits):
+    """A gripper command past [0, 1] means fully open/closed; the arm joints keep their tight tolerance."""
+    from ki_vla.infer.chunking import ChunkExecutor, LatestChunk
+
+    g = GRIPPER_INDICES[0]
+    names, times, pos = chunk()
+    pos[:, g] = 1.39  # 0.39 beyond fully open: the overshoot measured on a trained policy
+    q = validate_chunk(names, times, pos, limits)
+    ex = ChunkExecutor(LatestChunk(), limits, dt=0.02)
+    ex.on_state(pos[0])
+    ex.on_chunk(names, times, pos, stamp=0.0, now=0.0)
+    assert q[0, g] == 1.39 and 0.0 <= ex.tick(0.0).positions[0, g] <= 1.0
+    pos[:, g] = 2.5  # absurd even for a gripper
+    with pytest.raises(ChunkRejected, match="gripper.*tolerance 1.0") as e:
+        validate_chunk(names, times, pos, limits)
+    assert e.value.reason == "limits"
+    names, times, pos = chunk()
+    pos[:, 1] = limits.upper[1] + 0.3  # an arm joint: tolerance 0.2
+    with pytest.raises(ChunkRejected, match="left_shoulder.*tolerance 0.2"):
+        validate_chunk(names, times, pos, limits)
+    with pytest.raises(ChunkRejected, match="beyond"):
+        validate_chunk(*chunk()[:2], chunk()[2] + np.where(np.arange(NUM_JOINTS) == g, 1.0, 0.0), limits,
+                       ChunkCheck(gripper_limit_tolerance=0.2))

@@ -74,6 +74,8 @@ class RolloutResult:
     wrong_cube_moved: bool = False
     chunks: int = 0
     rejected_chunks: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)  # ChunkRejected.reason -> count
+    last_rejection: str = ""
     held_ticks: int = 0
     reward_curve: list[int] = field(default_factory=list)  # staged reward every 10 ticks
 
@@ -114,8 +116,10 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
             try:
                 executor.on_chunk(JOINT_NAMES, np.arange(len(chunk)) * dt, chunk, stamp=stamp, now=now)
                 result.chunks += 1
-            except ChunkRejected:
+            except ChunkRejected as exc:
                 result.rejected_chunks += 1
+                result.rejected_by_reason[exc.reason] = result.rejected_by_reason.get(exc.reason, 0) + 1
+                result.last_rejection = str(exc)
         command = executor.tick(now)
         target = state if command is None else command.positions[0]
         result.held_ticks += int(command is None or command.holding)
@@ -198,4 +202,8 @@ def summarize(results: list[RolloutResult]) -> dict[str, Any]:
             "mean_reward_fraction": float(np.mean([r.reward_fraction for r in results])) if n else 0.0,
             "reward_histogram": {str(v): sum(r.max_reward == v for r in results) for v in range(5)},
             "wrong_cube_moved_rate": float(np.mean([r.wrong_cube_moved for r in results])) if n else 0.0,
-            "rejected_chunks": int(sum(r.rejected_chunks for r in results))}
+            "rejected_chunks": int(sum(r.rejected_chunks for r in results)),
+            "rejected_by_reason": {k: int(sum(r.rejected_by_reason.get(k, 0) for r in results))
+                                   for k in sorted({k for r in results for k in r.rejected_by_reason})},
+            "held_tick_fraction": float(np.mean([r.held_ticks / max(1.0, r.duration_s * CONTROL_HZ) for r in results]))
+            if n else 0.0}

@@ -129,12 +129,22 @@ class ChunkCheck:
         or measured state) by at most this many units per joint.
     limit_tolerance: points beyond the URDF limits by more than this are absurd and reject the chunk
         (points slightly outside are clamped, which is normal near a limit).
+    gripper_limit_tolerance: the same for grippers (joints named `*gripper`, normalized 0 closed .. 1 open).
+        Flow policies overshoot a gripper's open/close command under distribution shift (measured: 0.39 beyond
+        [0, 1]); that only means "fully open/closed", is clamped like any other command, and must not make
+        the executor refuse the arms' motion with it: a refused chunk leaves the robot holding, the next
+        observation is the same and so is the next chunk, and the episode never recovers.
     """
 
     max_points: int = 1000
     jump_velocity_factor: float = 3.0
     max_start_deviation: float = 0.5
     limit_tolerance: float = 0.2
+    gripper_limit_tolerance: float = 1.0
+
+    def tolerances(self, names: tuple[str, ...] | list[str]) -> np.ndarray:
+        """Per-joint limit tolerance for joints `names`."""
+        return np.array([self.gripper_limit_tolerance if n.endswith("gripper") else self.limit_tolerance for n in names])
 
 
 def validate_chunk(joint_names: list[str] | tuple[str, ...], times: np.ndarray, positions: np.ndarray,
@@ -169,12 +179,12 @@ def validate_chunk(joint_names: list[str] | tuple[str, ...], times: np.ndarray, 
         raise ChunkRejected("timing", "time_from_start must start >= 0 and strictly increase")
     order = [names.index(n) for n in limits.names]
     q = positions[:, order]
-    tol = check.limit_tolerance
+    tol = check.tolerances(limits.names)
     if not limits.within(q, tol):
-        over = np.maximum(q - limits.upper, limits.lower - q).max(axis=0)
+        over = np.maximum(q - limits.upper, limits.lower - q).max(axis=0) - tol
         worst = int(np.argmax(over))
-        raise ChunkRejected("limits", f"joint {limits.names[worst]!r} goes {over[worst]:.3f} beyond its limits "
-                            f"(tolerance {tol})")
+        raise ChunkRejected("limits", f"joint {limits.names[worst]!r} goes {over[worst] + tol[worst]:.3f} beyond its "
+                            f"limits (tolerance {tol[worst]})")
     if times.size > 1:
         dts = np.diff(times)[:, None]
         speed = np.abs(np.diff(q, axis=0)) / dts
