@@ -84,6 +84,7 @@ class ExecutorNodeConfig:
     max_start_deviation: float = 0.5
     limit_tolerance: float = 0.2
     gripper_limit_tolerance: float = 1.0         # joints named *gripper (ki_vla.infer.safety.ChunkCheck)
+    check_gripper_motion: bool = False           # jump / start-deviation checks on grippers too
     hold_before_first_chunk: bool = True         # command the measured position until the first chunk
     realtime_priority: int = 0                   # >0: SCHED_FIFO priority for the control thread (needs
                                                  # CAP_SYS_NICE / rtprio limits; falls back to nice -10)

@@ -63,7 +63,8 @@ class ExecutorNode(Node):
         self.dt = 1.0 / cfg.control_hz
         check = ChunkCheck(max_points=cfg.max_points, jump_velocity_factor=cfg.jump_velocity_factor,
                            max_start_deviation=cfg.max_start_deviation, limit_tolerance=cfg.limit_tolerance,
-                           gripper_limit_tolerance=cfg.gripper_limit_tolerance)
+                           gripper_limit_tolerance=cfg.gripper_limit_tolerance,
+                           check_gripper_motion=cfg.check_gripper_motion)
         merger = make_merger(cfg.merge_strategy, cfg.ensembling_m, cfg.max_chunks)
         self.core = ChunkExecutor(merger, self.limits, self.dt, cfg.chunk_timeout, cfg.lookahead_points, check)
         self.log = ThrottledLog(self)

@@ -146,3 +146,28 @@ def test_gripper_overshoot_is_clamped_not_a_rejection(limits):
     with pytest.raises(ChunkRejected, match="beyond"):
         validate_chunk(*chunk()[:2], chunk()[2] + np.where(np.arange(NUM_JOINTS) == g, 1.0, 0.0), limits,
                        ChunkCheck(gripper_limit_tolerance=0.2))
+
+
+def test_gripper_decisions_are_not_jumps_but_arm_jumps_are(limits):
+    """A chunk that closes the gripper at once (start 0.8 away, a 0.5 step between points) is accepted; the same on
+    an arm joint, or on the gripper with check_gripper_motion, is refused."""
+    g = GRIPPER_INDICES[1]
+    names, times, pos = chunk()
+    pos[:, g] = np.where(np.arange(len(times)) < 3, 0.7, 0.2)  # a 0.5 step between points 2 and 3
+    reference = pos[0].copy()
+    reference[g] = 1.0  # the current command: open; the chunk starts 0.3 from it and then closes fast
+    validate_chunk(names, times, pos, limits, reference=reference)
+    ref2 = reference.copy()
+    ref2[g] = 0.0
+    pos2 = pos.copy()
+    pos2[:, g] = 0.8  # 0.8 from the current command
+    validate_chunk(names, times, pos2, limits, reference=ref2)
+    strict = ChunkCheck(check_gripper_motion=True)
+    with pytest.raises(ChunkRejected, match="jump on 'right_gripper'"):
+        validate_chunk(names, times, pos, limits, strict)
+    with pytest.raises(ChunkRejected, match="right_gripper"):
+        validate_chunk(names, times, pos2, limits, strict, reference=ref2)
+    names, times, pos = chunk()
+    pos[3:, 2] += 0.5
+    with pytest.raises(ChunkRejected, match="jump on 'left_elbow'"):
+        validate_chunk(names, times, pos, limits)
