@@ -256,3 +256,16 @@ def test_validation_holds_out_the_last_episodes_and_logs_their_loss(dataset, tmp
     assert [r["step"] for r in val_rows] == [2, 4] and all(r["val_loss"] > 0 and r["val_flow"] > 0 for r in val_rows)
     with pytest.raises(ValueError, match="val_episodes"):
         Trainer(config(dataset, tmp_path / "val2", val_episodes=2))
+
+
+def test_state_dropout_zeroes_the_expert_state_of_a_seeded_fraction(dataset, tmp_path):
+    trainer = Trainer(config(dataset, tmp_path / "drop", state_dropout=0.5, batch_size=8, max_steps=2))
+    rows = [trainer._micro_batch(s, 0)["state"] for s in range(6)]
+    dropped = torch.cat([(r == 0).all(dim=1) for r in rows])
+    assert 0 < int(dropped.sum()) < len(dropped)  # some, not all
+    again = [trainer._micro_batch(s, 0)["state"] for s in range(6)]
+    assert all(torch.equal(a, b) for a, b in zip(rows, again))  # a pure function of the step
+    plain = Trainer(config(dataset, tmp_path / "plain", batch_size=8, max_steps=2))
+    assert not (plain._micro_batch(0, 0)["state"] == 0).all(dim=1).any()
+    with pytest.raises(ValueError, match="state_dropout"):
+        config(dataset, tmp_path / "bad", state_dropout=1.0)

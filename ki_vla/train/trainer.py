@@ -260,7 +260,12 @@ class Trainer:
     # ---- loop --------------------------------------------------------------------------------------------
     def _micro_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
         samples = [self.dataset[i] for i in self.schedule.indices(step, self.env.rank, micro)]
-        return self.policy.processor(samples, device=self.device)
+        batch = self.policy.processor(samples, device=self.device)
+        if self.cfg.state_dropout > 0:  # seeded by the step like the data order: resume stays exact
+            rng = np.random.default_rng([self.cfg.seed, step, self.env.rank, micro, 7])
+            drop = torch.from_numpy(rng.random(batch["state"].shape[0]) < self.cfg.state_dropout).to(self.device)
+            batch["state"] = batch["state"].masked_fill(drop[:, None], 0.0)
+        return batch
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
