@@ -496,3 +496,17 @@ def test_fast_tokenizer_larger_than_the_reserved_range_is_refused(cfg, fast_tok)
     policy = KIPolicy(small)
     with pytest.raises(ValueError, match="reserves"):
         policy.set_fast_tokenizer(fast_tok)
+
+
+def test_state_can_stay_out_of_the_prompt(cfg):
+    from ki_vla.model.processing import robot_prompt
+
+    assert robot_prompt("pick", None) == "Task: pick;\nAction: " and "State: 1 2" in robot_prompt("pick", np.array([1, 2]))
+    no_prompt = dataclasses.replace(cfg, state_in_prompt=False, expert=dataclasses.replace(cfg.expert, state_input=True))
+    policy = KIPolicy(no_prompt)
+    sample = {"images": {}, "state": np.full(cfg.state_dim, 0.3, np.float32), "instruction": "transfer the cube"}
+    batch = policy.processor([sample], with_targets=False)
+    text = policy.processor.text_tokenizer.decode(batch["text_ids"][0][batch["text_valid"][0]].tolist())
+    assert "State" not in text and batch["state"].abs().sum() > 0  # the expert still gets the state
+    with pytest.raises(ValueError, match="state_in_prompt"):
+        dataclasses.replace(cfg, state_in_prompt=False).validate()

@@ -94,6 +94,10 @@ class PolicyConfig:
     max_text_tokens: int = 96  # prompt tokens (instruction + discretized state)
     max_target_tokens: int = 96  # FAST tokens + end token (or a VLM answer)
     state_bins: int = 256
+    # pi0.5 puts the discretized state in the prompt. Off, the backbone's FAST targets must be predicted from the
+    # images (the expert still reads the state with `expert.state_input`): with the state at hand the backbone,
+    # and so the image features the insulated expert reads, never needs to look at where the cube is.
+    state_in_prompt: bool = True
     fast_vocab_size: int = 1024
     fast_skip_tokens: int = 128  # FAST ids sit below the last 128 ids of the LM vocab (openpi)
     fast_scale: float = 10.0
@@ -136,6 +140,8 @@ class PolicyConfig:
         reserved = self.fast_vocab_size + self.fast_skip_tokens + 1
         need(self.text.vocab_size > reserved, f"text.vocab_size must exceed {reserved} (FAST ids are reserved at its end)")
         need(self.max_text_tokens > 0 and self.max_target_tokens > 1, "token budgets must be positive")
+        need(self.state_in_prompt or self.expert.state_input or self.variant == "pi0_fast",
+             "state_in_prompt: false needs expert.state_input: true, or the policy never sees the robot state")
 
     # ---- YAML ---------------------------------------------------------------------------------
     @classmethod

@@ -59,8 +59,11 @@ def discretize_state(state_norm: np.ndarray, bins: int) -> np.ndarray:
     return np.clip(np.digitize(np.clip(state_norm, -1.0, 1.0), edges) - 1, 0, bins - 1)
 
 
-def robot_prompt(instruction: str, state_bins: np.ndarray) -> str:
+def robot_prompt(instruction: str, state_bins: np.ndarray | None) -> str:
+    """pi0.5's prompt; without state bins (`state_in_prompt: false`) the backbone sees the task alone."""
     task = " ".join(instruction.strip().replace("_", " ").split())
+    if state_bins is None:
+        return f"Task: {task};\nAction: "
     return f"Task: {task}, State: {' '.join(str(int(b)) for b in state_bins)};\nAction: "
 
 
@@ -175,7 +178,8 @@ class Processor:
                 if state.shape != (cfg.state_dim,):
                     raise ValueError(f"state has shape {state.shape}, expected ({cfg.state_dim},)")
                 states[i] = self.normalize_state(state)
-                prompt = robot_prompt(str(sample["instruction"]), discretize_state(states[i], cfg.state_bins))
+                bins = discretize_state(states[i], cfg.state_bins) if cfg.state_in_prompt else None
+                prompt = robot_prompt(str(sample["instruction"]), bins)
                 if with_targets and sample.get("actions") is not None:
                     raw = np.asarray(sample["actions"], np.float32)
                     if raw.shape != (h, cfg.action_dim):
