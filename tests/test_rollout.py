@@ -52,6 +52,7 @@ def test_a_perfect_policy_succeeds_through_the_executor(limits):
     assert res.success and res.max_reward == 4 and res.rejected_chunks == 0
     assert res.chunks == oracle.calls and oracle.calls == int(np.ceil(res.duration_s / DT / 10))
     assert res.duration_s < 8.0  # stops at the first successful tick
+    assert res.first_chunk_error is not None and res.first_chunk_error < 1e-6  # the oracle's chunk is the plan
 
 
 def test_latency_and_ensembling_still_execute_the_plan(limits):

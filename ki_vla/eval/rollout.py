@@ -47,6 +47,9 @@ class RolloutConfig:
     max_seconds: float | None = None  # default: the task's episode length
     urdf: str = "urdf/aloha_vx300s.urdf"
     target: str | None = None  # transfer_color: name this cube in every episode (default: drawn per seed)
+    # The first chunk against the scripted plan of the same scene (privileged, sim only): predicted before the arm
+    # moves, when only the images say where the objects are, so it measures the image pathway by itself.
+    first_chunk_error: bool = True
 
     def __post_init__(self) -> None:
         from ki_vla.sim.scenes import TASKS
@@ -78,6 +81,7 @@ class RolloutResult:
     last_rejection: str = ""
     held_ticks: int = 0
     reward_curve: list[int] = field(default_factory=list)  # staged reward every 10 ticks
+    first_chunk_error: float | None = None  # rad: mean over joints of the max |chunk - scripted plan| over the chunk
 
 
 def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: Any,
@@ -110,6 +114,11 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
             chunk = policy.predict(Observation(images=images, state=state, instruction=sim.instruction, stamp=now),
                                    generator=generator)
             pending.append((tick + cfg.latency_ticks, now, chunk))
+            if tick == 0 and cfg.first_chunk_error:
+                from ki_vla.sim.scripted import ScriptedPolicy
+
+                plan = ScriptedPolicy(sim.config.task).plan(sim, len(chunk))  # the sim is still at its reset state
+                result.first_chunk_error = float(np.abs(chunk - plan).max(axis=0).mean())
         for item in [p for p in pending if p[0] <= tick]:
             pending.remove(item)
             _, stamp, chunk = item
@@ -203,6 +212,8 @@ def summarize(results: list[RolloutResult]) -> dict[str, Any]:
             "reward_histogram": {str(v): sum(r.max_reward == v for r in results) for v in range(5)},
             "wrong_cube_moved_rate": float(np.mean([r.wrong_cube_moved for r in results])) if n else 0.0,
             "rejected_chunks": int(sum(r.rejected_chunks for r in results)),
+            "first_chunk_error": float(np.mean(fce)) if (fce := [r.first_chunk_error for r in results
+                                                                  if r.first_chunk_error is not None]) else None,
             "rejected_by_reason": {k: int(sum(r.rejected_by_reason.get(k, 0) for r in results))
                                    for k in sorted({k for r in results for k in r.rejected_by_reason})},
             "held_tick_fraction": float(np.mean([r.held_ticks / max(1.0, r.duration_s * CONTROL_HZ) for r in results]))

@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     line = (f"{args.task}: success {summary['successes']}/{summary['episodes']} = {summary['success_rate']:.2f} "
             f"(95% CI {low:.2f}-{high:.2f}), mean reward {summary['mean_reward_fraction']:.2f} of max, "
             f"rewards {summary['reward_histogram']}")
+    if summary["first_chunk_error"] is not None:
+        line += f", first-chunk error {summary['first_chunk_error']:.3f} rad"
     if args.task == "transfer_color":
         line += f", wrong cube moved {summary['wrong_cube_moved_rate']:.2f}"
     print(line)
