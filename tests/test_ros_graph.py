@@ -35,7 +35,8 @@ def graph_config(tmp_path: Path) -> Path:
     # Accept the random model's chunks so the path camera -> command is exercised end to end; the clamp
     # and velocity limit (not the rejection thresholds) then keep the commands safe.
     cfg["executor_node"]["ros__parameters"].update(max_start_deviation=100.0, jump_velocity_factor=1e6,
-                                                   limit_tolerance=100.0, chunk_timeout=2.0)
+                                                   limit_tolerance=100.0, gripper_limit_tolerance=100.0,
+                                                   chunk_timeout=2.0)
     for section in cfg.values():
         section["ros__parameters"]["diagnostics_period"] = 0.5
     path = tmp_path / "graph.yaml"
