@@ -73,7 +73,7 @@ class ExecutorNodeConfig:
     right_command_topic: str = "/right_arm_controller/joint_trajectory"
     urdf_path: str = "urdf/aloha_vx300s.urdf"
     control_hz: float = CONTROL_HZ
-    merge_strategy: str = "temporal_ensembling"  # temporal_ensembling | latest (ki_vla.infer.chunking.MERGERS)
+    merge_strategy: str = "latest"               # latest | temporal_ensembling (ki_vla.infer.chunking.MERGERS)
     ensembling_m: float = 0.01
     max_chunks: int = 64
     chunk_timeout: float = 0.5                   # s without a fresh chunk -> hold the last command
