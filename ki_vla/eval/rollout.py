@@ -93,7 +93,7 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
 
     dt = 1.0 / CONTROL_HZ
     obs = sim.reset(seed=seed, target=cfg.target, render=False)
-    other_start = None
+    other, other_start = None, None  # transfer_color: the cube the instruction does not name, and where it started
     if sim.config.task == "transfer_color":
         from ki_vla.sim.scenes import COLOR_BODIES
 
@@ -144,8 +144,8 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
     else:
         result.duration_s = max_ticks * dt
     result.reward_fraction = result.max_reward / sim.max_reward
-    if other_start is not None:
-        moved = np.abs(sim.body_pose(COLOR_BODIES["blue" if sim.target == "red" else "red"])[0] - other_start)
+    if other is not None:
+        moved = np.abs(sim.body_pose(other)[0] - other_start)
         result.wrong_cube_moved = bool(moved.max() > WRONG_CUBE_MOVE_M)
     return result
 
