@@ -508,5 +508,9 @@ def test_state_can_stay_out_of_the_prompt(cfg):
     batch = policy.processor([sample], with_targets=False)
     text = policy.processor.text_tokenizer.decode(batch["text_ids"][0][batch["text_valid"][0]].tolist())
     assert "State" not in text and batch["state"].abs().sum() > 0  # the expert still gets the state
-    with pytest.raises(ValueError, match="state_in_prompt"):
-        dataclasses.replace(cfg, state_in_prompt=False).validate()
+    # Without either, the policy reads the arms from its cameras alone (the state never reaches the model).
+    blind = KIPolicy(dataclasses.replace(cfg, state_in_prompt=False, expert=dataclasses.replace(cfg.expert, state_input=False)))
+    a = blind.processor([sample], with_targets=False)
+    b = blind.processor([dict(sample, state=-sample["state"])], with_targets=False)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(blind.sample_actions(a, generator=gen()), blind.sample_actions(b, generator=gen()))

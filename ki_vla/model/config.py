@@ -140,8 +140,6 @@ class PolicyConfig:
         reserved = self.fast_vocab_size + self.fast_skip_tokens + 1
         need(self.text.vocab_size > reserved, f"text.vocab_size must exceed {reserved} (FAST ids are reserved at its end)")
         need(self.max_text_tokens > 0 and self.max_target_tokens > 1, "token budgets must be positive")
-        need(self.state_in_prompt or self.expert.state_input or self.variant == "pi0_fast",
-             "state_in_prompt: false needs expert.state_input: true, or the policy never sees the robot state")
 
     # ---- YAML ---------------------------------------------------------------------------------
     @classmethod

@@ -49,6 +49,13 @@ class TrainConfig:
     # is, and the image pathway learns from the few frames before the arm moves only (measured on the CPU recipe:
     # the first chunk of a training episode was off by up to 0.5 rad, chunks 30 ticks later by 0.1).
     state_dropout: float = 0.0
+    # Image augmentation of the training batches (ki_vla.train.augment; never at inference or validation): every
+    # camera image of every sample is shifted by up to image_shift pixels (at the model's resolution), rotated by
+    # up to image_rotate degrees, and its brightness / contrast / saturation scaled by factors in
+    # [1 - color_jitter, 1 + color_jitter]. All 0 (off) by default.
+    image_shift: int = 0
+    image_rotate: float = 0.0
+    color_jitter: float = 0.0
     val_episodes: int = 0
     val_every: int = 500
     val_batches: int = 4
@@ -77,6 +84,8 @@ class TrainConfig:
         need(0 <= self.vlm_ratio < 1, "vlm_ratio must be in [0, 1)")
         need(self.vlm_ratio == 0 or bool(self.vlm_dataset), "vlm_ratio > 0 needs vlm_dataset")
         need(0 <= self.state_dropout < 1, "state_dropout must be in [0, 1)")
+        need(self.image_shift >= 0 and self.image_rotate >= 0 and 0 <= self.color_jitter < 1,
+             "image_shift (pixels) and image_rotate (degrees) must be >= 0, color_jitter in [0, 1)")
         need(self.val_episodes >= 0 and self.val_every > 0 and self.val_batches > 0,
              "val_episodes must be >= 0, val_every and val_batches > 0")
         need(self.save_every > 0 and self.log_every > 0 and self.keep_checkpoints > 0,

@@ -42,6 +42,7 @@ from ki_vla.model.config import PolicyConfig
 from ki_vla.model.policy import KIPolicy
 from ki_vla.paths import resolve
 from ki_vla.tokenizer.fast import FastTokenizer
+from ki_vla.train.augment import ImageAugment
 from ki_vla.train.config import TrainConfig
 from ki_vla.train.distributed import DistEnv, wrap_model
 
@@ -132,6 +133,7 @@ class Trainer:
         if cfg.vlm_ratio > 0:
             self.dataset = MixtureDataset(robot, VLMDataset(cfg.vlm_dataset), cfg.vlm_ratio, seed=cfg.seed)
         self.schedule = StepSchedule(self.dataset, cfg.seed, cfg.batch_size, cfg.grad_accum_steps, self.env.world_size)
+        self.augment = ImageAugment(cfg.image_shift, cfg.image_rotate, cfg.color_jitter)
 
         self.policy.backbone.gradient_checkpointing = cfg.gradient_checkpointing
         if self.policy.expert is not None:
@@ -265,6 +267,9 @@ class Trainer:
             rng = np.random.default_rng([self.cfg.seed, step, self.env.rank, micro, 7])
             drop = torch.from_numpy(rng.random(batch["state"].shape[0]) < self.cfg.state_dropout).to(self.device)
             batch["state"] = batch["state"].masked_fill(drop[:, None], 0.0)
+        if self.augment.active:
+            gen = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 1013 + self.env.rank * 37 + micro)
+            batch["images"] = self.augment(batch["images"], gen)
         return batch
 
     @torch.no_grad()
