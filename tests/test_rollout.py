@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ki_vla.eval.rollout import RolloutConfig, run_episode, summarize
+from ki_vla.eval.rollout import RolloutConfig, RolloutResult, run_episode, scene_dependence, summarize
 from ki_vla.infer.safety import JointLimits
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
 from ki_vla.paths import resolve
@@ -73,6 +73,25 @@ def test_moving_the_wrong_cube_is_reported(limits):
     assert not res.success and res.wrong_cube_moved
     s = summarize([res])
     assert s["wrong_cube_moved_rate"] == 1.0 and s["successes"] == 0
+
+
+def test_scene_dependence_tells_a_blind_policy_from_one_that_reads_the_scene():
+    rng = np.random.default_rng(0)
+    plans = rng.normal(size=(6, 14)) * 0.2
+    plans[:, 0] = 0.3  # a joint the plan never varies is left out
+
+    def results(preds):
+        return [RolloutResult(seed=i, success=False, max_reward=0, reward_fraction=0.0, duration_s=1.0, instruction="",
+                              first_chunk_end=p.tolist(), plan_end=q.tolist()) for i, (p, q) in enumerate(zip(preds, plans))]
+
+    seeing = scene_dependence(results(plans))
+    assert seeing["first_chunk_scene_spread"] == pytest.approx(1.0) and seeing["first_chunk_scene_corr"] == pytest.approx(1.0)
+    blind = scene_dependence(results(np.repeat(plans.mean(0, keepdims=True), 6, axis=0)))
+    assert blind["first_chunk_scene_spread"] == pytest.approx(0.0, abs=1e-9)
+    half = scene_dependence(results(0.5 * plans))
+    assert half["first_chunk_scene_spread"] == pytest.approx(0.5) and half["first_chunk_scene_corr"] == pytest.approx(1.0)
+    assert scene_dependence(results(plans)[:2])["first_chunk_scene_spread"] is None
+    assert summarize(results(plans))["first_chunk_scene_corr"] == pytest.approx(1.0)
 
 
 def test_rollout_config_validation():

@@ -105,13 +105,21 @@ def run(args: argparse.Namespace) -> int:
     plot(points, training_losses(run_dir), title, out / "curve.png")
     rows = "\n".join(f"| {p['step']} | {p['successes']}/{p['episodes']} | {p['success_rate']:.2f} "
                      f"[{p['success_rate_ci95'][0]:.2f}, {p['success_rate_ci95'][1]:.2f}] | {p['mean_reward_fraction']:.2f} | "
-                     f"{'' if p['first_chunk_error'] is None else format(p['first_chunk_error'], '.3f')} |"
+                     f"{_fmt(p['first_chunk_error'], '.3f')} | {_fmt(p['first_chunk_scene_spread'], '.2f')} | "
+                     f"{_fmt(p['first_chunk_scene_corr'], '.2f')} |"
                      for p in points)
     (out / "report.md").write_text(
         f"# Learning curve: {run_dir}\n\n{title}; executor replans every {cfg.replan_every} ticks, latency "
         f"{cfg.latency_ticks} ticks (ROS-free rollout, lockstep).\n\n![curve](curve.png)\n\n"
-        f"| step | successes | rate [95% CI] | reward / max | first-chunk error (rad) |\n|---|---|---|---|---|\n{rows}\n"
+        f"| step | successes | rate [95% CI] | reward / max | first-chunk error (rad) | scene spread | scene corr |\n"
+        f"|---|---|---|---|---|---|---|\n{rows}\n"
         "\nFirst-chunk error: the chunk predicted before the arm moves against the scripted plan of the same scene "
-        "(mean over joints of the largest deviation): only the images tell where the objects are at that point.\n")
+        "(mean over joints of the largest deviation): only the images tell where the objects are at that point. "
+        "Scene spread / corr: across episodes, how much the first chunk's end point varies relative to the plan's, "
+        "and how well they correlate (0 / 0: the policy makes the same reach whatever its cameras show).\n")
     print(f"-> {out / 'report.md'}")
     return 0
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)

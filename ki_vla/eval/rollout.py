@@ -82,6 +82,8 @@ class RolloutResult:
     held_ticks: int = 0
     reward_curve: list[int] = field(default_factory=list)  # staged reward every 10 ticks
     first_chunk_error: float | None = None  # rad: mean over joints of the max |chunk - scripted plan| over the chunk
+    first_chunk_end: list[float] | None = None  # the first chunk's last point and the plan's (scene dependence)
+    plan_end: list[float] | None = None
 
 
 def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: Any,
@@ -119,6 +121,7 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
 
                 plan = ScriptedPolicy(sim.config.task).plan(sim, len(chunk))  # the sim is still at its reset state
                 result.first_chunk_error = float(np.abs(chunk - plan).max(axis=0).mean())
+                result.first_chunk_end, result.plan_end = chunk[-1].tolist(), plan[-1].tolist()
         for item in [p for p in pending if p[0] <= tick]:
             pending.remove(item)
             _, stamp, chunk = item
@@ -214,7 +217,28 @@ def summarize(results: list[RolloutResult]) -> dict[str, Any]:
             "rejected_chunks": int(sum(r.rejected_chunks for r in results)),
             "first_chunk_error": float(np.mean(fce)) if (fce := [r.first_chunk_error for r in results
                                                                   if r.first_chunk_error is not None]) else None,
+            **scene_dependence(results),
             "rejected_by_reason": {k: int(sum(r.rejected_by_reason.get(k, 0) for r in results))
                                    for k in sorted({k for r in results for k in r.rejected_by_reason})},
             "held_tick_fraction": float(np.mean([r.held_ticks / max(1.0, r.duration_s * CONTROL_HZ) for r in results]))
             if n else 0.0}
+
+
+def scene_dependence(results: list[RolloutResult], min_spread: float = 1e-2) -> dict[str, float | None]:
+    """Does the first chunk change with the scene the way the scripted plan does? Across episodes, per joint whose
+    planned end point varies (std > min_spread rad): the predicted end point's spread relative to the plan's, and
+    their correlation; averaged over those joints. A policy that ignores its cameras scores spread 0 (it predicts
+    the same reach in every scene, measured on the CPU recipe before images were learned); one that reads the
+    scene scores spread ~1 and correlation ~1. None with fewer than 3 episodes."""
+    pairs = [(r.first_chunk_end, r.plan_end) for r in results if r.first_chunk_end is not None]
+    if len(pairs) < 3:
+        return {"first_chunk_scene_spread": None, "first_chunk_scene_corr": None}
+    pred, plan = (np.asarray(x, dtype=np.float64) for x in zip(*pairs))
+    varying = plan.std(axis=0) > min_spread
+    if not varying.any():
+        return {"first_chunk_scene_spread": None, "first_chunk_scene_corr": None}
+    pred, plan = pred[:, varying], plan[:, varying]
+    spread = pred.std(axis=0) / plan.std(axis=0)
+    pc, qc = pred - pred.mean(0), plan - plan.mean(0)
+    corr = (pc * qc).sum(0) / np.sqrt((pc ** 2).sum(0) * (qc ** 2).sum(0)).clip(min=1e-12)
+    return {"first_chunk_scene_spread": float(spread.mean()), "first_chunk_scene_corr": float(corr.mean())}

@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
             f"rewards {summary['reward_histogram']}")
     if summary["first_chunk_error"] is not None:
         line += f", first-chunk error {summary['first_chunk_error']:.3f} rad"
+    if summary["first_chunk_scene_spread"] is not None:
+        line += (f", first chunk vs scene: spread {summary['first_chunk_scene_spread']:.2f} of the plan's, "
+                 f"correlation {summary['first_chunk_scene_corr']:.2f}")
     if args.task == "transfer_color":
         line += f", wrong cube moved {summary['wrong_cube_moved_rate']:.2f}"
     print(line)
