@@ -59,7 +59,7 @@ class PolicyNode(LifecycleNode):
         self.device = ""
         self.chunk_rate = RateMeter(5.0)
         self.infer_ms = Window(200)
-        self.obs_age_ms = Window(200)        # newest input stamp -> chunk published
+        self.obs_age_ms = Window(200)        # observation stamp (oldest image) -> chunk published
         self.refused = Counter()
         self.input_errors = Counter()
         self.instructions = Counter()

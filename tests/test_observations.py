@@ -36,11 +36,20 @@ def test_incomplete_refused(drop, reason):
 def test_fresh_observation_and_stamp():
     asm = filled()
     obs = asm.assemble(10.0)
-    assert obs.stamp == pytest.approx(9.99) and obs.instruction == "pick"
+    assert obs.stamp == pytest.approx(9.95) and obs.instruction == "pick"  # the images' time, not the newer state's
+    assert obs.extras["input_stamps"] == pytest.approx((9.95, 9.95, 9.99))
     with pytest.raises(StaleObservation, match="no_new_data"):
         asm.assemble(10.0)
     asm.set_state(10.0, np.ones(14))
     assert asm.assemble(10.0).state[0] == 1.0
+
+
+def test_stamp_is_the_oldest_image():
+    """The scene the policy plans from is as old as its oldest frame: latency is compensated from there."""
+    asm = filled()
+    asm.set_image("b", 9.90, np.zeros((8, 8, 3), np.uint8))
+    asm.set_state(9.999, np.zeros(14))
+    assert asm.assemble(10.0).stamp == pytest.approx(9.90)
 
 
 def test_stale_inputs_refused():

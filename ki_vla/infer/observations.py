@@ -83,8 +83,12 @@ class ObservationAssembler:
     def assemble(self, now: float, require_new: bool = True) -> Observation:
         """The observation for `now`; raises StaleObservation (missing / stale / not new) otherwise.
 
-        The observation's stamp is the newest input stamp: chunk point 0 is the action for that moment, and
-        the executor compensates everything after it (inference time, transport).
+        The observation's stamp is its oldest image's stamp: chunk point 0 is the action for that moment, and
+        the executor compensates everything after it (inference time, transport). The oldest image, not the
+        newest input (usually the joint state, at a higher rate): the policy plans from the scene it sees, which
+        is as old as its oldest frame; stamping it newer would under-compensate that frame's age (up to
+        max_image_age) and the robot would act on where things were, late. The state's own stamp stays in
+        extras["input_stamps"].
         """
         with self._lock:
             images = dict(self._images)
@@ -116,7 +120,7 @@ class ObservationAssembler:
             if isinstance(decoded[c], Exception):
                 raise StaleObservation("invalid_frame", f"{c}: {decoded[c]}")
         obs = Observation(images=decoded, state=state.value, instruction=instruction,
-                          stamp=max(key), extras={"input_stamps": key})
+                          stamp=min(images[c].stamp for c in self.camera_names), extras={"input_stamps": key})
         try:
             obs.validate(self.camera_names, self.state_dim)
         except ValueError as exc:
