@@ -93,7 +93,7 @@ def test_bench_falls_back_to_the_byte_tokenizer(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert run_bench("--model", str(path), "--runs", "1", "--warmup", "0", "--train-steps", "0", "--json", str(out)) == 0
     assert "using the byte tokenizer" in capsys.readouterr().out
-    assert json.loads(out.read_text())["tokenizer"] == "bytes"
+    assert json.loads(out.read_text())["tokenizer"] == "bytes-benchmark"
 
 
 def test_training_flops_explain_the_ki_overhead():

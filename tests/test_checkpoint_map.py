@@ -17,7 +17,7 @@ def tiny_pi05() -> PolicyConfig:
     return dataclasses.replace(
         cfg, dtype="float32", max_text_tokens=64, max_target_tokens=64,
         vision=dataclasses.replace(cfg.vision, image_size=28, patch_size=14, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=48),
-        text=dataclasses.replace(cfg.text, vocab_size=1536, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=1, head_dim=16, intermediate_size=96),
+        text=dataclasses.replace(cfg.text, tokenizer="bytes", vocab_size=1536, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=1, head_dim=16, intermediate_size=96),
         expert=dataclasses.replace(cfg.expert, hidden_size=32, intermediate_size=48))
 
 
@@ -103,3 +103,18 @@ def test_map_rejects_pi0_and_unknown_keys(tmp_path):
         load_lerobot_pi05(KIPolicy(cfg), tmp_path / "model.safetensors")
     with pytest.raises(FileNotFoundError):
         load_lerobot_pi05(KIPolicy(cfg), tmp_path / "nope")
+
+
+def test_pi05_refuses_byte_token_ids():
+    """pi0.5's 257k-id embedding was trained on Gemma token ids: byte ids there are silently wrong inputs."""
+    from types import SimpleNamespace
+
+    cfg = PolicyConfig.from_yaml("config/model/pi05.yaml")
+    with pytest.raises(ValueError, match="PaliGemma"):
+        dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, tokenizer="bytes"))
+    with pytest.raises(ValueError, match="needs the tokenizer it was trained with"):
+        dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, tokenizer="bytes", vocab_size=1536,
+                                                          pretrained="smollm2-gguf"))
+    timing = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, tokenizer="bytes-benchmark"))
+    with pytest.raises(ValueError, match="Gemma token ids"):
+        load_lerobot_pi05(SimpleNamespace(cfg=timing), "unused.safetensors")

@@ -94,8 +94,8 @@ def model_config(args: argparse.Namespace):
     try:
         load_text_tokenizer(text.tokenizer)
     except (FileNotFoundError, ImportError) as exc:
-        print(f"ki-vla bench: tokenizer {text.tokenizer!r} unavailable ({exc}); using the byte tokenizer")
-        text = dataclasses.replace(text, tokenizer="bytes")
+        print(f"ki-vla bench: tokenizer {text.tokenizer!r} unavailable ({exc}); using the byte tokenizer (bytes-benchmark)")
+        text = dataclasses.replace(text, tokenizer="bytes-benchmark")
     return dataclasses.replace(cfg, dtype="float32", text=text)
 
 

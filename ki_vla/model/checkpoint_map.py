@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ki_vla.model.config import BYTE_TOKENIZER_MAX_VOCAB, BYTE_TOKENIZERS
+
 _P = "paligemma_with_expert.paligemma.model."
 _E = "paligemma_with_expert.gemma_expert.model."
 _RULES: list[tuple[str, str]] = [
@@ -81,6 +83,10 @@ def load_lerobot_pi05(policy: torch.nn.Module, path: str | Path) -> None:
 
     Every parameter must be covered and every shape must match; otherwise a ValueError names the first few.
     """
+    text = policy.cfg.text
+    if text.tokenizer in BYTE_TOKENIZERS and text.vocab_size > BYTE_TOKENIZER_MAX_VOCAB:
+        raise ValueError(f"pi0.5 weights read Gemma token ids; text.tokenizer {text.tokenizer!r} would feed them byte "
+                         "ids. Set text.tokenizer to the PaliGemma tokenizer folder (tokenizer.json)")
     path = Path(path)
     file = path / "model.safetensors" if path.is_dir() else path
     if not file.is_file():

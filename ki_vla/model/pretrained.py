@@ -13,7 +13,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from ki_vla.model.config import TextConfig
+from ki_vla.model.config import BYTE_TOKENIZERS, TextConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def load_text_tokenizer(spec: str, folder: Path | None = None):
     checkpoint's saved tokenizer and wins (so a checkpoint never depends on where it was trained)."""
     if folder is not None and (folder / "tokenizer.json").is_file():
         tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    elif spec == "bytes":
+    elif spec in BYTE_TOKENIZERS:
         tok = byte_tokenizer()
     elif spec == SMOLLM2_GGUF:
         gguf = smollm2_gguf_path()

@@ -53,7 +53,8 @@ def estimate(cfg: TrainConfig) -> tuple[PolicyConfig, MemoryEstimate]:
     pcfg = PolicyConfig.from_yaml(path / "config.yaml" if path.is_dir() else path)
     if cfg.variant:
         pcfg = dataclasses.replace(pcfg, variant=cfg.variant)
-    pcfg = dataclasses.replace(pcfg, text=dataclasses.replace(pcfg.text, pretrained=None))
+    # Meta-device parameter counting: no weights and no token ids are read, so no tokenizer is needed.
+    pcfg = dataclasses.replace(pcfg, text=dataclasses.replace(pcfg.text, pretrained=None, tokenizer="bytes-benchmark"))
     with torch.device("meta"):
         policy = KIPolicy(pcfg)
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
