@@ -269,3 +269,31 @@ def test_state_dropout_zeroes_the_expert_state_of_a_seeded_fraction(dataset, tmp
     assert not (plain._micro_batch(0, 0)["state"] == 0).all(dim=1).any()
     with pytest.raises(ValueError, match="state_dropout"):
         config(dataset, tmp_path / "bad", state_dropout=1.0)
+
+
+def test_data_loader_workers_build_the_same_batches_and_weights(dataset, tmp_path):
+    """num_workers only moves decoding and tokenizing into other processes: the batches, and so the trained
+    weights, are those of the in-process loop (the data order stays a pure function of seed and step)."""
+    runs = {}
+    for workers in (0, 2):
+        trainer = Trainer(config(dataset, tmp_path / f"w{workers}", max_steps=3, save_every=3, grad_accum_steps=2,
+                                 num_workers=workers, ema_decay=None))
+        batches = list(trainer._batches(0, 3))
+        assert [(s, m) for s, m, _ in batches] == [(s, m) for s in range(3) for m in range(2)]
+        trainer.train()
+        runs[workers] = (batches, trainer.policy.state_dict())
+    for (_, _, a), (_, _, b) in zip(runs[0][0], runs[2][0]):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(runs[0][1][k], runs[2][1][k]) for k in runs[0][1])
+    with pytest.raises(ValueError, match="num_workers"):
+        config(dataset, tmp_path / "bad", num_workers=-1)
+
+
+def test_image_augmentation_is_seeded_by_the_step(dataset, tmp_path):
+    plain = Trainer(config(dataset, tmp_path / "plain", max_steps=2))
+    shifted = Trainer(config(dataset, tmp_path / "aug", max_steps=2, image_shift=3, color_jitter=0.2))
+    a, b = shifted._micro_batch(1, 0)["images"], shifted._micro_batch(1, 0)["images"]
+    assert torch.equal(a, b) and not torch.equal(a, plain._micro_batch(1, 0)["images"])
+    assert not torch.equal(a, shifted._micro_batch(2, 0)["images"])  # a new draw every step
+    with pytest.raises(ValueError, match="image_shift"):
+        config(dataset, tmp_path / "bad", image_rotate=-1.0)

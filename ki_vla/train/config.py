@@ -40,6 +40,8 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     resume: bool = False  # continue from the newest checkpoint in output_dir
+    # DataLoader worker processes that decode, resize and tokenize the next micro-batches while this process
+    # trains (0: in the training loop). Each worker holds its own decoded-episode cache (memory x workers).
     num_workers: int = 0
     # Held-out validation: the last `val_episodes` episodes of the dataset are not trained on; every `val_every`
     # steps the loss on `val_batches` fixed batches of them (EMA weights when kept: what final/ holds) is logged
@@ -86,6 +88,7 @@ class TrainConfig:
         need(0 <= self.state_dropout < 1, "state_dropout must be in [0, 1)")
         need(self.image_shift >= 0 and self.image_rotate >= 0 and 0 <= self.color_jitter < 1,
              "image_shift (pixels) and image_rotate (degrees) must be >= 0, color_jitter in [0, 1)")
+        need(self.num_workers >= 0, "num_workers must be >= 0")
         need(self.val_episodes >= 0 and self.val_every > 0 and self.val_batches > 0,
              "val_episodes must be >= 0, val_every and val_batches > 0")
         need(self.save_every > 0 and self.log_every > 0 and self.keep_checkpoints > 0,

@@ -88,6 +88,23 @@ class StepSchedule:
         return out
 
 
+class MicroBatches(torch.utils.data.Dataset):
+    """Item k is the processed micro-batch of global micro-step k = step * accum + micro for one rank: the indices
+    come from the StepSchedule (a pure function of seed and step), so worker processes build exactly the batches
+    the training loop would build itself and resume stays exact. Decoding, resizing and tokenizing run here, in
+    DataLoader workers when num_workers > 0, while the main process computes the previous step."""
+
+    def __init__(self, schedule: StepSchedule, dataset: Any, processor: Any, rank: int) -> None:
+        self.schedule, self.dataset, self.processor, self.rank = schedule, dataset, processor, rank
+
+    def __len__(self) -> int:
+        return 2 ** 62  # indexed by micro-step, unbounded: the sampler says which ones
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        step, micro = divmod(int(k), self.schedule.accum)
+        return self.processor([self.dataset[i] for i in self.schedule.indices(step, self.rank, micro)])
+
+
 def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
@@ -260,9 +277,27 @@ class Trainer:
         return final
 
     # ---- loop --------------------------------------------------------------------------------------------
-    def _micro_batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
-        samples = [self.dataset[i] for i in self.schedule.indices(step, self.env.rank, micro)]
-        batch = self.policy.processor(samples, device=self.device)
+    def _batches(self, start: int, stop: int):
+        """(step, micro, CPU batch) for steps start..stop-1, from `num_workers` worker processes (0: in this one)."""
+        accum = self.cfg.grad_accum_steps
+        source = MicroBatches(self.schedule, self.dataset, self.policy.processor, self.env.rank)
+        if self.cfg.num_workers == 0:
+            for k in range(start * accum, stop * accum):
+                yield (*divmod(k, accum), source[k])
+            return
+        loader = torch.utils.data.DataLoader(
+            source, batch_size=None, sampler=range(start * accum, stop * accum), num_workers=self.cfg.num_workers,
+            prefetch_factor=4, persistent_workers=False, pin_memory=self.device.type == "cuda",
+            worker_init_fn=_worker_threads)
+        for k, batch in enumerate(loader, start=start * accum):
+            yield (*divmod(k, accum), batch)
+
+    def _micro_batch(self, step: int, micro: int, batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The micro-batch on the device, augmented; `batch` is the processed CPU batch when a worker built it."""
+        if batch is None:
+            batch = MicroBatches(self.schedule, self.dataset, self.policy.processor, self.env.rank)[
+                step * self.cfg.grad_accum_steps + micro]
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         if self.cfg.state_dropout > 0:  # seeded by the step like the data order: resume stays exact
             rng = np.random.default_rng([self.cfg.seed, step, self.env.rank, micro, 7])
             drop = torch.from_numpy(rng.random(batch["state"].shape[0]) < self.cfg.state_dropout).to(self.device)
@@ -333,11 +368,15 @@ class Trainer:
         self.model.train()
         step = self.start_step
         t_last, samples_since = time.perf_counter(), 0
+        batches = self._batches(step, stop)
         try:
             while step < stop:
                 sums = {"loss": 0.0, "ce": 0.0, "flow": 0.0}
                 for micro in range(cfg.grad_accum_steps):
-                    batch = self._micro_batch(step, micro)
+                    b_step, b_micro, cpu_batch = next(batches)
+                    if (b_step, b_micro) != (step, micro):
+                        raise RuntimeError(f"data loader at step {b_step}.{b_micro}, training loop at {step}.{micro}")
+                    batch = self._micro_batch(step, micro, cpu_batch)
                     sync = micro == cfg.grad_accum_steps - 1
                     ctx = self.model.no_sync() if (env.enabled and not sync and hasattr(self.model, "no_sync")) else contextlib.nullcontext()
                     with ctx:
@@ -382,6 +421,7 @@ class Trainer:
             if step == cfg.max_steps:
                 self._export_final(step)
         finally:
+            batches.close()  # stops DataLoader workers when the loop ends early (until=, an exception)
             bar.close()
             if metrics is not None:
                 metrics.close()
@@ -389,3 +429,8 @@ class Trainer:
                 writer.close()
         return history
 
+
+
+def _worker_threads(_: int) -> None:
+    # One intra-op thread per data worker: the workers run beside the training step, which owns the cores.
+    torch.set_num_threads(1)
