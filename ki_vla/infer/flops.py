@@ -57,7 +57,12 @@ def _vision(cfg: PolicyConfig) -> tuple[float, float]:
     tower = vc.num_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size) + 3 * vc.patch_size**2 * vc.hidden_size
     projector = vc.hidden_size * (vc.scale_factor**2 if vc.arch == "idefics3" else 1) * cfg.text.hidden_size
     per_image = 2.0 * patches * tower + vc.num_layers * 4 * patches * patches * vc.hidden_size + 2.0 * vc.tokens_per_image * projector
-    return len(cfg.camera_names) * per_image, float(tower + projector)
+    keypoints = 0.0
+    if vc.keypoints:  # conv stem at every pixel, then the coordinates' projection to one token
+        stem = 27 * vc.keypoint_channels + 9 * vc.keypoint_channels * vc.keypoints
+        keypoints = stem + 2 * vc.keypoints * cfg.text.hidden_size
+        per_image += 2.0 * vc.image_size**2 * stem + 2.0 * 2 * vc.keypoints * cfg.text.hidden_size
+    return len(cfg.camera_names) * per_image, float(tower + projector + keypoints)
 
 
 def inference_floor(cfg: PolicyConfig, batch_size: int = 1, num_steps: int | None = None, bytes_per_param: int = 2) -> Floor:

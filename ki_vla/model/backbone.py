@@ -26,6 +26,7 @@ from transformers.models.siglip.modeling_siglip import SiglipVisionModel
 
 from ki_vla.model.attention import attend, sdpa_mask
 from ki_vla.model.config import PolicyConfig, TextConfig, VisionConfig
+from ki_vla.model.keypoints import SpatialKeypoints
 from ki_vla.model.pretrained import load_pretrained_text_model
 from ki_vla.model.projections import gated_mlp, project_qkv
 
@@ -127,6 +128,7 @@ class VLMBackbone(nn.Module):
             icfg = Idefics3Config(vision_config=vcfg.to_dict(), text_config=hf_text_config(tc).to_dict(),
                                   scale_factor=vc.scale_factor)
             self.connector = Idefics3Connector(icfg)
+        self.keypoints = SpatialKeypoints(vc.keypoints, vc.keypoint_channels, tc.hidden_size) if vc.keypoints else None
 
     @staticmethod
     def _vision_kwargs(vc: VisionConfig) -> dict:
@@ -146,6 +148,8 @@ class VLMBackbone(nn.Module):
             feats = self.multi_modal_projector(self.vision_tower(pixel_values=flat).last_hidden_state)
         else:
             feats = self.connector(self._idefics3_vision(flat))
+        if self.keypoints is not None:
+            feats = torch.cat([feats, self.keypoints(flat).to(feats.dtype)], dim=1)
         return feats.reshape(b, n * feats.shape[1], feats.shape[2])
 
     def _idefics3_vision(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -40,11 +40,16 @@ class VisionConfig:
     num_heads: int = 2
     intermediate_size: int = 64
     scale_factor: int = 1  # idefics3 pixel shuffle factor (tokens / scale_factor**2)
+    # Spatial-softmax keypoints (ki_vla.model.keypoints): one extra token per camera holding the image positions
+    # of `keypoints` learned features (0: none). For small from-scratch towers that must find small objects.
+    keypoints: int = 0
+    keypoint_channels: int = 16
 
     @property
     def tokens_per_image(self) -> int:
         patches = (self.image_size // self.patch_size) ** 2
-        return patches // (self.scale_factor**2) if self.arch == "idefics3" else patches
+        tokens = patches // (self.scale_factor**2) if self.arch == "idefics3" else patches
+        return tokens + (1 if self.keypoints > 0 else 0)
 
 
 @dataclass
@@ -141,6 +146,8 @@ class PolicyConfig:
         need(self.state_dim > 0 and self.horizon > 0 and self.fps > 0, "state_dim, horizon, fps must be > 0")
         need(self.num_flow_steps > 0, "num_flow_steps must be > 0")
         need(self.text.num_heads % self.text.num_kv_heads == 0, "text.num_heads must be a multiple of num_kv_heads")
+        need(self.vision.keypoints >= 0 and self.vision.keypoint_channels > 0,
+             "vision.keypoints must be >= 0 and vision.keypoint_channels > 0")
         need(self.vision.image_size % self.vision.patch_size == 0, "vision.image_size must be a multiple of patch_size")
         side = self.vision.image_size // self.vision.patch_size
         need(self.vision.arch != "idefics3" or side % self.vision.scale_factor == 0,

@@ -1,0 +1,59 @@
+"""Spatial-softmax keypoints: coordinates of where a feature peaks, and the extra image token they make."""
+import dataclasses
+
+import pytest
+import torch
+
+from ki_vla import KIPolicy, PolicyConfig
+from ki_vla.model.keypoints import SpatialKeypoints
+
+
+def red_detector(num_keypoints: int = 2) -> SpatialKeypoints:
+    """Channel 0 responds to red minus green at each pixel (centre tap only), sharply (temperature 1/50)."""
+    kp = SpatialKeypoints(num_keypoints, channels=4, width=8)
+    with torch.no_grad():
+        for conv in (kp.stem[0], kp.stem[2]):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        kp.stem[0].weight[0, 0, 1, 1], kp.stem[0].weight[0, 1, 1, 1] = 1.0, -1.0
+        kp.stem[2].weight[0, 0, 1, 1] = 1.0
+        kp.log_temperature.fill_(-torch.log(torch.tensor(50.0)))
+    return kp
+
+
+@pytest.mark.parametrize("row, col", [(3, 12), (10, 2), (8, 8)])
+def test_coordinates_find_a_red_spot(row, col):
+    img = torch.full((1, 3, 17, 17), -0.2)  # grey
+    img[0, 0, row, col], img[0, 1, row, col], img[0, 2, row, col] = 1.0, -1.0, -1.0
+    xy = red_detector().coordinates(img)[0, 0]
+    torch.testing.assert_close(xy, torch.tensor([col / 8 - 1, row / 8 - 1]), atol=1e-3, rtol=0)
+
+
+def test_coordinates_interpolate_between_pixels():
+    """Two equal spots: the expected position lies between them (sub-pixel, not the arg-max)."""
+    img = torch.full((1, 3, 17, 17), -0.2)
+    for c in (4, 6):
+        img[0, 0, 8, c], img[0, 1, 8, c] = 1.0, -1.0
+    xy = red_detector().coordinates(img)[0, 0]
+    torch.testing.assert_close(xy, torch.tensor([5 / 8 - 1, 0.0]), atol=1e-3, rtol=0)
+
+
+def test_keypoint_token_is_one_more_image_token_per_camera():
+    base = PolicyConfig.from_yaml("config/model/tiny.yaml")
+    cfg = dataclasses.replace(base, vision=dataclasses.replace(base.vision, keypoints=8))
+    assert cfg.vision.tokens_per_image == base.vision.tokens_per_image + 1
+    torch.manual_seed(0)
+    policy = KIPolicy(cfg)
+    batch = policy.example_batch(2)
+    tokens = policy.backbone.embed_images(batch["images"])
+    assert tokens.shape[1] == cfg.num_image_tokens
+    # the token moves when only the image's content moves
+    shifted = batch["images"].roll(3, dims=-1)
+    assert not torch.allclose(policy.backbone.embed_images(shifted)[:, cfg.vision.tokens_per_image - 1],
+                              tokens[:, cfg.vision.tokens_per_image - 1])
+    assert torch.isfinite(policy.sample_actions(batch)).all()
+    loss = policy.compute_loss(batch)["loss"]
+    loss.backward()
+    assert policy.backbone.keypoints.stem[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="keypoints"):
+        dataclasses.replace(base, vision=dataclasses.replace(base.vision, keypoints=-1))
