@@ -225,6 +225,41 @@ def test_collect_writes_lerobot_dataset(tmp_path, capsys):
     env.close()
 
 
+def test_execution_noise_is_smooth_seeded_and_spares_the_grippers():
+    from ki_vla.sim.scripted import execution_noise, motion_envelope
+
+    n = execution_noise(3, 20000, 0.05)
+    assert np.array_equal(n, execution_noise(3, 20000, 0.05)) and not np.array_equal(n, execution_noise(4, 20000, 0.05))
+    assert (n[0] == 0).all() and (n[:, [6, 13]] == 0).all()
+    assert 0.04 < n[:, :6].std() < 0.06  # the stationary std asked for
+    assert np.abs(np.diff(n[:, 0])).max() < 0.05 * 0.3  # smooth: no white-noise jitter from tick to tick
+    still = np.zeros((50, 14))
+    assert (motion_envelope(still) == 0).all()  # a plan that stands still gets no noise
+
+
+def test_noisy_demonstration_keeps_the_plan_as_labels(tmp_path, capsys):
+    """DART: the arm executes plan + noise, the recorded actions are the clean plan, and the frames replay the
+    noisy execution (the collector checks the replay reaches the recorded final state)."""
+    from ki_vla.cli import main
+    from ki_vla.data.lerobot import LeRobotDataset
+
+    env = BimanualSim("transfer_cube", seed=0, cameras=(), image_size=(32, 48))
+    policy = ScriptedPolicy("transfer_cube")
+    clean = run_scripted_episode(env, policy, 2, render=False)
+    noisy = run_scripted_episode(env, policy, 2, render=False, action_noise=0.05)
+    env.close()
+    np.testing.assert_array_equal(noisy["actions"], clean["actions"])
+    assert np.abs(noisy["executed"] - noisy["actions"]).max() > 0.02
+    assert np.abs(noisy["states"] - clean["states"]).max() > 0.01
+    out = tmp_path / "ds"
+    assert main(["collect", "--task", "transfer_cube", "--episodes", "1", "--out", str(out), "--image-size", "32x48",
+                 "--seed", "2", "--no-progress", "--no-video", "--action-noise", "0.05"]) == 0
+    ep = LeRobotDataset(out).episode(0)
+    np.testing.assert_allclose(ep["action"], clean["actions"], atol=1e-6)
+    assert main(["collect", "--task", "transfer_cube", "--episodes", "1", "--out", str(tmp_path / "bad"),
+                 "--action-noise", "2"]) == 2
+
+
 def test_collect_discards_failures_and_writes_nothing(tmp_path, capsys):
     from ki_vla.cli import main
 

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vcodec", default=None, help="video codec: av1 | h264 | mpeg4 (default: best available)")
     parser.add_argument("--bag-storage", choices=("mcap", "sqlite3"), default="mcap", help="bag mode: rosbag2 storage")
     parser.add_argument("--camera-hz", type=float, default=25.0, help="bag mode: image rate, divides 50 (default 25)")
+    parser.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
+                        help="smooth noise (std, radians) on the executed arm commands while the recorded actions stay "
+                             "the plan (DART): the policy learns to return to the path (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     config = CollectConfig(task=args.task, episodes=args.episodes, out=args.bag or args.out, seed=args.seed,
                            image_size=tuple(args.image_size), cameras=cameras, max_attempts=args.max_attempts,
                            target=args.target, use_videos=not args.no_video, vcodec=args.vcodec,
-                           overwrite=args.overwrite, episode_steps=args.episode_steps,
+                           overwrite=args.overwrite, episode_steps=args.episode_steps, action_noise=args.action_noise,
                            bag_storage=args.bag_storage, bag_camera_hz=args.camera_hz)
     collect = collect_bags if args.bag else collect_dataset
     try:

@@ -43,6 +43,9 @@ class CollectConfig:
     episode_steps: int | None = None  # default: the task's (400 ticks = 8 s)
     bag_storage: str = "mcap"  # bag mode: mcap | sqlite3
     bag_camera_hz: float = 25.0  # bag mode: image rate (must divide 50 Hz)
+    # Radians of smooth noise added to the executed arm commands, labels stay the plan (DART; see
+    # ki_vla.sim.scripted.run_scripted_episode). 0: the plan is executed as is.
+    action_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -55,6 +58,8 @@ class CollectConfig:
             raise ValueError(f"episode_steps must be >= 1, got {self.episode_steps}")
         if not self.cameras:
             raise ValueError("need at least one camera")
+        if not 0 <= self.action_noise <= 0.5:
+            raise ValueError(f"action_noise must be in [0, 0.5] rad, got {self.action_noise}")
         object.__setattr__(self, "out", Path(self.out))
 
     @property
@@ -115,7 +120,8 @@ def _successful_episodes(config: CollectConfig, env: BimanualSim, policy: Script
             raise RuntimeError(
                 f"only {summary.kept}/{config.episodes} scripted {config.task} episodes succeeded in "
                 f"{summary.attempts} attempts (seeds {config.seed}..{seed - 1}); nothing written")
-        ep = run_scripted_episode(env, policy, seed, render=False, target=config.target, num_steps=steps)
+        ep = run_scripted_episode(env, policy, seed, render=False, target=config.target, num_steps=steps,
+                                  action_noise=config.action_noise)
         if ep["success"]:
             ep["final_state"] = env.state()
             yield ep
@@ -152,7 +158,7 @@ def collect_dataset(config: CollectConfig, progress: bool = True) -> CollectSumm
     bar = tqdm(total=config.episodes, desc=f"collect {config.task}", unit="ep", disable=not progress)
     try:
         for ep in _successful_episodes(config, env, policy, summary, bar):
-            images = {cam: replay_frames(env, ep["actions"], ep["seed"], cam, config.target, ep["final_state"])
+            images = {cam: replay_frames(env, ep["executed"], ep["seed"], cam, config.target, ep["final_state"])
                       for cam in config.cameras}
             writer.add_episode(images=images, state=ep["states"], action=ep["actions"], task=ep["instruction"])
         writer.finalize()
@@ -184,6 +190,8 @@ def collect_bags(config: CollectConfig, progress: bool = True, timeout_per_episo
 
     if config.out.exists() and not config.overwrite:
         raise ValueError(f"output folder {config.out} already exists (use --overwrite to replace it)")
+    if config.action_noise:
+        raise ValueError("action_noise is for dataset collection (--out): bag mode replays the plan through ROS")
     env = BimanualSim(config.task, seed=config.seed, cameras=(), image_size=config.image_size)
     policy = ScriptedPolicy(config.task)
     summary = CollectSummary(out=config.out, task=config.task)

@@ -25,6 +25,8 @@ from ki_vla.joints import NUM_JOINTS
 from ki_vla.sim.scenes import COLOR_BODIES, TASKS, BimanualSim
 
 SIDES = ("left", "right")
+NOISE_TAU_S = 0.3  # correlation time of the execution noise (`execution_noise`): smooth, arm-like wobble
+NOISE_SPEED_REF = 0.5  # rad/s: planned arm speed at which the execution noise is at half strength (`motion_envelope`)
 
 
 # ---------------------------------------------------------------------------------------- rotations
@@ -354,17 +356,56 @@ class ScriptedPolicy:
         return {"left": left, "right": right}
 
 
+def execution_noise(seed: int, steps: int, sigma: float, tau: float = NOISE_TAU_S, dt: float = 1.0 / 50) -> np.ndarray:
+    """(steps, 14) smooth perturbations of the arm joints (radians; grippers untouched), starting at 0 (the robot
+    starts at home): an Ornstein-Uhlenbeck process low-passed once more with the same correlation time `tau`
+    (a plain OU process has white-noise increments, a 1 rad/s jitter at these sizes), scaled to stationary std
+    `sigma`."""
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    a = np.exp(-dt / tau)
+    # Stationary variance of y_t = a y_(t-1) + (1 - a) x_t for an AR(1) x of variance 1 and coefficient a.
+    gain = np.sqrt((1 - a) ** 2 * (1 + a * a) / (1 - a * a) ** 2)
+    arms = [j for j in range(NUM_JOINTS) if j % 7 != 6]
+    x = np.zeros(len(arms))
+    y = np.zeros(len(arms))
+    noise = np.zeros((steps, NUM_JOINTS))
+    for t in range(1, steps):
+        x = a * x + np.sqrt(1 - a * a) * rng.standard_normal(len(arms))
+        y = a * y + (1 - a) * x
+        noise[t, arms] = sigma * y / gain
+    return noise
+
+
+def motion_envelope(plan: np.ndarray, speed_ref: float = NOISE_SPEED_REF, dt: float = 1.0 / 50) -> np.ndarray:
+    """(T, 14) weights in [0, 1) for the execution noise: s / (s + speed_ref) with s each arm's planned joint speed
+    (rad/s, norm over its 6 joints). Noise where the arm travels, almost none where it stands still to grasp or
+    hand over: there precision decides success, and a wobble there mostly turns a demonstration into a failure."""
+    vel = np.gradient(plan, dt, axis=0)
+    env = np.zeros_like(plan)
+    for arm in range(2):
+        s = np.linalg.norm(vel[:, arm * 7: arm * 7 + 6], axis=1)
+        env[:, arm * 7: arm * 7 + 6] = (s / (s + speed_ref))[:, None]
+    return env
+
+
 def run_scripted_episode(env: BimanualSim, policy: ScriptedPolicy, seed: int, *, render: bool = True,
-                         target: str | None = None, num_steps: int | None = None) -> dict:
+                         target: str | None = None, num_steps: int | None = None, action_noise: float = 0.0) -> dict:
     """Reset `env` to `seed`, plan, execute. Returns arrays ready for a dataset episode:
 
-    states (T, 14) observed before each command, actions (T, 14) commanded, images {cam: (T, H, W, 3)}
-    (empty when render=False), instruction, success (goal reached at any tick, as ACT counts it),
-    max_reward, and the final reward.
+    states (T, 14) observed before each command, actions (T, 14) the plan (the labels), executed (T, 14) what
+    was commanded, images {cam: (T, H, W, 3)} (empty when render=False), instruction, success (goal reached at
+    any tick, as ACT counts it), max_reward, and the final reward.
+
+    action_noise > 0 (radians) executes the plan plus `execution_noise` while the labels stay the plan (DART,
+    Laskey et al. 2017): the recorded states leave the planned path and the label says how to get back to it.
+    Without it every demonstration lies exactly on a straight line from home to the cube, so a policy can read
+    the target off the arm's own first motion (the joint state) instead of the camera; measured on the CPU recipe,
+    it then made the same reach in every scene.
     """
     obs = env.reset(seed=seed, target=target, render=render)
     actions = policy.plan(env, num_steps)
     T = len(actions)
+    executed = actions + execution_noise(seed, T, action_noise) * motion_envelope(actions) if action_noise > 0 else actions
     states = np.empty((T, NUM_JOINTS))
     frames: dict[str, list[np.ndarray]] = {cam: [] for cam in (obs["images"] if render else {})}
     rewards = np.empty(T, dtype=int)
@@ -372,10 +413,10 @@ def run_scripted_episode(env: BimanualSim, policy: ScriptedPolicy, seed: int, *,
         states[t] = obs["state"]
         for cam, img in obs["images"].items():
             frames[cam].append(img)
-        obs = env.step(actions[t], render=render and t + 1 < T)
+        obs = env.step(executed[t], render=render and t + 1 < T)
         rewards[t] = env.reward()
     return {
-        "states": states, "actions": actions,
+        "states": states, "actions": actions, "executed": executed,
         "images": {cam: np.stack(f) for cam, f in frames.items()},
         "instruction": env.instruction, "success": bool(rewards.max() == env.max_reward),
         "max_reward": int(rewards.max()), "final_reward": int(rewards[-1]), "rewards": rewards,
