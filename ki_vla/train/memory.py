@@ -59,15 +59,21 @@ def estimate(cfg: TrainConfig) -> tuple[PolicyConfig, MemoryEstimate]:
         policy = KIPolicy(pcfg)
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in policy.parameters() if not p.requires_grad)
-    wbytes = 2 if pcfg.dtype == "bfloat16" else 4
+    model_bytes = 2 if pcfg.dtype == "bfloat16" else 4
+    master = "float32" if cfg.master_weights == "float32" else pcfg.dtype
+    wbytes = 4 if master == "float32" else model_bytes  # trainable weights, gradients, AdamW state, EMA
     bf16_compute = cfg.precision != "fp32"  # the estimate is for a GPU, where "auto" means bf16 autocast
     rows = [
-        (f"weights ({pcfg.dtype})", (trainable + frozen) * wbytes / GiB),
-        (f"gradients ({pcfg.dtype})", trainable * wbytes / GiB),
-        ("AdamW moments (2 x weight dtype)", 2 * trainable * wbytes / GiB),
+        (f"trainable weights ({master})", trainable * wbytes / GiB),
+        (f"frozen weights ({master})", frozen * wbytes / GiB),
+        (f"gradients ({master})", trainable * wbytes / GiB),
+        (f"AdamW moments (2 x {master})", 2 * trainable * wbytes / GiB),
     ]
+    if bf16_compute and wbytes == 4:
+        # autocast keeps a bf16 copy of each weight a forward pass casts (freed after the step)
+        rows.append(("bf16 weight casts under autocast", (trainable + frozen) * 2 / GiB))
     if cfg.ema_decay is not None:
-        rows.append(("EMA copy", (trainable + frozen) * wbytes / GiB))
+        rows.append((f"EMA copy ({master})", (trainable + frozen) * wbytes / GiB))
     act = activation_bytes(pcfg, cfg.batch_size, cfg.gradient_checkpointing, 2 if bf16_compute else 4)
     rows.append((f"activations (batch {cfg.batch_size}, checkpointing {'on' if cfg.gradient_checkpointing else 'off'})", act / GiB))
     return pcfg, MemoryEstimate(trainable, frozen, rows)
@@ -75,7 +81,7 @@ def estimate(cfg: TrainConfig) -> tuple[PolicyConfig, MemoryEstimate]:
 
 def report(cfg: TrainConfig) -> str:
     pcfg, est = estimate(cfg)
-    lines = [f"model {cfg.model}  variant={pcfg.variant}  dtype={pcfg.dtype}",
+    lines = [f"model {cfg.model}  variant={pcfg.variant}  dtype={pcfg.dtype}  master_weights={cfg.master_weights}",
              f"parameters: trainable {est.trainable:,}  frozen {est.frozen:,}  total {est.trainable + est.frozen:,}",
              "estimated peak memory per process:"]
     lines += [f"  {what:<58}{gib:8.2f} GiB" for what, gib in est.rows]

@@ -17,6 +17,7 @@ Output folder:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -182,17 +183,24 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _build_policy(self) -> KIPolicy:
+        """The policy to train, in float32 when master_weights=float32: built (or loaded, checkpoints included,
+        so resuming reads the float32 master weights back exactly) with dtype float32, while its config keeps the
+        model's dtype, the one checkpoints are served in (`KIPolicy.from_pretrained` casts to it)."""
         cfg = self.cfg
-        overrides = {"variant": cfg.variant} if cfg.variant else {}
-        if self.resume_from is not None:
-            return KIPolicy.from_pretrained(self.resume_from / "policy", **overrides)
-        path = resolve(cfg.model)
-        if path.is_dir():
-            return KIPolicy.from_pretrained(path, **overrides)
-        pcfg = PolicyConfig.from_yaml(path)
+        overrides: dict[str, Any] = {"variant": cfg.variant} if cfg.variant else {}
+        path = self.resume_from / "policy" if self.resume_from is not None else resolve(cfg.model)
+        pcfg = PolicyConfig.from_yaml(path / "config.yaml" if path.is_dir() else path)
         if cfg.variant:
-            pcfg = PolicyConfig.from_dict({**pcfg.to_dict(), "variant": cfg.variant})
-        return KIPolicy(pcfg)
+            pcfg = PolicyConfig.from_dict({**pcfg.to_dict(), **overrides})
+        serve_dtype = pcfg.dtype
+        if cfg.master_weights == "float32":
+            overrides["dtype"] = "float32"
+        if path.is_dir():
+            policy = KIPolicy.from_pretrained(path, **overrides)
+        else:
+            policy = KIPolicy(PolicyConfig.from_dict({**pcfg.to_dict(), **overrides}))
+        policy.cfg = dataclasses.replace(policy.cfg, dtype=serve_dtype)
+        return policy
 
     @staticmethod
     def _check_dataset(ds: LeRobotDataset, pcfg: PolicyConfig) -> None:
@@ -236,7 +244,7 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.ema is not None and (ckpt / "ema").is_dir():
-            ema_policy = KIPolicy.from_pretrained(ckpt / "ema")
+            ema_policy = KIPolicy.from_pretrained(ckpt / "ema", dtype=str(next(self.policy.parameters()).dtype).split(".")[-1])
             self.ema.module.load_state_dict(ema_policy.state_dict())
             self.ema.n_averaged.fill_(int(state.get("ema_n_averaged", 0)))
         log.info("resumed from %s at step %d", ckpt, self.start_step)
