@@ -9,7 +9,7 @@ from ki_vla.model.keypoints import SpatialKeypoints
 
 
 def red_detector(num_keypoints: int = 2) -> SpatialKeypoints:
-    """Channel 0 responds to red minus green at each pixel (centre tap only), sharply (temperature 1/50)."""
+    """Channel 0 responds to red minus green at each pixel (centre tap only), sharply (sharpness 50)."""
     kp = SpatialKeypoints(num_keypoints, channels=4, width=8)
     with torch.no_grad():
         for conv in (kp.stem[0], kp.stem[2]):
@@ -17,7 +17,7 @@ def red_detector(num_keypoints: int = 2) -> SpatialKeypoints:
             conv.bias.zero_()
         kp.stem[0].weight[0, 0, 1, 1], kp.stem[0].weight[0, 1, 1, 1] = 1.0, -1.0
         kp.stem[2].weight[0, 0, 1, 1] = 1.0
-        kp.log_temperature.fill_(-torch.log(torch.tensor(50.0)))
+        kp.log_sharpness.fill_(torch.log(torch.tensor(50.0)))
     return kp
 
 
