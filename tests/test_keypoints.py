@@ -57,3 +57,46 @@ def test_keypoint_token_is_one_more_image_token_per_camera():
     assert policy.backbone.keypoints.stem[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="keypoints"):
         dataclasses.replace(base, vision=dataclasses.replace(base.vision, keypoints=-1))
+
+
+def _reads_keypoints(variant: str) -> KIPolicy:
+    base = PolicyConfig.from_yaml("config/model/tiny.yaml")
+    cfg = dataclasses.replace(base, variant=variant, vision=dataclasses.replace(base.vision, keypoints=4),
+                              expert=dataclasses.replace(base.expert, keypoint_input=True))
+    torch.manual_seed(0)
+    return KIPolicy(cfg)
+
+
+def test_expert_reads_keypoints_directly_through_the_stop_gradient():
+    """The expert adds the keypoint coordinates to its tokens; in `ki` the flow loss still never reaches the
+    vision tower (its keypoint stem learns from the FAST loss only), in `joint` it does."""
+    from ki_vla.model.expert import open_time_gates
+
+    for variant, flow_reaches_stem in (("ki", False), ("joint", True)):
+        policy = _reads_keypoints(variant)
+        open_time_gates(policy)
+        assert policy.cfg.expert_context_dim == len(policy.cfg.camera_names) * 4 * 2  # tiny has no state input
+        batch = policy.example_batch(2)
+        context = policy.expert_context(batch)
+        assert context.shape == (2, policy.cfg.expert_context_dim)
+        policy.compute_loss(batch)["flow"].backward()
+        grad = policy.backbone.keypoints.stem[0].weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == flow_reaches_stem, variant
+        assert policy.expert.state_proj.weight.grad.abs().sum() > 0
+
+
+def test_engine_serves_the_keypoint_context_like_the_reference():
+    from ki_vla.infer.engine import InferenceEngine
+    from ki_vla.model.expert import open_time_gates
+
+    policy = _reads_keypoints("ki").eval()
+    open_time_gates(policy)
+    engine = InferenceEngine(policy, batch_size=1, fuse=False)
+    noise = torch.randn(1, policy.cfg.horizon, policy.cfg.max_action_dim, generator=torch.Generator().manual_seed(1))
+    for seed in (0, 1):  # a second request with other images: the context buffer is refreshed per request
+        batch = policy.example_batch(1, seed=seed)
+        batch["target_ids"], batch["target_valid"] = batch["target_ids"][:, :0], batch["target_valid"][:, :0]
+        torch.testing.assert_close(engine.sample_actions(batch, noise=noise), policy.sample_actions(batch, noise=noise),
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="keypoint_input"):
+        dataclasses.replace(policy.cfg, vision=dataclasses.replace(policy.cfg.vision, keypoints=0))

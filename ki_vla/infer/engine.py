@@ -52,7 +52,7 @@ class EngineBuffers:
     text_ids: torch.Tensor
     text_valid: torch.Tensor
     noise: torch.Tensor
-    state: torch.Tensor  # normalized robot state, for an expert with `expert.state_input`
+    state: torch.Tensor  # the expert context (KIPolicy.expert_context): normalized state, then keypoint coordinates
     dims: torch.Tensor  # KIPolicy.action_dim_mask: x stays zero on the padded action dims
     image_tokens: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor]]
@@ -114,7 +114,7 @@ class InferenceEngine:
             text_ids=torch.zeros(b, self.text_tokens, dtype=torch.long, device=dev),
             text_valid=torch.ones(b, self.text_tokens, dtype=torch.bool, device=dev),
             noise=torch.zeros(b, cfg.horizon, cfg.max_action_dim, device=dev),
-            state=torch.zeros(b, cfg.state_dim, device=dev),
+            state=torch.zeros(b, cfg.expert_context_dim, device=dev),
             dims=self.policy.action_dim_mask(dev),
             image_tokens=torch.zeros(b, cfg.num_image_tokens, tc.hidden_size, device=dev, dtype=dt),
             kv=[(torch.zeros(kv_shape, device=dev, dtype=dt), torch.zeros(kv_shape, device=dev, dtype=dt))
@@ -128,7 +128,11 @@ class InferenceEngine:
 
     # ---- the three stages: tensor ops on the static buffers only (capturable) ---------------------------
     def _vision(self) -> None:
-        self.buffers.image_tokens.copy_(self.policy.backbone.embed_images(self.buffers.images))
+        buf, bb = self.buffers, self.policy.backbone
+        buf.image_tokens.copy_(bb.embed_images(buf.images))
+        if self.cfg.expert.keypoint_input:  # the expert context's tail (KIPolicy.expert_context)
+            coords = bb.keypoint_coordinates(buf.images)
+            buf.state[:, buf.state.shape[1] - coords.shape[1]:].copy_(coords)
 
     def _prefix(self) -> None:
         buf, bb = self.buffers, self.policy.backbone
@@ -196,7 +200,8 @@ class InferenceEngine:
         buf.image_valid.copy_(batch["image_valid"])
         buf.text_ids.copy_(text_ids)
         buf.text_valid.copy_(text_valid)
-        buf.state.copy_(batch["state"])
+        if self.cfg.expert.state_input:
+            buf.state[:, : self.cfg.state_dim].copy_(batch["state"])
         if noise is None:
             noise = torch.randn(buf.noise.shape, generator=generator, device=generator.device if generator else "cpu")
         buf.noise.copy_(noise.to(buf.noise.device) * buf.dims)  # padded action dims stay zero (KIPolicy.action_dim_mask)

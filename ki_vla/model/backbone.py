@@ -152,6 +152,12 @@ class VLMBackbone(nn.Module):
             feats = torch.cat([feats, self.keypoints(flat).to(feats.dtype)], dim=1)
         return feats.reshape(b, n * feats.shape[1], feats.shape[2])
 
+    def keypoint_coordinates(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, N_cam, 3, S, S) -> (B, N_cam * keypoints * 2): every camera's keypoint (x, y), camera-major."""
+        b, n = images.shape[:2]
+        coords = self.keypoints.coordinates(images.flatten(0, 1).to(self.dtype))
+        return coords.reshape(b, n * coords.shape[1] * 2)
+
     def _idefics3_vision(self, pixels: torch.Tensor) -> torch.Tensor:
         """Idefics3VisionTransformer's forward for images without padded patches (ours: the processor fits every
         camera to the full square). transformers' forward supports ragged patch grids and pays for it with host

@@ -87,6 +87,12 @@ class ExpertConfig:
     # token, so the expert reads the joints directly instead of decoding the prompt's state digits through the
     # backbone's K/V (hard for a small backbone trained from scratch). The prompt keeps its discretized state.
     state_input: bool = False
+    # The vision tower's keypoint coordinates (vision.keypoints; every camera's) added to every action token the
+    # same way, through the stop-gradient in the insulated variants. Why a direct path: a token among ~150 prefix
+    # tokens is read through attention, which starts uniform, and reading it only pays once attention has found it;
+    # measured on the CPU recipe, neither the cube's ViT token nor the keypoint token was found in 1000-7500 steps
+    # (the flow loss was the same with another scene's images), while the state, added to the tokens, was used at once.
+    keypoint_input: bool = False
 
 
 @dataclass
@@ -148,6 +154,8 @@ class PolicyConfig:
         need(self.text.num_heads % self.text.num_kv_heads == 0, "text.num_heads must be a multiple of num_kv_heads")
         need(self.vision.keypoints >= 0 and self.vision.keypoint_channels > 0,
              "vision.keypoints must be >= 0 and vision.keypoint_channels > 0")
+        need(not self.expert.keypoint_input or self.vision.keypoints > 0,
+             "expert.keypoint_input needs vision.keypoints > 0")
         need(self.vision.image_size % self.vision.patch_size == 0, "vision.image_size must be a multiple of patch_size")
         side = self.vision.image_size // self.vision.patch_size
         need(self.vision.arch != "idefics3" or side % self.vision.scale_factor == 0,
@@ -195,6 +203,13 @@ class PolicyConfig:
     @property
     def num_image_tokens(self) -> int:
         return self.vision.tokens_per_image * len(self.camera_names)
+
+    @property
+    def expert_context_dim(self) -> int:
+        """Width of the per-sample vector the expert adds to its action tokens: [state, keypoint coordinates]."""
+        ec = self.expert
+        kp = len(self.camera_names) * self.vision.keypoints * 2 if ec.keypoint_input else 0
+        return (self.state_dim if ec.state_input else 0) + kp
 
     @property
     def prefix_len(self) -> int:

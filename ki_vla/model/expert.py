@@ -176,7 +176,8 @@ class ActionExpert(nn.Module):
         self.gradient_checkpointing = False
         self.action_in_proj = nn.Linear(cfg.max_action_dim, width)
         self.action_out_proj = nn.Linear(width, cfg.max_action_dim)
-        self.state_proj = nn.Linear(cfg.state_dim, width) if ec.state_input else None
+        # The per-sample context [state, keypoint coordinates] (PolicyConfig.expert_context_dim) on every token.
+        self.state_proj = nn.Linear(cfg.expert_context_dim, width) if cfg.expert_context_dim else None
         if ec.time_conditioning == "adarms":
             self.time_mlp_in = nn.Linear(width, width)
             self.time_mlp_out = nn.Linear(width, width)
@@ -195,12 +196,13 @@ class ActionExpert(nn.Module):
         return nn.functional.silu(self.time_mlp_out(nn.functional.silu(self.time_mlp_in(temb))))
 
     def _action_tokens(self, noisy_actions: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        """(B, H, max_action_dim) -> (B, H, W); with `state_input`, plus the state embedding on every token."""
+        """(B, H, max_action_dim) -> (B, H, W); with `state_input` / `keypoint_input`, plus the embedding of the
+        context `state` (KIPolicy.expert_context) on every token."""
         x = self.action_in_proj(noisy_actions.to(self.action_in_proj.weight.dtype))
         if self.state_proj is None:
             return x
         if state is None:
-            raise ValueError("this expert reads the robot state (expert.state_input) but got none")
+            raise ValueError("this expert reads a context (expert.state_input / keypoint_input) but got none")
         return x + self.state_proj(state.to(x.dtype))[:, None, :]
 
     def embed(self, noisy_actions: torch.Tensor, t: torch.Tensor,

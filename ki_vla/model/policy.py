@@ -132,6 +132,19 @@ class KIPolicy(nn.Module):
                          state: torch.Tensor | None = None) -> torch.Tensor:
         return self.expert(x_t, t, prefix_kv, *self.expert_inputs(prefix_valid), state=state)
 
+    def expert_context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(B, expert_context_dim) what the expert adds to its action tokens: the normalized state
+        (`expert.state_input`) and the keypoint coordinates (`expert.keypoint_input`), these detached in the
+        insulated variants like every other backbone output; None when it reads neither."""
+        ec = self.cfg.expert
+        parts = []
+        if ec.state_input:
+            parts.append(batch["state"].float())
+        if ec.keypoint_input:
+            kp = self.backbone.keypoint_coordinates(batch["images"]).float()
+            parts.append(kp.detach() if self.cfg.insulated or self.cfg.variant == "frozen" else kp)
+        return torch.cat(parts, dim=1) if parts else None
+
     def action_dim_mask(self, device: torch.device | str) -> torch.Tensor:
         """(max_action_dim,) 1 for the robot's action dims, 0 for the padding up to max_action_dim.
 
@@ -184,7 +197,7 @@ class KIPolicy(nn.Module):
             t = self.sample_time(b, actions.device, generator)
             noise = torch.randn(actions.shape, device=actions.device, generator=generator) * self.action_dim_mask(actions.device)
             x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
-            v = self._expert_velocity(x_t, t, prefix_kv, prefix_valid, batch.get("state")).float()
+            v = self._expert_velocity(x_t, t, prefix_kv, prefix_valid, self.expert_context(batch)).float()
             err = (v - (noise - actions))[..., : cfg.action_dim].pow(2).mean(-1)
             # A masked mean rather than `err[av].mean()` only when some action is valid: a micro-batch of VLM
             # samples alone (co-training) still runs the expert into the loss with zero weight, so under DDP every
@@ -222,7 +235,7 @@ class KIPolicy(nn.Module):
                 raise ValueError(f"noise has shape {tuple(x.shape)}, expected {shape}")
             dims = self.action_dim_mask(self.device)
             x = x * dims
-            state = batch.get("state")
+            state = self.expert_context(batch)
             kv, valid = self.prefix_cache(batch) if use_cache else (None, None)
             dt = -1.0 / steps
             for i in range(steps):
