@@ -178,6 +178,13 @@ class ActionExpert(nn.Module):
         self.action_out_proj = nn.Linear(width, cfg.max_action_dim)
         # The per-sample context [state, keypoint coordinates] (PolicyConfig.expert_context_dim) on every token.
         self.state_proj = nn.Linear(cfg.expert_context_dim, width) if cfg.expert_context_dim else None
+        # Keypoint coordinates standardized by running statistics (the state comes normalized by the dataset's).
+        # Why: most coordinates move by 0.02-0.2 of their [-1, 1] range across scenes; Adam's steps are the same
+        # size whatever an input's scale, so reading a 0.02-std input needs weights ~50x larger, thousands of steps
+        # more (measured: the first chunk followed the scene at 10% of the plan's spread after 400 steps on t=0
+        # frames alone, unnormalized).
+        kp = cfg.expert_context_dim - (cfg.state_dim if ec.state_input else 0)
+        self.keypoint_norm = nn.BatchNorm1d(kp, affine=False, momentum=0.01) if kp else None
         if ec.time_conditioning == "adarms":
             self.time_mlp_in = nn.Linear(width, width)
             self.time_mlp_out = nn.Linear(width, width)
@@ -203,6 +210,9 @@ class ActionExpert(nn.Module):
             return x
         if state is None:
             raise ValueError("this expert reads a context (expert.state_input / keypoint_input) but got none")
+        if self.keypoint_norm is not None:
+            kp = self.keypoint_norm.num_features
+            state = torch.cat([state[:, :-kp], self.keypoint_norm(state[:, -kp:].float()).to(state.dtype)], dim=1)
         return x + self.state_proj(state.to(x.dtype))[:, None, :]
 
     def embed(self, noisy_actions: torch.Tensor, t: torch.Tensor,

@@ -405,6 +405,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
                     self.ema.update_parameters(self.policy)
+                    # Buffers are not averaged (use_buffers=False keeps the copies made at step 0): the running
+                    # statistics the EMA weights are served with (keypoint normalization) are the live model's.
+                    for mine, live in zip(self.ema.module.buffers(), self.policy.buffers(), strict=True):
+                        mine.copy_(live)
                 step += 1
                 validate_now = self.val_dataset is not None and (step % cfg.val_every == 0 or step == stop)
                 if step % cfg.log_every == 0 or step == cfg.max_steps or step == self.start_step + 1 or validate_now:
