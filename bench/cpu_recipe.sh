@@ -5,7 +5,7 @@
 #   bash bench/cpu_recipe.sh transfer_color
 #   OUT=runs/x EPISODES=50 STEPS=12000 EVAL=50 bash bench/cpu_recipe.sh insertion
 #
-# 1. 50 scripted demonstrations (seeds 0..), 2. `ki-vla train --config config/train/sim_cpu.yaml`,
+# 1. 50 scripted demonstrations (seeds 0.., DART noise 0.08 rad on the executed arm commands), 2. `ki-vla train --config config/train/sim_cpu.yaml`,
 # 3. the learning curve over the kept checkpoints (ROS-free lockstep rollouts, seeds 1000..),
 # 4. the final checkpoint through the ROS graph: lockstep, then realtime (alone on the machine: realtime numbers
 #    depend on free CPU). transfer_color is evaluated once per instruction (red, blue) on the same scenes, so
@@ -19,7 +19,9 @@ steps=${STEPS:-12000}
 eval_episodes=${EVAL:-50}
 kivla=${KIVLA:-.venv/bin/ki-vla}
 mkdir -p "$out"
-[ -d "$out/data" ] || "$kivla" collect --task "$task" --episodes "$episodes" --out "$out/data"
+noise=${ACTION_NOISE:-0.08}
+[ -d "$out/data" ] || "$kivla" collect --task "$task" --episodes "$episodes" --out "$out/data" --action-noise "$noise" \
+  --image-size 120x160 --vcodec h264 --max-attempts $((4 * episodes))
 "$kivla" train --config config/train/sim_cpu.yaml dataset="$out/data" output_dir="$out/train" max_steps="$steps" resume=true
 "$kivla" learning-curve --run "$out/train" --task "$task" --episodes "$eval_episodes" --out "$out/curve"
 targets=("")

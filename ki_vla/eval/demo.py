@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="sim camera images, collected and evaluated alike (default 120x160)")
     p.add_argument("--vcodec", default="h264",
                    help="video codec of the scratch dataset (h264: encodes and decodes several times faster than av1)")
+    p.add_argument("--action-noise", type=float, default=0.08, metavar="RAD",
+                   help="DART noise on the demonstrations' executed arm commands (ki-vla collect --action-noise)")
     p.add_argument("--train-config", default="config/train/sim_cpu.yaml",
                    help="training recipe; --train-steps overrides its max_steps (the schedule follows)")
     return p.parse_args(argv)
@@ -71,7 +73,7 @@ def run_demo(argv: list[str] | None = None) -> int:
 
     summary = _timed(f"1/3 collect {args.collect_episodes} scripted {TASK} demonstrations", times, lambda: collect_dataset(
         CollectConfig(task=TASK, episodes=args.collect_episodes, out=work / "data", image_size=(h, w),
-                      vcodec=args.vcodec)))
+                      vcodec=args.vcodec, action_noise=args.action_noise, max_attempts=4 * args.collect_episodes)))
     cfg = TrainConfig.load(args.train_config, [
         f"dataset={work / 'data'}", f"output_dir={work / 'train'}", f"max_steps={args.train_steps}",
         f"save_every={max(1, args.train_steps // 4)}", f"log_every={max(1, args.train_steps // 200)}",
