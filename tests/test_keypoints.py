@@ -100,3 +100,26 @@ def test_engine_serves_the_keypoint_context_like_the_reference():
                                    atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="keypoint_input"):
         dataclasses.replace(policy.cfg, vision=dataclasses.replace(policy.cfg.vision, keypoints=0))
+
+
+def test_keypoint_statistics_reach_the_served_ema_weights(tmp_path):
+    """The expert standardizes keypoint coordinates by running statistics: they are buffers, which the EMA does
+    not average, so the EMA checkpoint (what final/ serves) must carry the live model's."""
+    from ki_vla.data.bag import BagConversionConfig, convert_bags, write_synthetic_bag
+    from ki_vla.train.config import TrainConfig
+    from ki_vla.train.trainer import Trainer
+
+    base = PolicyConfig.from_yaml("config/model/tiny.yaml")
+    dataclasses.replace(base, vision=dataclasses.replace(base.vision, keypoints=4),
+                        expert=dataclasses.replace(base.expert, keypoint_input=True)).to_yaml(tmp_path / "kp.yaml")
+    bag = write_synthetic_bag(tmp_path / "ep0", storage="mcap", duration_s=1.0)
+    data = convert_bags([bag], tmp_path / "ds", BagConversionConfig(image_size=(32, 32)), progress=False)
+    trainer = Trainer(TrainConfig(model=str(tmp_path / "kp.yaml"), dataset=str(data), output_dir=str(tmp_path / "run"),
+                                  max_steps=3, batch_size=4, save_every=3, ema_decay=0.9, progress=False,
+                                  tensorboard=False, fast_vocab_size=256))
+    trainer.train()
+    live = trainer.policy.expert.keypoint_norm
+    assert int(live.num_batches_tracked) == 3 and not torch.allclose(live.running_var, torch.ones_like(live.running_var))
+    served = KIPolicy.from_pretrained(tmp_path / "run" / "final").expert.keypoint_norm
+    torch.testing.assert_close(served.running_mean, live.running_mean)
+    torch.testing.assert_close(served.running_var, live.running_var)
