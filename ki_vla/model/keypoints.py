@@ -40,10 +40,10 @@ class SpatialKeypoints(nn.Module):
 
     def coordinates(self, images: torch.Tensor) -> torch.Tensor:
         """(M, K, 2) expected (x, y) of each feature map's softmax, x to the right, y down, both in [-1, 1]."""
-        f = self.stem(images).float().flatten(2)
+        maps = self.stem(images).float()
+        m, k, h, w = maps.shape
+        f = maps.flatten(2)
         f = (f - f.mean(-1, keepdim=True)) / (f.std(-1, keepdim=True) + 1e-5)
-        m, k = f.shape[:2]
-        h, w = images.shape[-2:]
         attn = torch.softmax(f * torch.exp(self.log_sharpness.float()), dim=-1).view(m, k, h, w)
         ys = torch.linspace(-1.0, 1.0, h, device=f.device)
         xs = torch.linspace(-1.0, 1.0, w, device=f.device)
