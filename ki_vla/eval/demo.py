@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default="outputs/demo_work", help="dataset, checkpoint and eval report")
     p.add_argument("--device", default="cpu", help="training and policy device: cpu | cuda")
     p.add_argument("--collect-episodes", type=int, default=40)
-    p.add_argument("--train-steps", type=int, default=5000)
+    p.add_argument("--train-steps", type=int, default=2500)
     p.add_argument("--eval-episodes", type=int, default=10)
     p.add_argument("--image-size", type=parse_image_size, default=(120, 160), metavar="HxW",
                    help="sim camera images, collected and evaluated alike (default 120x160)")
