@@ -129,9 +129,9 @@ class InferenceEngine:
     # ---- the three stages: tensor ops on the static buffers only (capturable) ---------------------------
     def _vision(self) -> None:
         buf, bb = self.buffers, self.policy.backbone
-        buf.image_tokens.copy_(bb.embed_images(buf.images))
+        coords = bb.keypoint_coordinates(buf.images) if bb.keypoints is not None else None
+        buf.image_tokens.copy_(bb.embed_images(buf.images, coords))
         if self.cfg.expert.keypoint_input:  # the expert context's tail (KIPolicy.expert_context)
-            coords = bb.keypoint_coordinates(buf.images)
             buf.state[:, buf.state.shape[1] - coords.shape[1]:].copy_(coords)
 
     def _prefix(self) -> None:

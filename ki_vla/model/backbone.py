@@ -141,7 +141,9 @@ class VLMBackbone(nn.Module):
         return SiglipVisionConfig(vision_use_head=False, **self._vision_kwargs(vc))
 
     # ---- embeddings -----------------------------------------------------------------------------
-    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+    def embed_images(self, images: torch.Tensor, keypoint_coords: torch.Tensor | None = None) -> torch.Tensor:
+        """keypoint_coords: `keypoint_coordinates(images)` when the caller has them already (the expert reads them
+        too): the keypoint stem, the costly part on a CPU, then runs once per forward."""
         b, n = images.shape[:2]
         flat = images.flatten(0, 1).to(self.dtype)
         if self.cfg.vision.arch == "siglip":
@@ -149,7 +151,9 @@ class VLMBackbone(nn.Module):
         else:
             feats = self.connector(self._idefics3_vision(flat))
         if self.keypoints is not None:
-            feats = torch.cat([feats, self.keypoints(flat).to(feats.dtype)], dim=1)
+            coords = (self.keypoints.coordinates(flat) if keypoint_coords is None
+                      else keypoint_coords.reshape(b * n, -1, 2))
+            feats = torch.cat([feats, self.keypoints.tokens(coords).to(feats.dtype)], dim=1)
         return feats.reshape(b, n * feats.shape[1], feats.shape[2])
 
     def keypoint_coordinates(self, images: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,9 @@ class SpatialKeypoints(nn.Module):
         xs = torch.linspace(-1.0, 1.0, w, device=f.device)
         return torch.stack([(attn.sum(2) * xs).sum(-1), (attn.sum(3) * ys).sum(-1)], dim=-1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        coords = self.coordinates(images)
+    def tokens(self, coords: torch.Tensor) -> torch.Tensor:
+        """(M, K, 2) coordinates -> (M, 1, width) tokens."""
         return self.proj(coords.flatten(1).to(self.proj.weight.dtype))[:, None, :]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tokens(self.coordinates(images))

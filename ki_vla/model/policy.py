@@ -95,7 +95,7 @@ class KIPolicy(nn.Module):
     # ---- forward pieces ----------------------------------------------------------------------------
     def _prefix(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix embeddings (B, L_p, D) and validity (B, L_p)."""
-        img = self.backbone.embed_images(batch["images"])
+        img = self.backbone.embed_images(batch["images"], batch.get("keypoint_coords"))
         per_image = img.shape[1] // batch["images"].shape[1]
         img_valid = batch["image_valid"].repeat_interleave(per_image, dim=1)
         txt = self.backbone.embed_tokens(batch["text_ids"])
@@ -132,6 +132,13 @@ class KIPolicy(nn.Module):
                          state: torch.Tensor | None = None) -> torch.Tensor:
         return self.expert(x_t, t, prefix_kv, *self.expert_inputs(prefix_valid), state=state)
 
+    def _with_keypoints(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`batch` plus its keypoint coordinates (B, N_cam * K * 2), computed once for the keypoint token and the
+        expert context alike (the stem is the costly part on a CPU)."""
+        if self.backbone.keypoints is None or "keypoint_coords" in batch:
+            return batch
+        return {**batch, "keypoint_coords": self.backbone.keypoint_coordinates(batch["images"])}
+
     def expert_context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """(B, expert_context_dim) what the expert adds to its action tokens: the normalized state
         (`expert.state_input`) and the keypoint coordinates (`expert.keypoint_input`), these detached in the
@@ -141,7 +148,8 @@ class KIPolicy(nn.Module):
         if ec.state_input:
             parts.append(batch["state"].float())
         if ec.keypoint_input:
-            kp = self.backbone.keypoint_coordinates(batch["images"]).float()
+            kp = batch.get("keypoint_coords")
+            kp = (self.backbone.keypoint_coordinates(batch["images"]) if kp is None else kp).float()
             parts.append(kp.detach() if self.cfg.insulated or self.cfg.variant == "frozen" else kp)
         return torch.cat(parts, dim=1) if parts else None
 
@@ -178,6 +186,7 @@ class KIPolicy(nn.Module):
         with_targets = cfg.trains_backbone_ce
         grad_ctx = torch.no_grad() if cfg.variant == "frozen" else contextlib.nullcontext()
         with grad_ctx:
+            batch = self._with_keypoints(batch)
             hidden, prefix_kv, prefix_valid = self._run_backbone(batch, with_targets)
         zero = prefix_valid.new_zeros((), dtype=torch.float32)
         ce = zero
@@ -235,6 +244,7 @@ class KIPolicy(nn.Module):
                 raise ValueError(f"noise has shape {tuple(x.shape)}, expected {shape}")
             dims = self.action_dim_mask(self.device)
             x = x * dims
+            batch = self._with_keypoints(batch)
             state = self.expert_context(batch)
             kv, valid = self.prefix_cache(batch) if use_cache else (None, None)
             dt = -1.0 / steps
