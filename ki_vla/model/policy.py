@@ -148,8 +148,7 @@ class KIPolicy(nn.Module):
         if ec.state_input:
             parts.append(batch["state"].float())
         if ec.keypoint_input:
-            kp = batch.get("keypoint_coords")
-            kp = (self.backbone.keypoint_coordinates(batch["images"]) if kp is None else kp).float()
+            kp = self._with_keypoints(batch)["keypoint_coords"].float()
             parts.append(kp.detach() if self.cfg.insulated or self.cfg.variant == "frozen" else kp)
         return torch.cat(parts, dim=1) if parts else None
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from ki_vla.joints import NUM_JOINTS
+from ki_vla.joints import CONTROL_HZ, GRIPPER_INDICES, NUM_JOINTS
 from ki_vla.sim.scenes import COLOR_BODIES, TASKS, BimanualSim
 
 SIDES = ("left", "right")
@@ -356,7 +356,7 @@ class ScriptedPolicy:
         return {"left": left, "right": right}
 
 
-def execution_noise(seed: int, steps: int, sigma: float, tau: float = NOISE_TAU_S, dt: float = 1.0 / 50) -> np.ndarray:
+def execution_noise(seed: int, steps: int, sigma: float, tau: float = NOISE_TAU_S, dt: float = 1.0 / CONTROL_HZ) -> np.ndarray:
     """(steps, 14) smooth perturbations of the arm joints (radians; grippers untouched), starting at 0 (the robot
     starts at home): an Ornstein-Uhlenbeck process low-passed once more with the same correlation time `tau`
     (a plain OU process has white-noise increments, a 1 rad/s jitter at these sizes), scaled to stationary std
@@ -365,7 +365,7 @@ def execution_noise(seed: int, steps: int, sigma: float, tau: float = NOISE_TAU_
     a = np.exp(-dt / tau)
     # Stationary variance of y_t = a y_(t-1) + (1 - a) x_t for an AR(1) x of variance 1 and coefficient a.
     gain = np.sqrt((1 - a) ** 2 * (1 + a * a) / (1 - a * a) ** 2)
-    arms = [j for j in range(NUM_JOINTS) if j % 7 != 6]
+    arms = [j for j in range(NUM_JOINTS) if j not in GRIPPER_INDICES]
     x = np.zeros(len(arms))
     y = np.zeros(len(arms))
     noise = np.zeros((steps, NUM_JOINTS))
@@ -376,7 +376,7 @@ def execution_noise(seed: int, steps: int, sigma: float, tau: float = NOISE_TAU_
     return noise
 
 
-def motion_envelope(plan: np.ndarray, speed_ref: float = NOISE_SPEED_REF, dt: float = 1.0 / 50) -> np.ndarray:
+def motion_envelope(plan: np.ndarray, speed_ref: float = NOISE_SPEED_REF, dt: float = 1.0 / CONTROL_HZ) -> np.ndarray:
     """(T, 14) weights in [0, 1) for the execution noise: s / (s + speed_ref) with s each arm's planned joint speed
     (rad/s, norm over its 6 joints). Noise where the arm travels, almost none where it stands still to grasp or
     hand over: there precision decides success, and a wobble there mostly turns a demonstration into a failure."""

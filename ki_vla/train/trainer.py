@@ -442,7 +442,6 @@ class Trainer:
         return history
 
 
-
 def _worker_threads(_: int) -> None:
     # One intra-op thread per data worker: the workers run beside the training step, which owns the cores.
     torch.set_num_threads(1)
