@@ -2,13 +2,22 @@
 
 ki_vla never imports rclpy; where a command needs the graph it starts the ki_vla_ros executables as child
 processes, each in its own process group, and talks to them through files.
+
+A graph that outlives the command that started it keeps commanding the robot (or the sim) with nobody watching,
+so children never outlive their parent: SIGTERM in the parent runs its cleanup (`exit_on_sigterm`), and on
+Linux each child also gets SIGINT from the kernel when its parent dies any other way, SIGKILL included
+(`die_with_parent`).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -27,10 +36,36 @@ def write_ros_params(params: dict[str, Any], path: Path) -> Path:
     return path
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Popen `preexec_fn`: ask the kernel to SIGINT this child when its parent exits (Linux prctl; a no-op elsewhere).
+
+    SIGINT, not SIGKILL, so rclpy nodes and `ki-vla-ros up` shut down cleanly and stop their own children."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGINT), 0, 0, 0)
+
+
+def _raise_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (what `kill` and `timeout` send) raise SystemExit, so `finally` blocks stop the children.
+
+    Python's default SIGTERM action kills the process without unwinding. Only the main thread may install a
+    handler; a handler the caller installed is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `cmd` in a new process group, stdout and stderr to `log`."""
+    """Start `cmd` in a new process group that dies with us, stdout and stderr to `log`."""
+    exit_on_sigterm()
     with open(log, "wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent)
 
 
 def stop(proc: subprocess.Popen, grace: float = 20.0) -> None:

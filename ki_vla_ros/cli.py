@@ -15,6 +15,7 @@ import sys
 import time
 from types import FrameType
 
+from ki_vla import procs
 from ki_vla_ros.config import DEFAULT_CONFIG
 from ki_vla_ros.graph import GraphPlan, build_plan, graph_env
 
@@ -55,7 +56,9 @@ class Supervisor:
             for p in self.plan.processes:
                 print(f"[ki-vla-ros] starting {p.name}: {p.describe()}", flush=True)
                 # Own process group: the terminal's Ctrl-C reaches only us, and we stop children in order.
-                self.procs.append((p.name, subprocess.Popen(p.argv, env=env, start_new_session=True)))
+                # die_with_parent: if we are killed outright, the nodes still stop.
+                self.procs.append((p.name, subprocess.Popen(p.argv, env=env, start_new_session=True,
+                                                            preexec_fn=procs.die_with_parent)))
             deadline = time.monotonic() + duration if duration > 0 else None
             while not self._stop:
                 for name, proc in self.procs:

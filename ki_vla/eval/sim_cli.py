@@ -130,9 +130,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     try:
         while evaluator.poll() is None:
             if graph.poll() is not None:
-                raise RuntimeError(f"the ROS graph exited early (code {graph.returncode}):\n{procs.logprocs.log_tail(graph_log)}")
+                raise RuntimeError(f"the ROS graph exited early (code {graph.returncode}):\n{procs.log_tail(graph_log)}")
             if time.perf_counter() - start > budget:
-                raise RuntimeError(f"evaluation did not finish within {budget:.0f} s:\n{procs.logprocs.log_tail(eval_log)}")
+                raise RuntimeError(f"evaluation did not finish within {budget:.0f} s:\n{procs.log_tail(eval_log)}")
             if results_file.exists():
                 done = len(json.loads(results_file.read_text())["results"])
                 bar.update(done - bar.n)

@@ -1,0 +1,70 @@
+"""Children of a graph-starting command never outlive it (an orphaned graph keeps commanding the robot)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+PARENT = r"""
+import sys, time
+from pathlib import Path
+from ki_vla import procs
+work = Path(sys.argv[1])
+child = procs.start([sys.executable, "-c", "import time; time.sleep(120)"], work / "child.log")
+(work / "child.pid").write_text(str(child.pid))
+try:
+    while True:
+        time.sleep(0.05)
+finally:
+    procs.stop(child, grace=5.0)
+    (work / "cleaned").write_text("yes")
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) counts as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+def _start_parent(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "child.pid").exists():
+        assert time.monotonic() < deadline and parent.poll() is None, "parent did not start its child"
+        time.sleep(0.05)
+    time.sleep(0.2)  # the pid file is written right after Popen returns
+    return parent, int((tmp_path / "child.pid").read_text())
+
+
+def _wait_gone(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_sigterm_to_the_parent_runs_its_cleanup_and_stops_the_child(tmp_path: Path) -> None:
+    parent, child = _start_parent(tmp_path)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=20) == 128 + signal.SIGTERM
+    assert (tmp_path / "cleaned").exists()
+    assert _wait_gone(child)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux prctl")
+def test_child_stops_when_the_parent_is_killed_outright(tmp_path: Path) -> None:
+    parent, child = _start_parent(tmp_path)
+    parent.kill()
+    parent.wait(timeout=10)
+    assert not (tmp_path / "cleaned").exists()  # SIGKILL: no cleanup ran, the kernel stopped the child
+    assert _wait_gone(child)
