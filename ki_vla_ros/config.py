@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from ki_vla.joints import CONTROL_HZ, NUM_JOINTS
+from ki_vla.infer.safety import path_tolerances
+from ki_vla.joints import CONTROL_HZ, JOINT_NAMES, NUM_JOINTS
 
 DEFAULT_CONFIG = "config/bimanual.yaml"
 
@@ -77,6 +78,10 @@ class ExecutorNodeConfig:
     ensembling_m: float = 0.01
     max_chunks: int = 64
     chunk_timeout: float = 0.5                   # s without a fresh chunk -> hold the last command
+    state_timeout: float = 0.1                   # s without /joint_states -> stop advancing, hold the last command
+    # Per joint (JOINT_NAMES order), JointTrajectoryController semantics, 0 = unchecked: the measured position
+    # farther than this from the command re-anchors the command there and holds (ki_vla.infer.chunking).
+    path_tolerance: list[float] = field(default_factory=lambda: path_tolerances(JOINT_NAMES).tolist())
     lookahead_points: int = 1                    # trajectory points per command (1 = next tick only)
     velocity_scale: float = 1.0                  # fraction of the URDF velocity limits allowed
     max_points: int = 1000

@@ -66,7 +66,8 @@ class ExecutorNode(Node):
                            gripper_limit_tolerance=cfg.gripper_limit_tolerance,
                            check_gripper_motion=cfg.check_gripper_motion)
         merger = make_merger(cfg.merge_strategy, cfg.ensembling_m, cfg.max_chunks)
-        self.core = ChunkExecutor(merger, self.limits, self.dt, cfg.chunk_timeout, cfg.lookahead_points, check)
+        self.core = ChunkExecutor(merger, self.limits, self.dt, cfg.chunk_timeout, cfg.lookahead_points, check,
+                                  state_timeout=cfg.state_timeout, path_tolerance=np.asarray(cfg.path_tolerance))
         self.log = ThrottledLog(self)
         self.left_idx = [JOINT_NAMES.index(j) for j in LEFT_JOINTS]
         self.right_idx = [JOINT_NAMES.index(j) for j in RIGHT_JOINTS]
@@ -85,6 +86,7 @@ class ExecutorNode(Node):
         self.clamped = 0
         self.rate_limited = 0
         self.hold_ticks = 0
+        self.hold_reasons = Counter()
         self.commands = 0
         self._last_tick_wall: float | None = None
         self._last_state_wall: float | None = None
@@ -105,7 +107,7 @@ class ExecutorNode(Node):
             self.state_errors.inc("invalid")
             self.log.warn("joint_state", f"ignoring joint_states: {exc}")
             return
-        self.core.on_state(self.mapping.from_robot(q))
+        self.core.on_state(self.mapping.from_robot(q), now_sec(self))
         self._last_state_wall = time.monotonic()
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
@@ -127,12 +129,19 @@ class ExecutorNode(Node):
             self.period_ms.add((wall - self._last_tick_wall) * 1e3)
         self._last_tick_wall = wall
         now = now_sec(self)
+        violations = self.core.path_violations
         cmd = self.core.tick(now)
         if cmd is None:
             self.log.warn("no_state", f"waiting for {self.cfg.joint_states_topic} before commanding anything")
             return
+        if self.core.path_violations > violations:
+            self.log.warn("path_tolerance", f"path tolerance exceeded: {self.core.last_violation}")
+        if cmd.hold_reason == "stale_state":
+            self.log.warn("stale_state", f"no {self.cfg.joint_states_topic} for more than "
+                          f"{self.cfg.state_timeout:g} s: holding the last command")
         if cmd.holding:
             self.hold_ticks += 1
+            self.hold_reasons.inc(cmd.hold_reason)
             if not self.cfg.hold_before_first_chunk and self.core.last_chunk_time is None:
                 return
         for stamp in cmd.first_used:
@@ -148,8 +157,14 @@ class ExecutorNode(Node):
     def _report_control(self) -> tuple[int, str, dict[str, Any]]:
         per = self.period_ms.values()
         kv: dict[str, Any] = {"commands": self.commands, "hold_ticks": self.hold_ticks,
-                              "holding": self.core.holding, "clamped_values": self.clamped,
+                              "holding": self.core.holding, "hold_reason": self.core.hold_reason,
+                              "path_violations": self.core.path_violations,
+                              "clamped_values": self.clamped,
                               "rate_limited_values": self.rate_limited, "target_period_ms": self.dt * 1e3}
+        kv.update({f"hold_ticks[{k}]": v for k, v in self.hold_reasons.counts.items()})
+        err = self.core.tracking_error()
+        if err is not None:
+            kv["tracking_error_max"] = float(err.max())
         if per.size:
             kv.update({f"period_ms_p{q}": float(np.percentile(per, q)) for q in (1, 50, 99)})
             kv["jitter_ms_p99"] = float(np.percentile(np.abs(per - self.dt * 1e3), 99))
@@ -159,8 +174,10 @@ class ExecutorNode(Node):
         kv["joint_states_age_s"] = state_age
         if self.core.last_command is None:
             return Diagnostics.WARN, f"no {self.cfg.joint_states_topic} yet: not commanding", kv
-        if state_age > 0.5:
-            return Diagnostics.WARN, f"{self.cfg.joint_states_topic} silent for {state_age:.1f} s", kv
+        if state_age > self.cfg.state_timeout:
+            return Diagnostics.WARN, f"{self.cfg.joint_states_topic} silent for {state_age:.1f} s: holding", kv
+        if self.core.holding and self.core.last_violation and self.core.last_chunk_time is None:
+            return Diagnostics.WARN, f"holding after a path tolerance violation: {self.core.last_violation}", kv
         if self.core.holding:
             return Diagnostics.WARN, "holding: no fresh chunk", kv
         return Diagnostics.OK, "executing", kv

@@ -86,10 +86,16 @@ def home():
     return q
 
 
-def make_exec(limits, strategy="temporal_ensembling", timeout=0.2, lookahead=3):
-    ex = ChunkExecutor(make_merger(strategy), limits, DT, chunk_timeout=timeout, lookahead=lookahead)
-    ex.on_state(home())
+def make_exec(limits, strategy="temporal_ensembling", timeout=0.2, lookahead=3, **kwargs):
+    ex = ChunkExecutor(make_merger(strategy), limits, DT, chunk_timeout=timeout, lookahead=lookahead, **kwargs)
+    ex.on_state(home(), 0.0)
     return ex
+
+
+def tick(ex, t):
+    """One control tick of a robot that tracks perfectly: the measured state is the last command."""
+    ex.on_state(ex.last_command if ex.last_command is not None else ex.measured, t)
+    return ex.tick(t)
 
 
 def chunk_arrays(q0, h=50, slope=0.0, joint=0):
@@ -101,7 +107,7 @@ def chunk_arrays(q0, h=50, slope=0.0, joint=0):
 def test_executor_needs_state_then_holds(limits):
     ex = ChunkExecutor(make_merger("latest"), limits, DT)
     assert ex.tick(0.0) is None
-    ex.on_state(home())
+    ex.on_state(home(), 0.0)
     cmd = ex.tick(0.0)
     assert cmd.holding and cmd.positions.shape == (1, NUM_JOINTS)
     np.testing.assert_allclose(cmd.positions[0], home())
@@ -112,7 +118,7 @@ def test_executor_latency_compensation(limits):
     # Chunk from an observation at t=1.0 arrives at t=1.1 (100 ms inference): command for 1.12 = point 6.
     names, times, pos = chunk_arrays(home(), slope=0.5)
     ex.on_chunk(names, times, pos, stamp=1.0, now=1.1)
-    cmd = ex.tick(1.1)
+    cmd = tick(ex, 1.1)
     assert not cmd.holding and cmd.first_used == (1.0,)
     assert cmd.positions[0][0] == pytest.approx(min(0.5 * 0.12, limits.velocity[0] * DT))
 
@@ -144,7 +150,7 @@ def test_executor_invariants_under_adversarial_stream(limits):
                 ex.on_chunk(names, times, pos, stamp=t - 0.05, now=t)
             except ChunkRejected:
                 rejected += 1
-        cmd = ex.tick(t)
+        cmd = tick(ex, t)
         q = cmd.positions
         assert np.all(q >= limits.lower - 1e-12) and np.all(q <= limits.upper + 1e-12)
         steps = np.diff(np.vstack([prev[None], q]), axis=0)
@@ -162,7 +168,7 @@ def test_resume_after_hold_ramps(limits):
     target[0] = 0.45                                   # within max_start_deviation, far for one tick
     names, times, pos = chunk_arrays(target)
     ex.on_chunk(names, times, pos, stamp=1.0, now=1.0)
-    seen = [ex.tick(1.0 + k * DT).positions[0][0] for k in range(30)]
+    seen = [tick(ex, 1.0 + k * DT).positions[0][0] for k in range(30)]
     assert np.all(np.diff([0.0] + seen) <= limits.velocity[0] * DT + 1e-9)
     assert seen[-1] == pytest.approx(0.45)
 
@@ -178,3 +184,67 @@ def test_executor_rejects_future_and_expired(limits):
     times2[2] += 0.005
     with pytest.raises(ChunkRejected, match="evenly"):
         ex.on_chunk(names, times2, pos, stamp=0.0, now=0.0)
+
+
+def test_silent_joint_states_hold_then_resume_with_the_ramp(limits):
+    """No /joint_states for longer than state_timeout: stop advancing targets, keep the chunk, resume after."""
+    ex = make_exec(limits, "latest", timeout=5.0, lookahead=1, state_timeout=0.11)
+    names, times, pos = chunk_arrays(home(), slope=0.5)
+    ex.on_chunk(names, times, pos, stamp=0.0, now=0.0)
+    for k in range(10):
+        cmd = tick(ex, k * DT)
+    assert not cmd.holding
+    frozen = ex.last_command.copy()
+    t = 9 * DT
+    for k in range(1, 20):  # the state stops arriving at t; 0.11 s later the executor holds
+        cmd = ex.tick(t + k * DT)
+        if k * DT > 0.11:
+            assert cmd.holding and cmd.hold_reason == "stale_state"
+            np.testing.assert_array_equal(cmd.positions[0], ex.last_command)
+    assert ex.last_command[0] == pytest.approx(frozen[0] + 5 * 0.5 * DT, abs=1e-9)  # advanced 5 more ticks, no more
+    cmd = tick(ex, t + 20 * DT)  # state back: the same chunk continues, as a ramp from the held position
+    assert not cmd.holding and ex.merger.chunks
+    assert abs(cmd.positions[0][0] - frozen[0] - 5 * 0.5 * DT) <= limits.velocity[0] * DT + 1e-9
+
+
+def test_measured_state_far_from_the_command_re_anchors(limits):
+    """The issue's reproduction: the robot is 0.4 rad from the last command (e-stop release, torque off, a reset).
+
+    The executor must command where the robot is, not the old pose, and accept chunks built around it."""
+    tol = np.full(NUM_JOINTS, 0.2)
+    tol[list(GRIPPER_INDICES)] = 0.0
+    for tolerance, expect_anchor in ((tol, True), (None, False)):
+        ex = make_exec(limits, "latest", timeout=0.5, lookahead=1, path_tolerance=tolerance)
+        tick(ex, 0.0)
+        moved = home()
+        moved[1] += 0.4
+        for k in range(1, 500):  # 10 s with the robot elsewhere
+            ex.on_state(moved, k * DT)
+            cmd = ex.tick(k * DT)
+        if not expect_anchor:  # the old behaviour, kept when the tolerance is off: the old pose, 10 s later
+            np.testing.assert_allclose(cmd.positions[0], home())
+            continue
+        assert cmd.holding and ex.path_violations == 1  # re-anchored once, then held there waiting for a chunk
+        np.testing.assert_allclose(cmd.positions[0], moved)
+        assert "left_shoulder" in ex.last_violation
+        names, times, pos = chunk_arrays(moved + 0.01)  # a chunk around the real position is accepted
+        ex.on_chunk(names, times, pos, stamp=10.0, now=10.0)
+        assert not tick(ex, 10.0).holding
+
+
+def test_path_violation_while_executing_drops_the_plan_and_holds(limits):
+    tol = np.full(NUM_JOINTS, 0.3)
+    ex = make_exec(limits, "latest", timeout=5.0, lookahead=1, path_tolerance=tol)
+    names, times, pos = chunk_arrays(home(), slope=0.5)
+    ex.on_chunk(names, times, pos, stamp=0.0, now=0.0)
+    tick(ex, 0.0)
+    blocked = ex.last_command.copy()
+    blocked[0] -= 0.35  # the arm is pushed back (an obstacle, a person)
+    ex.on_state(blocked, DT)
+    cmd = ex.tick(DT)
+    assert cmd.holding and cmd.hold_reason == "path_tolerance" and not ex.merger.chunks
+    np.testing.assert_allclose(cmd.positions[0], blocked)
+    ex.on_state(blocked, 2 * DT)
+    assert ex.tick(2 * DT).holding and ex.path_violations == 1  # held there, not re-triggered
+    with pytest.raises(ValueError, match="path_tolerance"):
+        ChunkExecutor(make_merger("latest"), limits, DT, path_tolerance=np.full(3, 0.1))

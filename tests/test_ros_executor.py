@@ -60,7 +60,9 @@ def test_executor_rate_limits_hold_and_resume():
         chunk_pub = test.create_publisher(JointTrajectory, "/ki_vla/action_chunk", RELIABLE_QOS)
         # A broken joint_states message first: ignored with a log line, the node keeps running.
         js_pub.publish(JointState(name=["left_waist"], position=[0.0, 1.0]))
-        test.create_timer(DT, lambda: js_pub.publish(make_joint_state(JOINT_NAMES, home(), now_sec(test))))
+        # A robot that tracks perfectly: it reports the last command (so the path tolerance is never exceeded).
+        test.create_timer(DT, lambda: js_pub.publish(make_joint_state(
+            JOINT_NAMES, home() if ex.core.last_command is None else ex.core.last_command, now_sec(test))))
         assert wait_for(lambda: len(left) > 10 and len(right) > 10, 10.0), "executor never commanded"
         q_cmd = commands(left, right)
         np.testing.assert_allclose(q_cmd[-1][0], home(), atol=1e-9)  # holding the measured position
@@ -149,3 +151,53 @@ def test_executor_rate_limits_hold_and_resume():
         for reason in ("nan", "jump", "names", "malformed", "limits"):
             assert int(kv.get(f"rejected[{reason}]", 0)) >= 1, (reason, kv)
         assert float(kv["latency_ms_p50"]) > 0
+
+
+def test_executor_holds_on_silent_joint_states_and_re_anchors_to_a_moved_robot():
+    """JTC-like state watching over DDS: /joint_states silent -> hold within state_timeout, said on /diagnostics;
+    the robot back 0.4 rad away from the command (e-stop release, a sim reset) -> command where it is."""
+    with ros_harness() as h:
+        ex = h.add(ExecutorNode(context=h.context, parameter_overrides=[
+            Parameter("urdf_path", value=str(URDF)), Parameter("chunk_timeout", value=5.0),
+            Parameter("state_timeout", value=0.1), Parameter("diagnostics_period", value=0.2)]))
+        test = h.node("executor_state_test")
+        left = Collector(test, JointTrajectory, "/left_arm_controller/joint_trajectory", RELIABLE_QOS)
+        right = Collector(test, JointTrajectory, "/right_arm_controller/joint_trajectory", RELIABLE_QOS)
+        diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        js_pub = test.create_publisher(JointState, "/joint_states", RELIABLE_QOS)
+        chunk_pub = test.create_publisher(JointTrajectory, "/ki_vla/action_chunk", RELIABLE_QOS)
+        robot = {"q": home(), "on": True}
+        test.create_timer(DT, lambda: robot["on"] and js_pub.publish(make_joint_state(JOINT_NAMES, robot["q"],
+                                                                                        now_sec(test))))
+
+        def control():
+            for d in reversed(diags.msgs):
+                for s in d.status:
+                    if s.name == "executor_node: control":
+                        return s.message, {v.key: v.value for v in s.values}
+            return None, {}
+
+        assert wait_for(lambda: ex.core.last_command is not None, 10.0)
+        chunk_pub.publish(chunk_to_trajectory(np.repeat(home()[None], 500, 0), JOINT_NAMES, now_sec(test), DT))
+        assert wait_for(lambda: not ex.core.holding, 10.0), "the chunk was never executed"
+
+        robot["on"] = False  # the driver dies
+        assert wait_for(lambda: ex.core.hold_reason == "stale_state", 5.0)
+        assert wait_for(lambda: "silent" in (control()[0] or ""), 5.0), control()
+        left.clear(), right.clear()
+        assert wait_for(lambda: len(left) > 5 and len(right) > 5, 5.0)
+        held = commands(left, right)[:, 0]
+        assert np.ptp(held, axis=0).max() < 1e-12
+        assert int(control()[1].get("hold_ticks[stale_state]", 0)) > 0
+
+        moved = home()
+        moved[2] += 0.4  # the driver comes back with the arm elsewhere
+        robot["q"], robot["on"] = moved, True
+        assert wait_for(lambda: ex.core.path_violations >= 1, 5.0)
+        assert wait_for(lambda: int(control()[1].get("path_violations", 0)) >= 1, 5.0), control()
+        left.clear(), right.clear()
+        assert wait_for(lambda: len(left) > 5 and len(right) > 5, 5.0)
+        np.testing.assert_allclose(commands(left, right)[-1][0], moved, atol=1e-9)  # where the robot is, not the old pose
+        # A chunk built around the real position is accepted and executed.
+        chunk_pub.publish(chunk_to_trajectory(np.repeat(moved[None], 500, 0), JOINT_NAMES, now_sec(test), DT))
+        assert wait_for(lambda: not ex.core.holding, 5.0)

@@ -132,7 +132,7 @@ def test_gripper_overshoot_is_clamped_not_a_rejection(limits):
     pos[:, g] = 1.39  # 0.39 beyond fully open: the overshoot measured on a trained policy
     q = validate_chunk(names, times, pos, limits)
     ex = ChunkExecutor(LatestChunk(), limits, dt=0.02)
-    ex.on_state(pos[0])
+    ex.on_state(pos[0], 0.0)
     ex.on_chunk(names, times, pos, stamp=0.0, now=0.0)
     assert q[0, g] == 1.39 and 0.0 <= ex.tick(0.0).positions[0, g] <= 1.0
     pos[:, g] = 2.5  # absurd even for a gripper

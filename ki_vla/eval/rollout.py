@@ -90,7 +90,7 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
                 generator: Any | None = None) -> RolloutResult:
     """One episode of `sim` (a BimanualSim configured with the policy's cameras) driven by `policy.predict`."""
     from ki_vla.infer.chunking import ChunkExecutor, make_merger
-    from ki_vla.infer.safety import ChunkRejected
+    from ki_vla.infer.safety import ChunkRejected, path_tolerances
     from ki_vla.observation import Observation
 
     dt = 1.0 / CONTROL_HZ
@@ -101,7 +101,9 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
 
         other = COLOR_BODIES["blue" if sim.target == "red" else "red"]
         other_start = sim.body_pose(other)[0].copy()
-    executor = ChunkExecutor(make_merger(cfg.merge_strategy, cfg.ensembling_m), limits, dt)
+    # The executor node's defaults (path tolerance included), so the ROS-free numbers hold for the graph.
+    executor = ChunkExecutor(make_merger(cfg.merge_strategy, cfg.ensembling_m), limits, dt,
+                             path_tolerance=path_tolerances(limits.names))
     max_ticks = int(round((cfg.max_seconds or sim.episode_steps * dt) / dt))
     cams = tuple(policy.cfg.camera_names)
     pending: list[tuple[int, float, np.ndarray]] = []  # (tick it arrives, observation stamp, chunk)
@@ -110,7 +112,7 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
     for tick in range(max_ticks):
         now = tick * dt
         state = obs["state"]
-        executor.on_state(state)
+        executor.on_state(state, now)
         if tick % cfg.replan_every == 0:
             images = sim.render(cams)
             chunk = policy.predict(Observation(images=images, state=state, instruction=sim.instruction, stamp=now),

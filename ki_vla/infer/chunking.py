@@ -178,7 +178,8 @@ class TickCommand:
     """What the executor sends at one control tick.
 
     positions: (lookahead, dim) targets for now + dt, now + 2 dt, ...; within limits, velocity-limited.
-    holding: True when no fresh chunk covered the tick and the last command is being held.
+    holding: True when the last command is being held (no fresh chunk covers the tick, the joint state is stale,
+        or the robot left the path tolerance); `hold_reason` says which.
     clamped / rate_limited: how many joint values the position clamp / velocity limit changed.
     first_used: stamps of chunks that contributed for the first time (for camera-to-command latency).
     """
@@ -188,6 +189,7 @@ class TickCommand:
     clamped: int = 0
     rate_limited: int = 0
     first_used: tuple[float, ...] = ()
+    hold_reason: str = ""  # "" (executing) | "no_chunk" | "stale_state" | "path_tolerance"
 
 
 class ChunkExecutor:
@@ -197,27 +199,59 @@ class ChunkExecutor:
     commands differ by at most velocity limit * dt per joint, including across a hold and the resumption
     after it (a fresh chunk far from the held position is approached as a ramp, never a jump); nothing is
     commanded before the robot's position is known, because a rate limit needs a starting point.
+
+    The measured state is watched like ros2_controllers' JointTrajectoryController watches it:
+    - state_timeout: with no joint state for this long the executor stops advancing targets and holds its last
+      command (it would otherwise execute chunks blind). Valid chunks are kept, so it resumes with the ramp.
+    - path_tolerance (per joint, 0 = unchecked): when the robot is farther than this from the command, the command
+      is re-anchored at the measured position, the merged chunks are dropped and the executor holds there until a
+      chunk arrives. This is the one exception to the velocity invariant, and it moves the command to where the
+      robot already is. It is what an e-stop release, a torque-off start, a blocked arm, a person moving the arm
+      or a sim reset produce; without it the executor keeps commanding the old pose, refuses every chunk built
+      around the real one, and drives the arm back at full speed. Re-anchoring only beyond the tolerance (not on
+      every hold tick) is deliberate: following the measured state while holding lets gravity sag the arm.
     """
 
     def __init__(self, merger: ChunkMerger, limits: JointLimits, dt: float, chunk_timeout: float = 0.5,
-                 lookahead: int = 1, check: ChunkCheck | None = None) -> None:
-        if dt <= 0 or chunk_timeout <= 0 or lookahead < 1:
-            raise ValueError("dt and chunk_timeout must be > 0 and lookahead >= 1")
+                 lookahead: int = 1, check: ChunkCheck | None = None, state_timeout: float = 0.1,
+                 path_tolerance: np.ndarray | None = None) -> None:
+        if dt <= 0 or chunk_timeout <= 0 or lookahead < 1 or not state_timeout > 0:
+            raise ValueError("dt, chunk_timeout and state_timeout must be > 0 and lookahead >= 1")
+        n = len(limits.names)
+        tol = np.zeros(n) if path_tolerance is None else np.asarray(path_tolerance, dtype=np.float64)
+        if tol.shape != (n,) or not np.all(np.isfinite(tol)) or np.any(tol < 0):
+            raise ValueError(f"path_tolerance needs {n} finite values >= 0 (0 = unchecked), got {tol.tolist()}")
         self.merger = merger
         self.limits = limits
         self.dt = dt
         self.chunk_timeout = chunk_timeout
+        self.state_timeout = state_timeout
+        self.path_tolerance = tol
         self.lookahead = lookahead
         self.check = check or ChunkCheck()
         self.last_command: np.ndarray | None = None   # position commanded for "now"
         self.measured: np.ndarray | None = None
+        self.measured_time: float | None = None       # when `measured` arrived (the executor's clock)
         self.last_chunk_time: float | None = None     # receive time of the newest accepted chunk
         self.holding = True
+        self.hold_reason = "no_chunk"
+        self.path_violations = 0                      # re-anchors at the measured state
+        self.last_violation = ""                      # which joint, how far (for the log)
         self._used: set[float] = set()
 
-    def on_state(self, q: np.ndarray) -> None:
-        """Latest measured joint positions (policy units, limits' joint order)."""
+    def on_state(self, q: np.ndarray, now: float) -> None:
+        """Latest measured joint positions (policy units, limits' joint order), received at `now`."""
         self.measured = np.asarray(q, dtype=np.float64)
+        self.measured_time = now
+
+    def state_fresh(self, now: float) -> bool:
+        return self.measured_time is not None and now - self.measured_time <= self.state_timeout
+
+    def tracking_error(self) -> np.ndarray | None:
+        """|measured - commanded| per joint (None before both exist)."""
+        if self.measured is None or self.last_command is None:
+            return None
+        return np.abs(self.measured - self.last_command)
 
     def on_chunk(self, joint_names: list[str] | tuple[str, ...], times: np.ndarray, positions: np.ndarray,
                  stamp: float, now: float) -> Chunk:
@@ -251,14 +285,17 @@ class ChunkExecutor:
                 return None
             self.last_command, _ = self.limits.clamp(self.measured)
         self.merger.prune(now)
+        if self.state_fresh(now) and self._off_path():
+            return self._hold("path_tolerance")
+        if not self.state_fresh(now):
+            return self._hold("stale_state")
         fresh = self.last_chunk_time is not None and now - self.last_chunk_time <= self.chunk_timeout
         plan = self.merger.plan(now + self.dt, self.lookahead, self.dt) if fresh else None
         if plan is None:
             if not fresh and self.merger.chunks:
                 self.merger.reset()  # stale predictions must not be blended into the next fresh chunk
-            self.holding = True
-            return TickCommand(np.repeat(self.last_command[None], self.lookahead, axis=0), holding=True)
-        self.holding = False
+            return self._hold("no_chunk")
+        self.holding, self.hold_reason = False, ""
         first_used = tuple(c.stamp for c in self.merger.chunks if c.stamp not in self._used and c.covers(now + self.dt))
         self._used.update(first_used)
         if len(self._used) > 4 * self.merger.max_chunks:
@@ -276,3 +313,22 @@ class ChunkExecutor:
             limited += r
         self.last_command = out[0].copy()
         return TickCommand(out, holding=False, clamped=clamped, rate_limited=limited, first_used=first_used)
+
+    def _off_path(self) -> bool:
+        """Re-anchor at the measured state when it is beyond the path tolerance (see the class docstring)."""
+        err = self.tracking_error()
+        checked = self.path_tolerance > 0
+        if err is None or not np.any(err[checked] > self.path_tolerance[checked]):
+            return False
+        j = int(np.argmax(np.where(checked, err - self.path_tolerance, -np.inf)))
+        self.last_violation = (f"{self.limits.names[j]!r} is {err[j]:.3f} from its command (path_tolerance "
+                               f"{self.path_tolerance[j]:g}): holding at the measured position")
+        self.path_violations += 1
+        self.last_command, _ = self.limits.clamp(self.measured)
+        self.merger.reset()
+        self.last_chunk_time = None  # hold until a chunk built around the real position arrives
+        return True
+
+    def _hold(self, reason: str) -> TickCommand:
+        self.holding, self.hold_reason = True, reason
+        return TickCommand(np.repeat(self.last_command[None], self.lookahead, axis=0), holding=True, hold_reason=reason)

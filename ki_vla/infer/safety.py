@@ -107,6 +107,18 @@ def parse_urdf_limits(xml_text: str) -> dict[str, tuple[float, float, float]]:
     return out
 
 
+# Path tolerance of the arm joints (rad; the executor's default, JointTrajectoryController semantics: 0 = unchecked).
+# 5x the worst tracking error of the sim arms under the scripted plans (0.056 rad, 5 seeds of transfer_cube and
+# insertion); grippers are unchecked because a gripper closed on an object never reaches its command.
+ARM_PATH_TOLERANCE = 0.3
+
+
+def path_tolerances(names: tuple[str, ...] | list[str], arm: float = ARM_PATH_TOLERANCE,
+                    gripper: float = 0.0) -> np.ndarray:
+    """Per-joint path tolerance for joints `names`: `arm` for arm joints, `gripper` for `*gripper` joints."""
+    return np.where(_grippers(names), gripper, arm).astype(np.float64)
+
+
 def limit_step(prev: np.ndarray, target: np.ndarray, max_delta: np.ndarray) -> tuple[np.ndarray, int]:
     """Move from prev toward target by at most max_delta per joint (the velocity limit times the period).
 
