@@ -127,6 +127,7 @@ class SimNodeConfig:
     publish_clock: bool = True
     clock_topic: str = "/clock"
     idle_republish_period: float = 0.5           # lockstep: re-send the last observation while idle (s, 0 = off)
+    reset_settle: float = 0.1                    # s after a reset: hold home, ignore commands (ki_vla.sim.robot)
     diagnostics_period: float = 1.0
 
     def validate(self) -> None:

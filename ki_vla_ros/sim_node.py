@@ -62,7 +62,8 @@ class SimNode(Node):
         self.env = BimanualSim(self.cfg.task, seed=self.cfg.seed, cameras=cams,
                                image_size=(self.cfg.image_height, self.cfg.image_width), control_hz=self.cfg.control_hz)
         clock_start = 0.0 if self.cfg.publish_clock else self.get_clock().now().nanoseconds * 1e-9
-        self.robot = SimRobot(self.env, camera_every=self.cfg.camera_every or 1, clock_start=clock_start)
+        self.robot = SimRobot(self.env, camera_every=self.cfg.camera_every or 1, clock_start=clock_start,
+                              reset_settle=self.cfg.reset_settle)
         self.log = ThrottledLog(self)
 
         self.image_pubs = {c: self.create_publisher(Image, self.cfg.camera_topic.format(name=c), IMAGE_QOS)
@@ -88,6 +89,7 @@ class SimNode(Node):
         # Counters for diagnostics (written by the worker only).
         self.ticks = 0
         self.rejected = 0
+        self.settle_ignored = 0  # commands dropped while the arms settle after a reset
         self.behind_ticks = 0
         self._rt_window: deque[tuple[float, float]] = deque(maxlen=100)  # (wall, sim clock)
         self._last: TickResult | None = None
@@ -174,7 +176,8 @@ class SimNode(Node):
     def _command(self, arm: str, msg: JointTrajectory) -> None:
         try:
             names, times, positions = trajectory_to_arrays(msg)
-            self.robot.command(arm, names, times, positions, to_sec(msg.header.stamp))
+            if not self.robot.command(arm, names, times, positions, to_sec(msg.header.stamp)):
+                self.settle_ignored += 1
         except ValueError as exc:
             self.rejected += 1
             self.log.warn(f"reject-{arm}", f"{arm} arm: rejected trajectory: {exc}")
@@ -235,6 +238,7 @@ class SimNode(Node):
     def _report(self) -> tuple[int, str, dict[str, Any]]:
         kv: dict[str, Any] = {"mode": self.cfg.mode, "task": self.cfg.task, "seed": self.env.seed,
                               "ticks": self.ticks, "clock": self.robot.clock, "rejected_trajectories": self.rejected,
+                              "ignored_while_settling": self.settle_ignored,
                               "behind_events": self.behind_ticks}
         w = list(self._rt_window)
         if len(w) >= 2 and w[-1][0] > w[0][0]:

@@ -113,7 +113,7 @@ def test_scripted_episode_through_ros_matches_direct_run():
     plan, final_direct = direct["actions"], env.state()
     with ros_harness() as h:
         sim = h.add(SimNode(context=h.context, parameter_overrides=_params(
-            mode="lockstep", task="transfer_cube", seed=3, camera_hz=0.0)))
+            mode="lockstep", task="transfer_cube", seed=3, camera_hz=0.0, reset_settle=0.0)))  # every command counts
         t = h.node("sim_scripted_test")
         status = Collector(t, String, "/sim/status", RELIABLE_QOS)
         left = t.create_publisher(JointTrajectory, "/left_arm_controller/joint_trajectory", RELIABLE_QOS)

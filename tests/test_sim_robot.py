@@ -88,3 +88,23 @@ def test_sim_robot_follows_executor_style_commands():
     assert again.clock == r.clock and robot.status()["episode_time"] == 0.0
     np.testing.assert_allclose(robot.setpoint(again.clock + 1.0), again.state)
     env.close()
+
+
+def test_commands_for_the_old_pose_are_ignored_while_the_arms_settle_after_a_reset():
+    """A command computed before a reset and applied after it would throw the arm back at the actuator's speed."""
+    env = BimanualSim("transfer_cube", seed=0, cameras=("cam_high",), image_size=(24, 32))
+    robot = SimRobot(env, reset_settle=0.1)
+    home = robot.reset(seed=1).state.copy()
+    dt = robot.dt
+    old_pose = home[7:].copy()
+    old_pose[4] += 2.0  # the right wrist where the last episode ended
+    assert not robot.command("right", RIGHT_JOINTS, [dt], old_pose[None], stamp=0.0)
+    for _ in range(4):
+        r = robot.tick()
+        assert not robot.command("right", RIGHT_JOINTS, [dt], old_pose[None], stamp=0.0)
+    r = robot.tick()  # 0.1 s after the reset
+    np.testing.assert_allclose(r.state[7:], home[7:], atol=0.02)
+    assert robot.command("right", RIGHT_JOINTS, [dt], (home[7:] + 0.01)[None], stamp=0.0)
+    with pytest.raises(ValueError, match="reset_settle"):
+        SimRobot(env, reset_settle=-1.0)
+    env.close()

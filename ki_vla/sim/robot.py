@@ -8,6 +8,13 @@ episode resets (ROS /clock must never go backwards), so an episode's sim time is
 Each `tick()` advances one control period; the command applied during the tick is the controllers'
 setpoint at the *end* of the tick, so a trajectory point at time_from_start = dt is reached on the next
 tick (what the executor's commands expect).
+
+Reset settle: a reset teleports the arms home, which no real robot does. The executor learns of it only from the
+next joint state, so commands it computed for the old pose are still on the wire and, applied after the reset,
+would throw the arms back at the actuators' full (unphysical) speed: measured in the ROS graph, the right wrist went
+1.5 rad past its limit in one tick and stayed jammed there for the episode. For `reset_settle` seconds after a reset
+the controllers therefore hold the home pose and ignore commands (`command` returns False), time in which the
+executor sees the new pose and re-anchors (its path tolerance).
 """
 from __future__ import annotations
 
@@ -40,13 +47,18 @@ class SimRobot:
     camera_every: render the cameras on every n-th tick (and at reset), e.g. 2 for 25 Hz at 50 Hz control.
     """
 
-    def __init__(self, env: BimanualSim, camera_every: int = 1, clock_start: float = 0.0) -> None:
+    def __init__(self, env: BimanualSim, camera_every: int = 1, clock_start: float = 0.0,
+                 reset_settle: float = 0.0) -> None:
         if camera_every < 1:
             raise ValueError(f"camera_every must be >= 1, got {camera_every}")
+        if not reset_settle >= 0:
+            raise ValueError(f"reset_settle must be >= 0 s, got {reset_settle}")
         self.env = env
         self.camera_every = int(camera_every)
+        self.reset_settle = float(reset_settle)
         self.clock = float(clock_start)
         self.episode_start = self.clock
+        self._settle_until = -np.inf
         state = env.state()
         self.controllers = {"left": TrajectoryFollower(LEFT_JOINTS, state[:7]),
                             "right": TrajectoryFollower(RIGHT_JOINTS, state[7:])}
@@ -59,16 +71,22 @@ class SimRobot:
         """New episode (clock keeps running); controllers hold the home pose."""
         obs = self.env.reset(seed=seed, target=target, render=False)
         self.episode_start = self.clock
+        self._settle_until = self.clock + self.reset_settle
         for side, ctrl in self.controllers.items():
             ctrl.hold(obs["state"][:7] if side == "left" else obs["state"][7:])
         return TickResult(self.clock, obs["state"], obs["velocity"], self.env.render(), self.env.step_count)
 
     def command(self, arm: str, joint_names: Sequence[str], times: np.ndarray, positions: np.ndarray,
-                stamp: float) -> None:
-        """One JointTrajectory for `arm` ("left" | "right"); stamp 0 = start now. Raises ValueError."""
+                stamp: float) -> bool:
+        """One JointTrajectory for `arm` ("left" | "right"); stamp 0 = start now. Raises ValueError.
+
+        Returns False when the command was ignored because the arms are settling after a reset."""
         if arm not in self.controllers:
             raise ValueError(f"arm must be 'left' or 'right', got {arm!r}")
+        if self.clock < self._settle_until - 1e-9:
+            return False
         self.controllers[arm].set_trajectory(joint_names, times, positions, stamp, self.clock)
+        return True
 
     def setpoint(self, t: float) -> np.ndarray:
         """14-D command at robot time t (our joint order)."""
