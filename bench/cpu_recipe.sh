@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The CPU recipe end to end for one sim task (README: "Train a policy that solves the sim tasks on a CPU"):
 #
-#   bash bench/cpu_recipe.sh transfer_cube            # ~1 h 15 min on 2 cores: collect, train, evaluate
+#   bash bench/cpu_recipe.sh transfer_cube            # ~1 h 30 min on 2 cores: collect, train (<= 60 min), evaluate
 #   bash bench/cpu_recipe.sh transfer_color
-#   OUT=runs/x EPISODES=50 STEPS=12000 EVAL=50 bash bench/cpu_recipe.sh insertion
+#   OUT=runs/x EPISODES=50 STEPS=9000 EVAL=50 bash bench/cpu_recipe.sh insertion   # STEPS: default the config's
 #
 # 1. 50 scripted demonstrations (seeds 0.., DART noise 0.08 rad on the executed arm commands), 2. `ki-vla train --config config/train/sim_cpu.yaml`,
 # 3. the learning curve over the kept checkpoints (ROS-free lockstep rollouts, seeds 1000..),
@@ -15,14 +15,13 @@ cd "$(dirname "$0")/.."
 task=${1:?usage: bench/cpu_recipe.sh transfer_cube|transfer_color|insertion}
 out=${OUT:-outputs/cpu_recipe}/$task
 episodes=${EPISODES:-50}
-steps=${STEPS:-12000}
 eval_episodes=${EVAL:-50}
 kivla=${KIVLA:-.venv/bin/ki-vla}
 mkdir -p "$out"
 noise=${ACTION_NOISE:-0.08}
 [ -d "$out/data" ] || "$kivla" collect --task "$task" --episodes "$episodes" --out "$out/data" --action-noise "$noise" \
   --image-size 120x160 --vcodec h264 --max-attempts $((4 * episodes))
-"$kivla" train --config config/train/sim_cpu.yaml dataset="$out/data" output_dir="$out/train" max_steps="$steps" resume=true
+"$kivla" train --config config/train/sim_cpu.yaml dataset="$out/data" output_dir="$out/train" ${STEPS:+max_steps=$STEPS} resume=true
 "$kivla" learning-curve --run "$out/train" --task "$task" --episodes "$eval_episodes" --out "$out/curve"
 targets=("")
 [ "$task" = transfer_color ] && targets=(red blue)
