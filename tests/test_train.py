@@ -87,7 +87,7 @@ def test_every_variant_trains_from_the_same_config(dataset, tmp_path, variant):
 
 
 def test_config_errors(dataset, tmp_path):
-    with pytest.raises(ValueError, match="unknown train config key"):
+    with pytest.raises(ValueError, match="train config: unknown key"):
         TrainConfig.load(None, ["nope=1"])
     with pytest.raises(ValueError, match="not key=value"):
         TrainConfig.load(None, ["dataset"])

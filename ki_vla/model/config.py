@@ -6,12 +6,13 @@ flow matching and the training variant), so a checkpoint folder is fully describ
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ki_vla.configs import build
 from ki_vla.paths import resolve
 
 VARIANTS = ("ki", "joint", "pi0", "frozen", "pi0_fast")
@@ -230,10 +231,4 @@ class PolicyConfig:
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
+    return build(cls, data, where)

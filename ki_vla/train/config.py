@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ki_vla.configs import build
 from ki_vla.paths import resolve
 
 from ki_vla.model.config import VARIANTS
@@ -102,7 +103,9 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: list[str] | None = None) -> "TrainConfig":
-        """YAML file (optional) + `key=value` overrides; values are parsed as YAML (`1e-3`, `true`, `[0.9, 0.95]`)."""
+        """YAML file (optional) + `key=value` overrides; values are parsed as YAML (`1e-3`, `true`, `[0.9, 0.95]`)
+        and coerced to each field's type (ki_vla.configs: an unknown key or a value that cannot be one is a
+        ValueError naming the field)."""
         data: dict[str, Any] = {}
         if path is not None:
             path = resolve(path)
@@ -117,11 +120,7 @@ class TrainConfig:
             if not sep or not key:
                 raise ValueError(f"override {item!r} is not key=value")
             data[key.strip()] = yaml.safe_load(value)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown train config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return build(cls, data, "train config")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
