@@ -54,8 +54,8 @@ def test_summary_fields():
 def test_eval_sim_lockstep_episode_through_ros(tmp_path):
     """A random tiny policy drives the sim through sim_node, camera_node, policy_node and executor_node."""
     report = tmp_path / "report"
-    code = main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_cube", "--episodes", "1",
-                 "--max-seconds", "1.0", "--mode", "lockstep", "--videos", "1", "--sim-image-size", "48x64",
+    code = main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_color", "--target", "blue",
+                 "--episodes", "1", "--max-seconds", "1.0", "--mode", "lockstep", "--videos", "1", "--sim-image-size", "48x64",
                  "--report", str(report), "--quiet", "--startup-timeout", "120", "--merger", "latest",
                  "--min-inference-period", "0.05"])
     assert code == 0
@@ -63,6 +63,8 @@ def test_eval_sim_lockstep_episode_through_ros(tmp_path):
     assert m["episodes"] == 1 and m["success_rate"] == 0.0 and m["mode"] == "lockstep"
     assert m["merge_strategy"] == "latest" and m["min_inference_period"] == 0.05  # the graph ran what was asked
     assert m["per_episode"][0]["chunks"] > 0 and m["control_rate_hz"] > 0
+    assert m["per_episode"][0]["instruction"] == "transfer the blue cube" and m["target"] == "blue"
+    assert m["wrong_cube_moved_rate"] is not None  # measured from the sim's status on transfer_color
     assert "RANDOM weights" in (report / "report.md").read_text()
     assert (report / m["per_episode"][0]["video"]).stat().st_size > 0
 
@@ -71,6 +73,19 @@ def test_eval_sim_rejects_bad_input(tmp_path):
     assert main(["eval-sim", "--model", str(tmp_path / "none"), "--task", "transfer_cube", "--report", str(tmp_path / "r")]) == 2
     assert main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_cube", "--episodes", "0",
                  "--report", str(tmp_path / "r")]) == 2
+    assert main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_cube", "--target", "red",
+                 "--report", str(tmp_path / "r")]) == 2
+
+
+def test_an_episode_that_moved_the_wrong_cube_once_counts():
+    tr = EpisodeTracker(episodes=1, seed=5, max_seconds=1.0)
+    tr.start()
+    tr.on_status({**status(5, 0.0), "wrong_cube_moved": False})
+    tr.on_status({**status(5, 0.3), "wrong_cube_moved": True})
+    ep = tr.on_status({**status(5, 1.0), "wrong_cube_moved": False})  # the cube rolled back: still moved
+    assert ep.wrong_cube_moved is True
+    assert summarize([ep], {})["wrong_cube_moved_rate"] == 1.0
+    assert summarize([ep.__class__(**{**ep.__dict__, "wrong_cube_moved": None})], {})["wrong_cube_moved_rate"] is None
 
 
 def test_outcomes_described_stage_by_stage():

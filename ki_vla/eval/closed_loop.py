@@ -30,6 +30,7 @@ class EpisodeResult:
     accepted_chunks: int = 0  # by the executor's safety checks, during the episode (from /diagnostics)
     rejected_chunks: int = 0
     video: str | None = None
+    wrong_cube_moved: bool | None = None  # transfer_color: the cube the instruction does not name moved
 
 
 class EpisodeTracker:
@@ -87,6 +88,8 @@ class EpisodeTracker:
         ep.reward_fraction = ep.max_reward / max_reward
         ep.duration_s = float(status.get("episode_time", 0.0))
         ep.instruction = str(status.get("instruction", ""))
+        if status.get("wrong_cube_moved") is not None:
+            ep.wrong_cube_moved = bool(ep.wrong_cube_moved) or bool(status["wrong_cube_moved"])
         if bool(status.get("success")) or ep.duration_s >= self.max_seconds:
             ep.success = bool(status.get("success"))
             self.results.append(ep)
@@ -122,6 +125,8 @@ def summarize(results: list[EpisodeResult], meta: dict[str, Any]) -> dict[str, A
         "control_rate_hz": float(np.mean(rates)) if rates else math.nan,
         "executor_accepted_chunks": sum(r.accepted_chunks for r in results),
         "executor_rejected_chunks": sum(r.rejected_chunks for r in results),
+        "wrong_cube_moved_rate": (float(np.mean([bool(r.wrong_cube_moved) for r in results]))
+                                  if n and any(r.wrong_cube_moved is not None for r in results) else None),
         "per_episode": [{key: v for key, v in asdict(r).items() if key != "latency_ms"} for r in results],
     }
 
@@ -146,7 +151,8 @@ def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], t
         ["executor command rate (Hz, sim time)", fmt(metrics["control_rate_hz"], 4)],
         ["chunks accepted / rejected by the executor's safety checks",
          f"{metrics['executor_accepted_chunks']} / {metrics['executor_rejected_chunks']}"],
-    ])
+    ] + ([["episodes that moved the cube the instruction does not name", fmt(metrics["wrong_cube_moved_rate"], 3)]]
+         if metrics.get("wrong_cube_moved_rate") is not None else []))
     if metrics["executor_rejected_chunks"] > metrics["executor_accepted_chunks"]:
         rep.paragraph("Most chunks were rejected by the executor (jumps beyond its velocity bound, joints beyond "
                       "the URDF limits): the robot held still instead of following them. See the executor's "

@@ -26,7 +26,6 @@ from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
 
 STRATEGIES = ("latest", "temporal_ensembling")
 # transfer_color: the other cube counts as moved when it left its start by more than this (metres, any axis).
-WRONG_CUBE_MOVE_M = 0.02
 
 
 @dataclass(frozen=True)
@@ -95,12 +94,6 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
 
     dt = 1.0 / CONTROL_HZ
     obs = sim.reset(seed=seed, target=cfg.target, render=False)
-    other, other_start = None, None  # transfer_color: the cube the instruction does not name, and where it started
-    if sim.config.task == "transfer_color":
-        from ki_vla.sim.scenes import COLOR_BODIES
-
-        other = COLOR_BODIES["blue" if sim.target == "red" else "red"]
-        other_start = sim.body_pose(other)[0].copy()
     # The executor node's defaults (path tolerance included), so the ROS-free numbers hold for the graph.
     executor = ChunkExecutor(make_merger(cfg.merge_strategy, cfg.ensembling_m), limits, dt,
                              path_tolerance=path_tolerances(limits.names))
@@ -149,9 +142,7 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
     else:
         result.duration_s = max_ticks * dt
     result.reward_fraction = result.max_reward / sim.max_reward
-    if other is not None:
-        moved = np.abs(sim.body_pose(other)[0] - other_start)
-        result.wrong_cube_moved = bool(moved.max() > WRONG_CUBE_MOVE_M)
+    result.wrong_cube_moved = bool(sim.wrong_cube_moved())
     return result
 
 

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the executor's merge strategy (default: the graph config's)")
     parser.add_argument("--min-inference-period", type=float, default=None,
                         help="policy_node min_inference_period in seconds (default: the graph config's)")
+    parser.add_argument("--target", choices=("red", "blue"), default=None,
+                        help="transfer_color: name this cube in every episode (default: drawn per seed); run both on "
+                             "the same seeds to see whether the other instruction moves the other cube")
     parser.add_argument("--startup-timeout", type=float, default=240.0, help="wall seconds for the graph to come up")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -70,7 +73,8 @@ def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
     cams = list(pcfg.camera_names)
     sim = params["sim_node"]["ros__parameters"]
     sim.update(task=args.task, mode=args.mode, seed=args.seed, camera_names=cams, image_height=args.sim_image_size[0],
-               image_width=args.sim_image_size[1], instruction_topic="/instruction", publish_clock=True)
+               image_width=args.sim_image_size[1], instruction_topic="/instruction", publish_clock=True,
+               target=getattr(args, "target", None) or "")
     params["camera_node"]["ros__parameters"].update(camera_names=cams, image_size=pcfg.image_size,
                                                     resize_mode=pcfg.image_resize)
     pol = params["policy_node"]["ros__parameters"]
@@ -97,6 +101,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     if args.episodes < 1 or args.videos < 0:
         raise ValueError("--episodes must be >= 1 and --videos >= 0")
+    if getattr(args, "target", None) and args.task != "transfer_color":
+        raise ValueError("--target only applies to --task transfer_color")
     model = resolve(args.model)
     if model.is_dir():
         if not (model / "config.yaml").is_file():
@@ -149,7 +155,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         raise RuntimeError(f"evaluation incomplete: {data['error'] or 'evaluator stopped early'}\n{procs.log_tail(graph_log)}")
     results = [EpisodeResult(**r) for r in data["results"]]
     meta = {"model": str(args.model), "weights": weights, "variant": pcfg.variant, "task": args.task, "mode": args.mode,
-            "seed": args.seed, "max_seconds": max_seconds, "sim_image_size": list(args.sim_image_size),
+            "seed": args.seed, "max_seconds": max_seconds, "target": getattr(args, "target", None), "sim_image_size": list(args.sim_image_size),
             "device": args.device or "auto", "torch": torch.__version__, "wall_seconds": time.perf_counter() - start,
             "merge_strategy": params["executor_node"]["ros__parameters"]["merge_strategy"],
             "min_inference_period": params["policy_node"]["ros__parameters"]["min_inference_period"]}
@@ -167,5 +173,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     low, high = m["success_rate_ci95"]
     print(f"{m['task']}: success {m['successes']}/{m['episodes']} = {m['success_rate']:.2f} (95% CI {low:.2f}-{high:.2f}), "
-          f"latency p50 {m['latency_ms_p50']:.1f} ms, control {m['control_rate_hz']:.1f} Hz -> {args.report}/report.md")
+          f"latency p50 {m['latency_ms_p50']:.1f} ms, control {m['control_rate_hz']:.1f} Hz"
+          + (f", wrong cube moved {m['wrong_cube_moved_rate']:.2f}" if m.get("wrong_cube_moved_rate") is not None else "")
+          + f" -> {args.report}/report.md")
     return 0

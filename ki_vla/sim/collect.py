@@ -210,7 +210,8 @@ def collect_bags(config: CollectConfig, progress: bool = True, timeout_per_episo
     sim_params = {"task": config.task, "seed": config.seed, "mode": "lockstep", "lockstep_on_command": True,
                   "camera_names": cams, "image_height": config.image_size[0], "image_width": config.image_size[1],
                   "camera_hz": config.bag_camera_hz, "instruction_topic": "/instruction", "publish_clock": True,
-                  "idle_republish_period": 0.0}
+                  "idle_republish_period": 0.0,
+                  "reset_settle": 0.0}  # the recorder plans from the post-reset state: its every command counts
     if config.target:
         sim_params["target"] = config.target
     rec_params = {"episodes_file": str(work / "episodes.npz"), "output": str(tmp), "storage": config.bag_storage,

@@ -108,4 +108,5 @@ class SimRobot:
         return {"task": self.env.config.task, "seed": self.env.seed, "step": self.env.step_count,
                 "episode_time": round(self.clock - self.episode_start, 6), "clock": round(self.clock, 6),
                 "reward": self.env.reward(), "max_reward": self.env.max_reward, "success": self.env.success(),
-                "instruction": self.env.instruction, "target": self.env.target}
+                "instruction": self.env.instruction, "target": self.env.target,
+                "wrong_cube_moved": self.env.wrong_cube_moved()}

@@ -182,6 +182,8 @@ TASK_SPECS: dict[str, TaskSpec] = {
         instructions={"red": "transfer the red cube", "blue": "transfer the blue cube"}),
 }
 COLOR_BODIES = {"red": "box", "blue": "blue_box_body"}
+# transfer_color: the cube the instruction does not name counts as moved beyond this (m, any axis).
+WRONG_CUBE_MOVE_M = 0.02
 COLOR_GEOMS = {"red": "red_box", "blue": "blue_box"}
 
 
@@ -301,6 +303,7 @@ class BimanualSim:
         self._renderer: mujoco.Renderer | None = None
         self.instruction = ""
         self.target: str | None = None
+        self._other_start: np.ndarray | None = None  # transfer_color: where the cube not named started
         self.step_count = 0
         self._render_thread: int | None = None
         self.reset(render=False)  # renderer (a GL context) is made lazily, on the thread that renders
@@ -396,6 +399,7 @@ class BimanualSim:
         # Hold the home pose: actuator targets equal the current joints.
         self._write_ctrl(self.state())
         mujoco.mj_forward(m, d)
+        self._other_start = None if self.target is None else self.body_pose(self._other_body())[0]
         self.step_count = 0
         return self.observation(render=render)
 
@@ -510,6 +514,17 @@ class BimanualSim:
     def success(self) -> bool:
         """True when the task's goal holds now (reward == max_reward)."""
         return self.reward() == self.task.max_reward
+
+    def _other_body(self) -> str:
+        return COLOR_BODIES["blue" if self.target == "red" else "red"]
+
+    def wrong_cube_moved(self) -> bool | None:
+        """transfer_color: has the cube the instruction does not name moved more than WRONG_CUBE_MOVE_M since the
+        reset (the policy ignored the language)? None for the other tasks."""
+        if self._other_start is None:
+            return None
+        moved = np.abs(self.body_pose(self._other_body())[0] - self._other_start)
+        return bool(moved.max() > WRONG_CUBE_MOVE_M)
 
     # ------------------------------------------------------------------ rendering
     def render(self, cameras: tuple[str, ...] | list[str] | None = None) -> dict[str, np.ndarray]:
