@@ -52,6 +52,7 @@ class PolicyNodeConfig:
     chunk_topic: str = "/ki_vla/action_chunk"
     max_image_age: float = 0.25                  # s; older frames make the observation stale
     max_state_age: float = 0.1                   # s
+    max_future_stamp: float = 0.05               # s; inputs stamped further ahead of our clock are refused (skew)
     max_instruction_chars: int = 512
     instruction_latched: bool = True             # also subscribe transient-local (gets a latched publisher's
                                                  # last value; volatile publishers then log a QoS notice)

@@ -116,7 +116,8 @@ class PolicyNode(LifecycleNode):
             self.policy = None
             return TransitionCallbackReturn.FAILURE
         pcfg = self.policy.cfg
-        self.assembler = ObservationAssembler(pcfg.camera_names, pcfg.state_dim, cfg.max_image_age, cfg.max_state_age)
+        self.assembler = ObservationAssembler(pcfg.camera_names, pcfg.state_dim, cfg.max_image_age, cfg.max_state_age,
+                                              cfg.max_future_stamp)
         if self._pending_instruction:
             try:
                 self.assembler.set_instruction(clean_instruction(self._pending_instruction, cfg.max_instruction_chars))

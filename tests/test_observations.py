@@ -83,3 +83,20 @@ def test_instruction_cleaning():
             clean_instruction(bad, 100)
     with pytest.raises(InstructionError, match="max_instruction_chars"):
         clean_instruction("x" * 101, 100)
+
+
+def test_inputs_stamped_in_the_future_are_refused():
+    """A 10 s clock skew must not keep a dead camera 'fresh' for 10 s; a few ms of jitter are fine."""
+    asm = filled()
+    asm.set_image("b", 20.0, np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(StaleObservation, match="b frame is stamped 10.000 s in the future") as e:
+        asm.assemble(10.0)
+    assert e.value.reason == "future_stamp"
+    asm = filled()
+    asm.set_state(10.02, np.zeros(14))  # 20 ms ahead: within max_future
+    assert asm.assemble(10.0).state.shape == (14,)
+    asm.set_state(10.5, np.zeros(14))
+    with pytest.raises(StaleObservation, match="joint state is stamped"):
+        asm.assemble(10.0)
+    with pytest.raises(ValueError, match="max_future"):
+        ObservationAssembler(CAMS, 14, 0.2, 0.1, max_future=-1.0)

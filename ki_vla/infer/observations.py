@@ -52,11 +52,16 @@ class ObservationAssembler:
     """
 
     def __init__(self, camera_names: tuple[str, ...] | list[str], state_dim: int, max_image_age: float,
-                 max_state_age: float) -> None:
+                 max_state_age: float, max_future: float = 0.05) -> None:
+        if not (max_image_age > 0 and max_state_age > 0 and max_future >= 0):
+            raise ValueError("max_image_age and max_state_age must be > 0, max_future >= 0")
         self.camera_names = tuple(camera_names)
         self.state_dim = state_dim
         self.max_image_age = max_image_age
         self.max_state_age = max_state_age
+        # An input stamped ahead of our clock is from a machine whose clock is skewed: its age is meaningless (a
+        # dead camera 10 s "in the future" would look fresh for 10 s), so beyond this tolerance it is refused.
+        self.max_future = max_future
         self._lock = threading.Lock()
         self._images: dict[str, _Stamped] = {}
         self._state: _Stamped | None = None
@@ -101,6 +106,10 @@ class ObservationAssembler:
             raise StaleObservation("missing_state", "no joint state yet")
         if instruction is None:
             raise StaleObservation("missing_instruction", "no instruction yet")
+        for name, stamp in [(f"{c} frame", images[c].stamp) for c in self.camera_names] + [("joint state", state.stamp)]:
+            if stamp - now > self.max_future:
+                raise StaleObservation("future_stamp", f"{name} is stamped {stamp - now:.3f} s in the future "
+                                                       f"(max_future {self.max_future} s): clocks out of sync?")
         for c in self.camera_names:
             age = now - images[c].stamp
             if age > self.max_image_age:
