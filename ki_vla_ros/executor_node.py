@@ -58,8 +58,10 @@ class ExecutorNode(Node):
         if cfg.control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {cfg.control_hz}")
         urdf = require(cfg.urdf_path)
-        self.limits = JointLimits.from_urdf(urdf, JOINT_NAMES, velocity_scale=cfg.velocity_scale)
         self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
+        # The URDF's limits are in the robot's units; the executor works in the policy's (then maps each command).
+        self.robot_limits = JointLimits.from_urdf(urdf, JOINT_NAMES, velocity_scale=cfg.velocity_scale)
+        self.limits = self.robot_limits.in_policy_units(self.mapping)
         self.dt = 1.0 / cfg.control_hz
         check = ChunkCheck(max_points=cfg.max_points, jump_velocity_factor=cfg.jump_velocity_factor,
                            max_start_deviation=cfg.max_start_deviation, limit_tolerance=cfg.limit_tolerance,

@@ -171,3 +171,31 @@ def test_gripper_decisions_are_not_jumps_but_arm_jumps_are(limits):
     pos[3:, 2] += 0.5
     with pytest.raises(ChunkRejected, match="jump on 'left_elbow'"):
         validate_chunk(names, times, pos, limits)
+
+
+def test_limits_follow_the_joint_mapping_into_policy_units(limits):
+    """A sign-flipped shoulder and an offset elbow: what the executor commands stays inside the URDF's range
+    once mapped to the robot (clamping policy units to the robot's range let the flipped shoulder leave it)."""
+    from ki_vla.infer.chunking import ChunkExecutor, LatestChunk
+
+    scale, offset = np.ones(NUM_JOINTS), np.zeros(NUM_JOINTS)
+    scale[1], offset[2], scale[3] = -1.0, 0.3, 2.0
+    mapping = JointMapping(scale, offset)
+    pol = limits.in_policy_units(mapping)
+    assert pol.lower[1] == pytest.approx(-limits.upper[1]) and pol.upper[1] == pytest.approx(-limits.lower[1])
+    assert pol.lower[2] == pytest.approx(limits.lower[2] - 0.3) and pol.velocity[3] == pytest.approx(limits.velocity[3] / 2)
+    dt, n = 0.02, 200
+    for bound in (pol.lower, pol.upper):
+        ex = ChunkExecutor(LatestChunk(), pol, dt=dt, chunk_timeout=10.0)
+        start = np.clip(np.zeros(NUM_JOINTS), pol.lower, pol.upper)
+        ex.on_state(start, 0.0)
+        goal = np.clip(bound + np.sign(bound) * 0.1, -3.0, 3.0)  # a little beyond the bound: clamped, not refused
+        ramp = start + np.clip(np.arange(n)[:, None] / 100.0, 0.0, 1.0) * (goal - start)
+        ex.on_chunk(list(JOINT_NAMES), np.arange(n) * dt, ramp, stamp=0.0, now=0.0)
+        robot = []
+        for k in range(n):
+            ex.on_state(ex.last_command if ex.last_command is not None else start, k * dt)
+            robot.append(mapping.to_robot(ex.tick(k * dt).positions[0]))
+        robot = np.array(robot)
+        assert np.all(robot >= limits.lower - 1e-9) and np.all(robot <= limits.upper + 1e-9)
+        assert np.isclose(robot[-1, 1], limits.lower[1] if bound is pol.upper else limits.upper[1])  # reached, mirrored

@@ -68,6 +68,15 @@ class JointLimits:
         vel = np.array([table[j][2] for j in joint_names], dtype=np.float64) * velocity_scale
         return cls(tuple(joint_names), lower, upper, vel)
 
+    def in_policy_units(self, mapping: "JointMapping") -> JointLimits:
+        """These limits (the robot's units, as the URDF writes them) in the policy's units under `mapping`.
+
+        The executor clamps and rate-limits policy-unit commands before mapping them to the robot, so with a sign
+        flip (scale -1) or an offset the URDF range must be mapped too: a flipped shoulder's [-1.85, 1.26] is
+        [-1.26, 1.85] for the policy; clamping to the unmapped range would let the robot leave its real one."""
+        a, b = mapping.from_robot(self.lower), mapping.from_robot(self.upper)
+        return JointLimits(self.names, np.minimum(a, b), np.maximum(a, b), self.velocity / np.abs(mapping.scale))
+
     def clamp(self, q: np.ndarray) -> tuple[np.ndarray, int]:
         """Clip into [lower, upper]; returns the clipped vector and how many joints were clipped."""
         out = np.clip(q, self.lower, self.upper)
