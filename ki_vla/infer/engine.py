@@ -52,7 +52,7 @@ class EngineBuffers:
     text_ids: torch.Tensor
     text_valid: torch.Tensor
     noise: torch.Tensor
-    state: torch.Tensor  # the expert context (KIPolicy.expert_context): normalized state, then keypoint coordinates
+    state: torch.Tensor  # the expert context (KIPolicy.expert_context): state, prompt embedding, keypoint coordinates
     dims: torch.Tensor  # KIPolicy.action_dim_mask: x stays zero on the padded action dims
     image_tokens: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor]]
@@ -145,6 +145,10 @@ class InferenceEngine:
         for (kb, vb), (k, v) in zip(buf.kv, kv, strict=True):
             kb[:, :, :lp].copy_(k)
             vb[:, :, :lp].copy_(v)
+        if self.cfg.expert.instruction_input:  # after the state in the expert context (KIPolicy.expert_context)
+            start = self.cfg.state_dim if self.cfg.expert.state_input else 0
+            buf.state[:, start: start + self.cfg.text.hidden_size].copy_(
+                self.policy.prompt_embedding(buf.text_ids, buf.text_valid))
         mask, cos, sin = self.policy.expert_inputs(valid)
         buf.mask.copy_(mask)
         buf.cos.copy_(cos)

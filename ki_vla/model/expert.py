@@ -176,9 +176,11 @@ class ActionExpert(nn.Module):
         self.gradient_checkpointing = False
         self.action_in_proj = nn.Linear(cfg.max_action_dim, width)
         self.action_out_proj = nn.Linear(width, cfg.max_action_dim)
-        # The per-sample context [state, keypoint coordinates] (PolicyConfig.expert_context_dim) on every token.
+        # The per-sample context [state, prompt embedding, keypoint coordinates] (PolicyConfig.expert_context_dim)
+        # on every token.
         self.state_proj = nn.Linear(cfg.expert_context_dim, width) if cfg.expert_context_dim else None
-        # Keypoint coordinates standardized by running statistics (the state comes normalized by the dataset's).
+        # The backbone's part of it (prompt embedding and keypoint coordinates; `keypoint_norm` keeps its name for
+        # the checkpoints that have it) standardized by running statistics (the state comes normalized by the dataset's).
         # Why: most coordinates move by 0.02-0.2 of their [-1, 1] range across scenes; Adam's steps are the same
         # size whatever an input's scale, so reading a 0.02-std input needs weights ~50x larger, thousands of steps
         # more (measured: the first chunk followed the scene at 10% of the plan's spread after 400 steps on t=0
@@ -209,7 +211,8 @@ class ActionExpert(nn.Module):
         if self.state_proj is None:
             return x
         if state is None:
-            raise ValueError("this expert reads a context (expert.state_input / keypoint_input) but got none")
+            raise ValueError("this expert reads a context (expert.state_input / instruction_input / keypoint_input) "
+                             "but got none")
         if self.keypoint_norm is not None:
             kp = self.keypoint_norm.num_features
             state = torch.cat([state[:, :-kp], self.keypoint_norm(state[:, -kp:].float()).to(state.dtype)], dim=1)

@@ -139,17 +139,30 @@ class KIPolicy(nn.Module):
             return batch
         return {**batch, "keypoint_coords": self.backbone.keypoint_coordinates(batch["images"])}
 
+    def prompt_embedding(self, text_ids: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
+        """(B, text hidden) the mean input embedding of each prompt's valid tokens (`expert.instruction_input`).
+
+        A mean over valid tokens only, so left padding and the engine's prompt budget do not change it."""
+        emb = self.backbone.embed_tokens(text_ids).float()
+        w = text_valid.float()[..., None]
+        return (emb * w).sum(1) / w.sum(1).clamp(min=1.0)
+
     def expert_context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """(B, expert_context_dim) what the expert adds to its action tokens: the normalized state
-        (`expert.state_input`) and the keypoint coordinates (`expert.keypoint_input`), these detached in the
-        insulated variants like every other backbone output; None when it reads neither."""
+        (`expert.state_input`), the prompt embedding (`expert.instruction_input`) and the keypoint coordinates
+        (`expert.keypoint_input`), the backbone's parts detached in the insulated variants like every other backbone
+        output; None when it reads none."""
         ec = self.cfg.expert
+        insulate = self.cfg.insulated or self.cfg.variant == "frozen"
         parts = []
         if ec.state_input:
             parts.append(batch["state"].float())
+        if ec.instruction_input:
+            prompt = self.prompt_embedding(batch["text_ids"], batch["text_valid"])
+            parts.append(prompt.detach() if insulate else prompt)
         if ec.keypoint_input:
             kp = self._with_keypoints(batch)["keypoint_coords"].float()
-            parts.append(kp.detach() if self.cfg.insulated or self.cfg.variant == "frozen" else kp)
+            parts.append(kp.detach() if insulate else kp)
         return torch.cat(parts, dim=1) if parts else None
 
     def action_dim_mask(self, device: torch.device | str) -> torch.Tensor:

@@ -1,0 +1,80 @@
+"""The expert's direct path to the instruction (`expert.instruction_input`): the prompt's mean token embedding."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ki_vla.model.config import PolicyConfig
+from ki_vla.model.expert import open_time_gates
+from ki_vla.model.policy import KIPolicy
+
+
+def _policy(variant: str = "ki", keypoints: int = 4) -> KIPolicy:
+    base = PolicyConfig.from_yaml("config/model/tiny.yaml")
+    cfg = dataclasses.replace(base, variant=variant, vision=dataclasses.replace(base.vision, keypoints=keypoints),
+                              expert=dataclasses.replace(base.expert, instruction_input=True, state_input=True,
+                                                         keypoint_input=keypoints > 0))
+    torch.manual_seed(0)
+    policy = KIPolicy(cfg)
+    open_time_gates(policy)
+    return policy
+
+
+def _batch(policy: KIPolicy, instructions: list[str]) -> dict[str, torch.Tensor]:
+    batch = policy.example_batch(len(instructions))
+    rng = np.random.default_rng(0)
+    cfg = policy.cfg
+    samples = [{"images": {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+                           for c in cfg.camera_names},
+                "state": np.zeros(cfg.state_dim, np.float32), "instruction": text} for text in instructions]
+    new = policy.processor(samples, with_targets=False)
+    return {**batch, **{k: new[k] for k in ("images", "image_valid", "text_ids", "text_valid", "state")}}
+
+
+def test_context_layout_and_padding_invariance():
+    policy = _policy()
+    cfg = policy.cfg
+    assert cfg.expert_context_dim == cfg.state_dim + cfg.text.hidden_size + len(cfg.camera_names) * 4 * 2
+    batch = _batch(policy, ["transfer the red cube", "transfer the blue cube"])
+    ctx = policy.expert_context(batch)
+    prompt = ctx[:, cfg.state_dim: cfg.state_dim + cfg.text.hidden_size]
+    assert not torch.allclose(prompt[0], prompt[1])  # one word differs: the expert can tell them apart
+    # More left padding (a longer budget) leaves each prompt's embedding as it was.
+    ids, valid = batch["text_ids"], batch["text_valid"]
+    pad = torch.zeros(ids.shape[0], 7, dtype=ids.dtype)
+    wider = policy.prompt_embedding(torch.cat([pad, ids], 1), torch.cat([pad.bool(), valid], 1))
+    torch.testing.assert_close(wider, prompt)
+
+
+def test_the_flow_loss_reaches_the_token_embeddings_only_without_insulation():
+    for variant, reaches in (("ki", False), ("joint", True)):
+        policy = _policy(variant, keypoints=0)
+        batch = _batch(policy, ["transfer the red cube", "transfer the blue cube"])
+        full = policy.example_batch(2)
+        batch = {**full, **{k: batch[k] for k in ("text_ids", "text_valid")}}
+        policy.zero_grad()
+        policy.compute_loss(batch)["flow"].backward()
+        grad = policy.backbone.language_model.embed_tokens.weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == reaches, variant
+        assert policy.expert.state_proj.weight.grad.abs().sum() > 0
+
+
+def test_engine_serves_the_instruction_context_like_the_reference():
+    from ki_vla.infer.engine import InferenceEngine
+
+    policy = _policy().eval()
+    engine = InferenceEngine(policy, batch_size=1, fuse=False)
+    noise = torch.randn(1, policy.cfg.horizon, policy.cfg.max_action_dim, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for text in ("transfer the red cube", "transfer the blue cube"):  # the buffer is refreshed per request
+        batch = _batch(policy, [text])
+        ref = policy.sample_actions(batch, noise=noise)
+        torch.testing.assert_close(engine.sample_actions(batch, noise=noise), ref, atol=1e-5, rtol=0)
+        outs.append(ref)
+    assert not torch.allclose(outs[0], outs[1])
+    with pytest.raises(ValueError):
+        PolicyConfig.from_dict({**policy.cfg.to_dict(), "expert": {**dataclasses.asdict(policy.cfg.expert),
+                                                                    "instruction_input": "sometimes"}})
