@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ki_vla.configs import build
 from ki_vla.infer.safety import path_tolerances
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES, NUM_JOINTS
 
@@ -176,15 +177,6 @@ def read_parameter_file(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def from_dict(cls: type[T], values: dict[str, Any], strict: bool = True) -> T:
-    """Build config dataclass `cls` from a mapping; unknown keys raise when strict (typos must not pass)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown and strict:
-        raise ValueError(f"unknown {cls.__name__} parameter(s) {unknown}")
-    return cls(**{k: v for k, v in values.items() if k in names})
-
-
 def load_node_config(cls: type[T], path: str | Path, node_name: str) -> T:
     """The config of `node_name` from a parameter file (shared `/**` values apply when the field exists)."""
     params = read_parameter_file(path)
@@ -192,4 +184,4 @@ def load_node_config(cls: type[T], path: str | Path, node_name: str) -> T:
     own = params.get(node_name, shared)
     names = {f.name for f in dataclasses.fields(cls)}
     # Shared keys meant for other nodes are skipped; a node's own unknown keys are errors.
-    return from_dict(cls, {k: v for k, v in own.items() if k in names or k not in shared})
+    return build(cls, {k: v for k, v in own.items() if k in names or k not in shared}, f"{node_name} parameters")

@@ -24,7 +24,6 @@ only renamed into place when everything succeeded, so it never exists half-writt
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from ki_vla.configs import build
 from ki_vla.data.images import RESIZE_MODES, resize_for_model
 from ki_vla.data.lerobot import LeRobotDatasetWriter
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
@@ -118,11 +118,7 @@ class BagConversionConfig:
         """Build from a mapping; unknown keys are an error (a typo should not silently use a default)."""
         if "convert_bag" in data and isinstance(data["convert_bag"], Mapping):
             data = data["convert_bag"]
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"convert-bag config: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(data))
+        return build(cls, dict(data), "convert-bag config")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> BagConversionConfig:
