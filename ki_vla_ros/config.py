@@ -79,7 +79,8 @@ class ExecutorNodeConfig:
     merge_strategy: str = "latest"               # latest | temporal_ensembling (ki_vla.infer.chunking.MERGERS)
     ensembling_m: float = 0.01
     max_chunks: int = 64
-    chunk_timeout: float = 0.5                   # s without a fresh chunk -> hold the last command
+    chunk_timeout: float = 0.5                   # s after the newest chunk's last point -> input timed out
+                                                 # (chunks are followed to their end, then the command held)
     state_timeout: float = 0.1                   # s without /joint_states -> stop advancing, hold the last command
     # Per joint (JOINT_NAMES order), JointTrajectoryController semantics, 0 = unchecked: the measured position
     # farther than this from the command re-anchors the command there and holds (ki_vla.infer.chunking).

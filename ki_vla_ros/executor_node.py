@@ -180,8 +180,11 @@ class ExecutorNode(Node):
             return Diagnostics.WARN, f"{self.cfg.joint_states_topic} silent for {state_age:.1f} s: holding", kv
         if self.core.holding and self.core.last_violation and self.core.last_chunk_time is None:
             return Diagnostics.WARN, f"holding after a path tolerance violation: {self.core.last_violation}", kv
+        if self.core.holding and self.core.timed_out(now_sec(self)):
+            return Diagnostics.WARN, (f"input timed out: no chunk for {self.cfg.chunk_timeout:g} s after the last one "
+                                      "ended; holding"), kv
         if self.core.holding:
-            return Diagnostics.WARN, "holding: no fresh chunk", kv
+            return Diagnostics.WARN, "holding: no chunk covers now", kv
         return Diagnostics.OK, "executing", kv
 
     def _report_chunks(self) -> tuple[int, str, dict[str, Any]]:

@@ -155,7 +155,7 @@ def test_executor_invariants_under_adversarial_stream(limits):
         assert np.all(q >= limits.lower - 1e-12) and np.all(q <= limits.upper + 1e-12)
         steps = np.diff(np.vstack([prev[None], q]), axis=0)
         assert np.all(np.abs(steps) <= limits.velocity * DT + 1e-9), step
-        if 400 < step < 600 and step > 400 + 0.1 / DT + 2:
+        if 400 < step < 600 and step > 400 + 50 + 2:  # silent: the last chunk (50 points) has ended
             assert cmd.holding
         prev = q[0]
     assert rejected > 0
@@ -248,3 +248,20 @@ def test_path_violation_while_executing_drops_the_plan_and_holds(limits):
     assert ex.tick(2 * DT).holding and ex.path_violations == 1  # held there, not re-triggered
     with pytest.raises(ValueError, match="path_tolerance"):
         ChunkExecutor(make_merger("latest"), limits, DT, path_tolerance=np.full(3, 0.1))
+
+
+def test_a_chunk_is_followed_to_its_end_then_the_command_is_held(limits):
+    """JTC semantics: the chunk timeout counts from the chunk's last point, not from when it was received."""
+    ex = make_exec(limits, "latest", timeout=0.1, lookahead=1)
+    names, times, pos = chunk_arrays(home(), slope=0.2)  # 50 points: covers 0 .. 0.98 s
+    ex.on_chunk(names, times, pos, stamp=0.0, now=0.0)
+    for k in range(49):  # 0.96 s without a new chunk, far beyond chunk_timeout since receipt: still executing
+        cmd = tick(ex, k * DT)
+        assert not cmd.holding, k
+        assert not ex.timed_out(k * DT)
+    assert cmd.positions[0][0] == pytest.approx(0.2 * 49 * DT)
+    for k in range(49, 60):
+        cmd = tick(ex, k * DT)
+        assert cmd.holding and cmd.hold_reason == "no_chunk"
+    assert cmd.positions[0][0] == pytest.approx(0.2 * 49 * DT)  # the chunk's last point, held
+    assert ex.timed_out(1.1) and not ex.timed_out(1.05)

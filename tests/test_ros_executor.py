@@ -118,8 +118,8 @@ def test_executor_rate_limits_hold_and_resume():
         assert np.abs(first[:, 8] - home()[8]).max() > 0.05       # it did execute the good chunks
         assert first[:, 2].max() <= LIMITS.upper[2] + 1e-9
 
-        # Stale input: no chunks -> after chunk_timeout the command is held constant.
-        time.sleep(0.6)
+        # Stale input: no chunks -> once the last chunk (50 points, 1 s) has ended the command is held constant.
+        time.sleep(1.2)
         left.clear(), right.clear()
         assert wait_for(lambda: len(left) > 10 and len(right) > 10, 15.0)
         held = commands(left, right)[:, 0]

@@ -36,7 +36,8 @@ def graph_config(tmp_path: Path) -> Path:
     # and velocity limit (not the rejection thresholds) then keep the commands safe.
     cfg["executor_node"]["ros__parameters"].update(max_start_deviation=100.0, jump_velocity_factor=1e6,
                                                    limit_tolerance=100.0, gripper_limit_tolerance=100.0,
-                                                   chunk_timeout=2.0)
+                                                   chunk_timeout=2.0,
+                                                   path_tolerance=[0.0] * 14)  # our joint states stay at home
     for section in cfg.values():
         section["ros__parameters"]["diagnostics_period"] = 0.5
     path = tmp_path / "graph.yaml"

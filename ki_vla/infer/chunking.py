@@ -200,6 +200,11 @@ class ChunkExecutor:
     after it (a fresh chunk far from the held position is approached as a ramp, never a jump); nothing is
     commanded before the robot's position is known, because a rate limit needs a starting point.
 
+    Chunks are followed to their last point, like a JointTrajectoryController follows a trajectory: a chunk that
+    is still valid is never thrown away because no newer one came (the policy paused, the state was stale for a
+    moment); when no chunk covers the tick the last command is held. `chunk_timeout` counts from the newest chunk's
+    last point (JTC's cmd_timeout): past it, the executor reports that its input timed out (`timed_out`).
+
     The measured state is watched like ros2_controllers' JointTrajectoryController watches it:
     - state_timeout: with no joint state for this long the executor stops advancing targets and holds its last
       command (it would otherwise execute chunks blind). Valid chunks are kept, so it resumes with the ramp.
@@ -233,6 +238,7 @@ class ChunkExecutor:
         self.measured: np.ndarray | None = None
         self.measured_time: float | None = None       # when `measured` arrived (the executor's clock)
         self.last_chunk_time: float | None = None     # receive time of the newest accepted chunk
+        self.newest_end: float | None = None          # last point of the newest accepted chunk
         self.holding = True
         self.hold_reason = "no_chunk"
         self.path_violations = 0                      # re-anchors at the measured state
@@ -276,7 +282,12 @@ class ChunkExecutor:
             raise ChunkRejected("expired", f"chunk ended {now - chunk.end:.3f} s ago (inference slower than the horizon)")
         self.merger.add(chunk)
         self.last_chunk_time = now
+        self.newest_end = chunk.end if self.newest_end is None else max(self.newest_end, chunk.end)
         return chunk
+
+    def timed_out(self, now: float) -> bool:
+        """No chunk covers now and the newest one ended more than chunk_timeout ago (or none ever came)."""
+        return self.newest_end is None or now > self.newest_end + self.chunk_timeout
 
     def tick(self, now: float) -> TickCommand | None:
         """Targets for the next `lookahead` ticks; None while the robot's position is still unknown."""
@@ -289,11 +300,8 @@ class ChunkExecutor:
             return self._hold("path_tolerance")
         if not self.state_fresh(now):
             return self._hold("stale_state")
-        fresh = self.last_chunk_time is not None and now - self.last_chunk_time <= self.chunk_timeout
-        plan = self.merger.plan(now + self.dt, self.lookahead, self.dt) if fresh else None
+        plan = self.merger.plan(now + self.dt, self.lookahead, self.dt)
         if plan is None:
-            if not fresh and self.merger.chunks:
-                self.merger.reset()  # stale predictions must not be blended into the next fresh chunk
             return self._hold("no_chunk")
         self.holding, self.hold_reason = False, ""
         first_used = tuple(c.stamp for c in self.merger.chunks if c.stamp not in self._used and c.covers(now + self.dt))
@@ -326,7 +334,7 @@ class ChunkExecutor:
         self.path_violations += 1
         self.last_command, _ = self.limits.clamp(self.measured)
         self.merger.reset()
-        self.last_chunk_time = None  # hold until a chunk built around the real position arrives
+        self.last_chunk_time = self.newest_end = None  # hold until a chunk built around the real position arrives
         return True
 
     def _hold(self, reason: str) -> TickCommand:
