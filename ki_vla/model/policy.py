@@ -192,7 +192,13 @@ class KIPolicy(nn.Module):
 
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """{"loss", "ce", "flow"} scalars. Samples without actions contribute CE only; `pi0` has no CE and
-        `pi0_fast` no flow term (their entries are 0)."""
+        `pi0_fast` no flow term (their entries are 0).
+
+        Two optional batch entries make a step split into micro-batches (and ranks) equal to one big batch, which
+        the trainer's gradient accumulation relies on: `loss_norm` (2,) = the step's total valid target tokens and
+        action steps, so each micro-batch's CE and flow are sums divided by the step's counts rather than means over
+        its own (micro-batches have different token counts); `sample_seed` (B,) draws each sample's flow time and
+        noise from its own generator, so a sample gets the same draws whichever micro-batch it lands in."""
         cfg = self.cfg
         batch = trim_padding(batch)
         with_targets = cfg.trains_backbone_ce
@@ -208,15 +214,24 @@ class KIPolicy(nn.Module):
             tv = batch["target_valid"]
             if tv.any():  # logits at valid targets only: at pi0.5 size each position costs 2 x 2048 x 257k FLOPs
                 logits = self.backbone.logits(hidden[:, lp - 1: lp + lt - 1][tv]).float()
-                ce = F.cross_entropy(logits, batch["target_ids"][tv])
+                if "loss_norm" in batch:
+                    ce = F.cross_entropy(logits, batch["target_ids"][tv], reduction="sum") / batch["loss_norm"][0].clamp(min=1.0)
+                else:
+                    ce = F.cross_entropy(logits, batch["target_ids"][tv])
         flow = zero
         if self.expert is not None:
             if cfg.insulated:
                 prefix_kv = [(k.detach(), v.detach()) for k, v in prefix_kv]
             actions = batch["actions"].to(torch.float32)
             b = actions.shape[0]
-            t = self.sample_time(b, actions.device, generator)
-            noise = torch.randn(actions.shape, device=actions.device, generator=generator) * self.action_dim_mask(actions.device)
+            if "sample_seed" in batch:
+                gens = [torch.Generator(device=actions.device).manual_seed(int(seed)) for seed in batch["sample_seed"].tolist()]
+                t = torch.cat([self.sample_time(1, actions.device, g) for g in gens])
+                noise = torch.stack([torch.randn(actions.shape[1:], device=actions.device, generator=g) for g in gens])
+            else:
+                t = self.sample_time(b, actions.device, generator)
+                noise = torch.randn(actions.shape, device=actions.device, generator=generator)
+            noise = noise * self.action_dim_mask(actions.device)
             x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
             v = self._expert_velocity(x_t, t, prefix_kv, prefix_valid, self.expert_context(batch)).float()
             err = (v - (noise - actions))[..., : cfg.action_dim].pow(2).mean(-1)
@@ -224,7 +239,8 @@ class KIPolicy(nn.Module):
             # samples alone (co-training) still runs the expert into the loss with zero weight, so under DDP every
             # expert parameter gets its (zero) gradient and the reducer never waits for a missing one.
             av = batch["action_valid"].to(err.dtype)
-            flow = (err * av).sum() / av.sum().clamp(min=1.0)
+            count = batch["loss_norm"][1] if "loss_norm" in batch else av.sum()
+            flow = (err * av).sum() / count.clamp(min=1.0)
         # ce and flow keep their graphs so either can be back-propagated alone (the insulation tests do).
         return {"loss": ce + cfg.flow_alpha * flow, "ce": ce, "flow": flow}
 

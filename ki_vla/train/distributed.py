@@ -59,6 +59,16 @@ class DistEnv:
         dist.all_reduce(t)
         return {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
 
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Sum of each value over processes (the step's global token counts)."""
+        if not self.enabled:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        return [float(v) for v in t.tolist()]
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -306,6 +306,11 @@ class Trainer:
             batch = MicroBatches(self.schedule, self.dataset, self.policy.processor, self.env.rank)[
                 step * self.cfg.grad_accum_steps + micro]
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        # Flow time and noise per sample, keyed by its place in the step's global batch (StepSchedule.indices), so
+        # accumulation and world size do not change any sample's draws; resume stays exact (a function of the step).
+        first = (micro * self.env.world_size + self.env.rank) * self.cfg.batch_size
+        base = (self.cfg.seed * 1_000_003 + step) * 1_000_033
+        batch["sample_seed"] = torch.arange(base + first, base + first + batch["state"].shape[0], dtype=torch.int64)
         if self.cfg.state_dropout > 0:  # seeded by the step like the data order: resume stays exact
             rng = np.random.default_rng([self.cfg.seed, step, self.env.rank, micro, 7])
             drop = torch.from_numpy(rng.random(batch["state"].shape[0]) < self.cfg.state_dropout).to(self.device)
@@ -342,9 +347,14 @@ class Trainer:
             model.train(was_training)
         return {f"val_{k}": v / max(n, 1) for k, v in sums.items()}
 
-    def _generator(self, step: int, micro: int) -> torch.Generator:
-        seed = (self.cfg.seed * 1_000_003 + step) * 1009 + self.env.rank * 31 + micro
-        return torch.Generator(device=self.device).manual_seed(seed)
+    def _loss_norm(self, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """(2,) the step's valid target tokens and action steps over all its micro-batches and ranks (see
+        KIPolicy.compute_loss): dividing sums by these makes 2 x 2 accumulation the loss of one batch of 4."""
+        counts = torch.zeros(2, dtype=torch.float64)
+        for b in micro_batches:
+            counts[0] += float(b["target_valid"].sum()) if self.policy.cfg.trains_backbone_ce else 0.0
+            counts[1] += float(b["action_valid"].sum())
+        return torch.tensor(list(self.env.all_sum(counts.tolist())), dtype=torch.float32, device=self.device)
 
     def _metrics_file(self):
         path = self.out / "metrics.jsonl"
@@ -380,19 +390,24 @@ class Trainer:
         try:
             while step < stop:
                 sums = {"loss": 0.0, "ce": 0.0, "flow": 0.0}
+                micro_batches = []
                 for micro in range(cfg.grad_accum_steps):
                     b_step, b_micro, cpu_batch = next(batches)
                     if (b_step, b_micro) != (step, micro):
                         raise RuntimeError(f"data loader at step {b_step}.{b_micro}, training loop at {step}.{micro}")
-                    batch = self._micro_batch(step, micro, cpu_batch)
+                    micro_batches.append(self._micro_batch(step, micro, cpu_batch))
+                norm = self._loss_norm(micro_batches)
+                for micro, batch in enumerate(micro_batches):
                     sync = micro == cfg.grad_accum_steps - 1
                     ctx = self.model.no_sync() if (env.enabled and not sync and hasattr(self.model, "no_sync")) else contextlib.nullcontext()
                     with ctx:
                         with self.autocast:
-                            out = self.model(batch, self._generator(step, micro))
-                        (out["loss"] / cfg.grad_accum_steps).backward()
+                            out = self.model({**batch, "loss_norm": norm})
+                        # Each micro-batch's loss is its share of the step's global mean; DDP averages gradients
+                        # over the ranks, so scaling by world_size makes that average the global sum.
+                        (out["loss"] * env.world_size).backward()
                     for k in sums:
-                        sums[k] += float(out[k].detach()) / cfg.grad_accum_steps
+                        sums[k] += float(out[k].detach()) * env.world_size
                     samples_since += cfg.batch_size * env.world_size
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     [p for p in self.policy.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
