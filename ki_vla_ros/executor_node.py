@@ -91,6 +91,7 @@ class ExecutorNode(Node):
         self.hold_reasons = Counter()
         self.commands = 0
         self._last_tick_wall: float | None = None
+        self._started_wall = time.perf_counter()
         self._last_state_wall: float | None = None
         if cfg.realtime_priority > 0:
             self.get_logger().info(raise_priority(cfg.realtime_priority))
@@ -174,6 +175,11 @@ class ExecutorNode(Node):
         kv.update({f"joint_state_errors[{k}]": v for k, v in self.state_errors.counts.items()})
         state_age = time.monotonic() - self._last_state_wall if self._last_state_wall is not None else float("inf")
         kv["joint_states_age_s"] = state_age
+        kv["time_jumps_back"] = self.core.time_jumps
+        since_tick = time.perf_counter() - (self._last_tick_wall or self._started_wall)
+        if since_tick > max(1.0, 20 * self.dt):
+            clock = " (use_sim_time is set: is anything publishing /clock?)" if self.get_parameter("use_sim_time").value else ""
+            return Diagnostics.ERROR, f"control loop not ticking: last tick {since_tick:.1f} s ago{clock}", kv
         if self.core.last_command is None:
             return Diagnostics.WARN, f"no {self.cfg.joint_states_topic} yet: not commanding", kv
         if state_age > self.cfg.state_timeout:

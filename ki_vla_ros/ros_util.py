@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -147,7 +148,9 @@ class Diagnostics:
         self._tasks: list[tuple[str, DiagTask]] = []
         self._lock = threading.Lock()
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._timer = node.create_timer(max(period, 0.05), self.publish)
+        # On the steady clock, not the node's: with use_sim_time and no /clock a ROS-time timer never fires, and
+        # that silent graph is exactly when a user needs /diagnostics to say why.
+        self._timer = node.create_timer(max(period, 0.05), self.publish, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def add(self, name: str, task: DiagTask) -> None:
         with self._lock:

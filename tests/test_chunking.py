@@ -265,3 +265,19 @@ def test_a_chunk_is_followed_to_its_end_then_the_command_is_held(limits):
         assert cmd.holding and cmd.hold_reason == "no_chunk"
     assert cmd.positions[0][0] == pytest.approx(0.2 * 49 * DT)  # the chunk's last point, held
     assert ex.timed_out(1.1) and not ex.timed_out(1.05)
+
+
+def test_a_clock_that_jumps_back_drops_the_old_timeline(limits):
+    """A Gazebo reset or a looped bag: chunks stamped on the old timeline must not come back when the clock
+    reaches their stamps again, and a state received before the jump is not fresh after it."""
+    ex = make_exec(limits, "latest", lookahead=1)
+    names, times, pos = chunk_arrays(home(), slope=0.3)
+    ex.on_chunk(names, times, pos, stamp=10.0, now=10.0)
+    ex.on_state(home(), 10.02)
+    assert not ex.tick(10.02).holding
+    cmd = ex.tick(0.0)  # the clock went back 10 s
+    assert cmd.holding and cmd.hold_reason == "stale_state" and ex.time_jumps == 1 and not ex.merger.chunks
+    for k in range(1, 10):
+        t = 10.0 + k * DT  # the new timeline passes the old chunk's stamps: it must stay dropped
+        cmd = tick(ex, t)
+        assert cmd.holding and cmd.hold_reason == "no_chunk"

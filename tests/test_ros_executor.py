@@ -201,3 +201,24 @@ def test_executor_holds_on_silent_joint_states_and_re_anchors_to_a_moved_robot()
         # A chunk built around the real position is accepted and executed.
         chunk_pub.publish(chunk_to_trajectory(np.repeat(moved[None], 500, 0), JOINT_NAMES, now_sec(test), DT))
         assert wait_for(lambda: not ex.core.holding, 5.0)
+
+
+def test_diagnostics_say_why_a_sim_time_graph_without_clock_is_silent():
+    """use_sim_time and nobody publishing /clock: no control tick ever fires; /diagnostics (on the steady clock)
+    still reports, and says what is wrong."""
+    with ros_harness() as h:
+        h.add(ExecutorNode(context=h.context, parameter_overrides=[
+            Parameter("urdf_path", value=str(URDF)), Parameter("use_sim_time", value=True),
+            Parameter("diagnostics_period", value=0.2)]))
+        test = h.node("executor_clock_test")
+        diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+
+        def message():
+            for d in reversed(diags.msgs):
+                for s in d.status:
+                    if s.name == "executor_node: control":
+                        return s.message
+            return ""
+
+        assert wait_for(lambda: "/clock" in message(), 10.0), message()
+        assert "not ticking" in message()

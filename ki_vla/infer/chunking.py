@@ -242,6 +242,8 @@ class ChunkExecutor:
         self.holding = True
         self.hold_reason = "no_chunk"
         self.path_violations = 0                      # re-anchors at the measured state
+        self.time_jumps = 0                           # the clock went backwards (a sim reset, a looped bag)
+        self._last_tick: float | None = None
         self.last_violation = ""                      # which joint, how far (for the log)
         self._used: set[float] = set()
 
@@ -291,6 +293,9 @@ class ChunkExecutor:
 
     def tick(self, now: float) -> TickCommand | None:
         """Targets for the next `lookahead` ticks; None while the robot's position is still unknown."""
+        if self._last_tick is not None and now < self._last_tick - 1e-9:
+            self._time_jumped_back()
+        self._last_tick = now
         if self.last_command is None:
             if self.measured is None:
                 return None
@@ -336,6 +341,14 @@ class ChunkExecutor:
         self.merger.reset()
         self.last_chunk_time = self.newest_end = None  # hold until a chunk built around the real position arrives
         return True
+
+    def _time_jumped_back(self) -> None:
+        """Every stamp we hold is from the old timeline: chunks would come back 'valid' once the clock reaches their
+        stamps again, and the state's age would be negative. Drop the chunks, wait for a new state."""
+        self.time_jumps += 1
+        self.merger.reset()
+        self.last_chunk_time = self.newest_end = None
+        self.measured_time = None
 
     def _hold(self, reason: str) -> TickCommand:
         self.holding, self.hold_reason = True, reason
