@@ -350,3 +350,35 @@ def test_bf16_model_trains_with_float32_master_weights(dataset, tmp_path):
     assert served.cfg.dtype == "bfloat16" and next(served.parameters()).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="master_weights"):
         config(dataset, tmp_path / "bad", master_weights="fp16")
+
+
+def test_sigterm_checkpoints_and_exits_zero_then_resumes(dataset, tmp_path):
+    """How SLURM and Kubernetes preempt: SIGTERM mid-run finishes the step, writes a checkpoint, exits 0; the same
+    command resumes from it."""
+    import signal as _signal
+    import time
+
+    out = tmp_path / "pre"
+    cmd = [sys.executable, "-m", "ki_vla.cli", "train", "--config", "config/train/tiny.yaml", f"dataset={dataset}",
+           f"output_dir={out}", "save_every=100000", "log_every=1", "progress=false", "tensorboard=false",
+           "fast_vocab_size=256", "batch_size=2"]
+    proc = subprocess.Popen([*cmd, "max_steps=100000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "slow"
+        time.sleep(0.2)
+    proc.send_signal(_signal.SIGTERM)
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, text
+    assert "preempted (SIGTERM): checkpoint at step" in text
+    saved = sorted((out / "checkpoints").iterdir())
+    assert len(saved) == 1 and not (out / "final").exists()
+    step = int(saved[0].name.split("_")[-1])
+    assert step >= 3
+    resumed = subprocess.run([*cmd, f"max_steps={step + 2}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps[-2:] == [step + 1, step + 2] and (out / "final").is_dir()

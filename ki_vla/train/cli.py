@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
         history = trainer.train()
     finally:
         trainer.env.shutdown()
+    if trainer.env.is_main and trainer.preempted_at is not None:
+        print(f"preempted (SIGTERM): checkpoint at step {trainer.preempted_at} in {trainer.out / 'checkpoints'}; "
+              "the same command resumes (resume=true)")
+        return 0
     if trainer.env.is_main and history:
         last = history[-1]
         print(f"trained to step {int(last['step'])}: loss {last['loss']:.4f} (ce {last['ce']:.4f}, flow {last['flow']:.4f}); "

@@ -24,6 +24,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,7 @@ class Trainer:
         self.env = DistEnv.from_env()
         self.device = self.env.device(cfg.device)
         self.out = Path(cfg.output_dir)
+        self.preempted_at: int | None = None  # the step a SIGTERM stopped `train` after (checkpointed)
         self.resume_from = latest_checkpoint(self.out) if cfg.resume else None
         if cfg.resume and self.resume_from is None:
             log.warning("resume=true but %s has no complete checkpoint: starting from step 0", self.out)
@@ -383,6 +386,14 @@ class Trainer:
                 writer = SummaryWriter(str(self.out / "tb"))
         bar = tqdm(total=cfg.max_steps, initial=self.start_step, desc="train", disable=not (env.is_main and cfg.progress),
                    dynamic_ncols=True)
+        # Preemption (SLURM, Kubernetes: SIGTERM, then SIGKILL after a grace period): finish the step, checkpoint,
+        # return. Only the main thread may install handlers; an embedding application's own handler is left alone.
+        self.preempted_at = None
+        preempt = {"asked": False}
+        old_term = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+                signal.SIG_DFL, None):
+            old_term = signal.signal(signal.SIGTERM, lambda *_: preempt.__setitem__("asked", True))
         self.model.train()
         step = self.start_step
         t_last, samples_since = time.perf_counter(), 0
@@ -443,11 +454,19 @@ class Trainer:
                                     writer.add_scalar(f"train/{k}", v, step)
                         bar.set_postfix(loss=f"{row['loss']:.4f}", ce=f"{row['ce']:.3f}", flow=f"{row['flow']:.4f}")
                 bar.update(1)
-                if step % cfg.save_every == 0 or step == stop:
+                # Every rank stops at the same step even if only some got the signal.
+                stop_now = step < stop and env.all_sum([float(preempt["asked"])])[0] > 0
+                if step % cfg.save_every == 0 or step == stop or stop_now:
                     self.save_checkpoint(step)
+                if stop_now:
+                    self.preempted_at = step
+                    log.warning("SIGTERM: stopped after step %d with a checkpoint; the same command resumes", step)
+                    break
             if step == cfg.max_steps:
                 self._export_final(step)
         finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             batches.close()  # stops DataLoader workers when the loop ends early (until=, an exception)
             bar.close()
             if metrics is not None:
@@ -460,3 +479,6 @@ class Trainer:
 def _worker_threads(_: int) -> None:
     # One intra-op thread per data worker: the workers run beside the training step, which owns the cores.
     torch.set_num_threads(1)
+    # A preemption signal sent to the whole job must not kill the workers mid-step: the main process checkpoints
+    # first, then shuts them down.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
