@@ -127,3 +127,16 @@ def test_learning_curve_evaluates_every_checkpoint(tmp_path):
     data = json.loads((out / "curve.json").read_text())
     assert [p["step"] for p in data["points"]] == [10, 20] and all(p["episodes"] == 1 for p in data["points"])
     assert (out / "curve.png").stat().st_size > 1000 and "| 20 |" in (out / "report.md").read_text()
+
+
+def test_a_corrupt_checkpoint_is_one_clear_error_not_a_hung_pool(tmp_path):
+    """A worker initializer that raises makes multiprocessing.Pool respawn it forever; the error must come back."""
+    from ki_vla.eval.rollout import evaluate
+    from ki_vla.model.policy import KIPolicy
+
+    ck = tmp_path / "ck"
+    KIPolicy.load("config/model/tiny.yaml").save_pretrained(ck)
+    weights = ck / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        evaluate(ck, RolloutConfig(max_seconds=0.1), seeds=[1000], workers=1, progress=False)

@@ -160,15 +160,21 @@ def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> N
     from ki_vla.sim.scenes import BimanualSim
 
     torch.set_num_threads(threads)
-    policy = make_predictor(KIPolicy.load(model, device=device))  # what policy_node serves: the engine
-    _WORKER.update(
-        policy=policy, cfg=cfg,
-        sim=BimanualSim(cfg.task, cameras=tuple(policy.cfg.camera_names), image_size=cfg.sim_image_size),
-        limits=JointLimits.from_urdf(resolve(cfg.urdf), JOINT_NAMES))
+    try:
+        policy = make_predictor(KIPolicy.load(model, device=device))  # what policy_node serves: the engine
+        _WORKER.update(
+            policy=policy, cfg=cfg,
+            sim=BimanualSim(cfg.task, cameras=tuple(policy.cfg.camera_names), image_size=cfg.sim_image_size),
+            limits=JointLimits.from_urdf(resolve(cfg.urdf), JOINT_NAMES))
+    except Exception as exc:  # noqa: BLE001 - an initializer that raises makes Pool respawn it forever: report instead
+        _WORKER["error"] = f"{exc}" if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {exc}"
 
 
 def _worker_episode(seed: int) -> dict:
     import torch
+
+    if "error" in _WORKER:
+        raise ValueError(f"a rollout worker could not start: {_WORKER['error']}")
 
     gen = torch.Generator().manual_seed(int(seed))  # flow noise per seed: results do not depend on worker count
     with torch.no_grad():

@@ -378,7 +378,12 @@ class KIPolicy(nn.Module):
         text_tok = load_text_tokenizer(cfg.text.tokenizer, folder=path / TEXT_TOKENIZER)
         policy = cls(cfg, text_tokenizer=text_tok, fast_tokenizer=fast, normalizer=normalizer)
         try:
-            policy.load_state_dict(load_file(str(path / WEIGHTS)), strict=True)
+            try:
+                weights = load_file(str(path / WEIGHTS))
+            except Exception as exc:  # safetensors' own error types: a truncated or corrupt file
+                raise ValueError(f"{path / WEIGHTS} is not a readable safetensors file (truncated or corrupt?): "
+                                 f"{' '.join(str(exc).split())[:200]}") from exc
+            policy.load_state_dict(weights, strict=True)
         except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
             raise ValueError(f"{path / WEIGHTS} does not match the config: {' '.join(str(exc).split())[:400]}") from exc
         return policy.to(device).eval()
