@@ -31,7 +31,8 @@ def _batch(policy: KIPolicy, instructions: list[str]) -> dict[str, torch.Tensor]
                            for c in cfg.camera_names},
                 "state": np.zeros(cfg.state_dim, np.float32), "instruction": text} for text in instructions]
     new = policy.processor(samples, with_targets=False)
-    return {**batch, **{k: new[k] for k in ("images", "image_valid", "text_ids", "text_valid", "state")}}
+    return {**batch, **{k: new[k] for k in ("images", "image_valid", "text_ids", "text_valid", "state",
+                                            "instruction_ids", "instruction_valid")}}
 
 
 def test_context_layout_and_padding_invariance():
@@ -40,13 +41,19 @@ def test_context_layout_and_padding_invariance():
     assert cfg.expert_context_dim == cfg.state_dim + cfg.text.hidden_size + len(cfg.camera_names) * 4 * 2
     batch = _batch(policy, ["transfer the red cube", "transfer the blue cube"])
     ctx = policy.expert_context(batch)
-    prompt = ctx[:, cfg.state_dim: cfg.state_dim + cfg.text.hidden_size]
-    assert not torch.allclose(prompt[0], prompt[1])  # one word differs: the expert can tell them apart
-    # More left padding (a longer budget) leaves each prompt's embedding as it was.
-    ids, valid = batch["text_ids"], batch["text_valid"]
+    instr = ctx[:, cfg.state_dim: cfg.state_dim + cfg.text.hidden_size]
+    assert not torch.allclose(instr[0], instr[1])  # one word differs: the expert can tell them apart
+    # More padding leaves each instruction's embedding as it was.
+    ids, valid = batch["instruction_ids"], batch["instruction_valid"]
     pad = torch.zeros(ids.shape[0], 7, dtype=ids.dtype)
-    wider = policy.prompt_embedding(torch.cat([pad, ids], 1), torch.cat([pad.bool(), valid], 1))
-    torch.testing.assert_close(wider, prompt)
+    wider = policy.instruction_embedding(torch.cat([ids, pad], 1), torch.cat([valid, pad.bool()], 1))
+    torch.testing.assert_close(wider, instr)
+    # The instruction alone: the same instruction under two different states gives the same embedding.
+    moved = {**batch, "state": batch["state"] + 0.5}
+    again = policy.processor([{"images": {}, "state": np.full(cfg.state_dim, 0.9, np.float32),
+                               "instruction": "transfer the red cube"}], with_targets=False)
+    torch.testing.assert_close(policy.instruction_embedding(again["instruction_ids"], again["instruction_valid"])[0],
+                               policy.instruction_embedding(moved["instruction_ids"], moved["instruction_valid"])[0])
 
 
 def test_the_flow_loss_reaches_the_token_embeddings_only_without_insulation():
@@ -54,7 +61,7 @@ def test_the_flow_loss_reaches_the_token_embeddings_only_without_insulation():
         policy = _policy(variant, keypoints=0)
         batch = _batch(policy, ["transfer the red cube", "transfer the blue cube"])
         full = policy.example_batch(2)
-        batch = {**full, **{k: batch[k] for k in ("text_ids", "text_valid")}}
+        batch = {**full, **{k: batch[k] for k in ("text_ids", "text_valid", "instruction_ids", "instruction_valid")}}
         policy.zero_grad()
         policy.compute_loss(batch)["flow"].backward()
         grad = policy.backbone.language_model.embed_tokens.weight.grad

@@ -52,7 +52,9 @@ class EngineBuffers:
     text_ids: torch.Tensor
     text_valid: torch.Tensor
     noise: torch.Tensor
-    state: torch.Tensor  # the expert context (KIPolicy.expert_context): state, prompt embedding, keypoint coordinates
+    state: torch.Tensor  # the expert context (KIPolicy.expert_context): state, instruction embedding, keypoint coordinates
+    instruction_ids: torch.Tensor | None  # expert.instruction_input: the instruction's own tokens (processor)
+    instruction_valid: torch.Tensor | None
     dims: torch.Tensor  # KIPolicy.action_dim_mask: x stays zero on the padded action dims
     image_tokens: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor]]
@@ -115,6 +117,10 @@ class InferenceEngine:
             text_valid=torch.ones(b, self.text_tokens, dtype=torch.bool, device=dev),
             noise=torch.zeros(b, cfg.horizon, cfg.max_action_dim, device=dev),
             state=torch.zeros(b, cfg.expert_context_dim, device=dev),
+            instruction_ids=(torch.zeros(b, cfg.max_text_tokens, dtype=torch.long, device=dev)
+                             if cfg.expert.instruction_input else None),
+            instruction_valid=(torch.ones(b, cfg.max_text_tokens, dtype=torch.bool, device=dev)
+                               if cfg.expert.instruction_input else None),
             dims=self.policy.action_dim_mask(dev),
             image_tokens=torch.zeros(b, cfg.num_image_tokens, tc.hidden_size, device=dev, dtype=dt),
             kv=[(torch.zeros(kv_shape, device=dev, dtype=dt), torch.zeros(kv_shape, device=dev, dtype=dt))
@@ -148,7 +154,7 @@ class InferenceEngine:
         if self.cfg.expert.instruction_input:  # after the state in the expert context (KIPolicy.expert_context)
             start = self.cfg.state_dim if self.cfg.expert.state_input else 0
             buf.state[:, start: start + self.cfg.text.hidden_size].copy_(
-                self.policy.prompt_embedding(buf.text_ids, buf.text_valid))
+                self.policy.instruction_embedding(buf.instruction_ids, buf.instruction_valid))
         mask, cos, sin = self.policy.expert_inputs(valid)
         buf.mask.copy_(mask)
         buf.cos.copy_(cos)
@@ -206,6 +212,9 @@ class InferenceEngine:
         buf.text_valid.copy_(text_valid)
         if self.cfg.expert.state_input:
             buf.state[:, : self.cfg.state_dim].copy_(batch["state"])
+        if self.cfg.expert.instruction_input:
+            buf.instruction_ids.copy_(batch["instruction_ids"])
+            buf.instruction_valid.copy_(batch["instruction_valid"])
         if noise is None:
             noise = torch.randn(buf.noise.shape, generator=generator, device=generator.device if generator else "cpu")
         buf.noise.copy_(noise.to(buf.noise.device) * buf.dims)  # padded action dims stay zero (KIPolicy.action_dim_mask)

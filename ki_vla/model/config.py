@@ -94,10 +94,10 @@ class ExpertConfig:
     # measured on the CPU recipe, neither the cube's ViT token nor the keypoint token was found in 1000-7500 steps
     # (the flow loss was the same with another scene's images), while the state, added to the tokens, was used at once.
     keypoint_input: bool = False
-    # The prompt's mean token embedding (over its valid tokens; detached in the insulated variants) added the same
-    # way. Why: the instruction is a few tokens among the prefix, read through the same attention; measured on
-    # transfer_color, the first chunk under "red" and "blue" differed by < 0.001 rad after 2000 steps (the scripted
-    # plans by 0.09-0.69 rad), as the cube token was never found through attention. Standardized with the keypoints.
+    # The instruction's mean token embedding (its own tokens, not the prompt's state digits; detached in the
+    # insulated variants) added the same way. Why: the instruction is a few tokens among the prefix, read through
+    # the same attention; measured on transfer_color, the first chunk under "red" and "blue" differed by < 0.001 rad
+    # after 2000 steps (the scripted plans by 0.09-0.69 rad). Standardized with the keypoints.
     instruction_input: bool = False
 
 
@@ -212,7 +212,7 @@ class PolicyConfig:
 
     @property
     def expert_context_dim(self) -> int:
-        """Width of the per-sample vector the expert adds to its action tokens: [state, prompt embedding, keypoint
+        """Width of the per-sample vector the expert adds to its action tokens: [state, instruction embedding, keypoint
         coordinates], each part present when its `expert.*_input` flag is on."""
         ec = self.expert
         kp = len(self.camera_names) * self.vision.keypoints * 2 if ec.keypoint_input else 0

@@ -176,10 +176,10 @@ class ActionExpert(nn.Module):
         self.gradient_checkpointing = False
         self.action_in_proj = nn.Linear(cfg.max_action_dim, width)
         self.action_out_proj = nn.Linear(width, cfg.max_action_dim)
-        # The per-sample context [state, prompt embedding, keypoint coordinates] (PolicyConfig.expert_context_dim)
+        # The per-sample context [state, instruction embedding, keypoint coordinates] (PolicyConfig.expert_context_dim)
         # on every token.
         self.state_proj = nn.Linear(cfg.expert_context_dim, width) if cfg.expert_context_dim else None
-        # The backbone's part of it (prompt embedding and keypoint coordinates; `keypoint_norm` keeps its name for
+        # The backbone's part of it (instruction embedding and keypoint coordinates; `keypoint_norm` keeps its name for
         # the checkpoints that have it) standardized by running statistics (the state comes normalized by the dataset's).
         # Why: most coordinates move by 0.02-0.2 of their [-1, 1] range across scenes; Adam's steps are the same
         # size whatever an input's scale, so reading a 0.02-std input needs weights ~50x larger, thousands of steps

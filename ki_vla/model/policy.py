@@ -139,17 +139,19 @@ class KIPolicy(nn.Module):
             return batch
         return {**batch, "keypoint_coords": self.backbone.keypoint_coordinates(batch["images"])}
 
-    def prompt_embedding(self, text_ids: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
-        """(B, text hidden) the mean input embedding of each prompt's valid tokens (`expert.instruction_input`).
+    def instruction_embedding(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, text hidden) the mean input embedding of each instruction's valid tokens (`expert.instruction_input`;
+        the processor's `instruction_ids`, the instruction alone: a mean over the whole prompt measured a red-vs-blue
+        difference of 0.2-0.5 standard deviations against the state digits' 0.4, and the first chunks hardly moved).
 
-        A mean over valid tokens only, so left padding and the engine's prompt budget do not change it."""
-        emb = self.backbone.embed_tokens(text_ids).float()
-        w = text_valid.float()[..., None]
+        A mean over valid tokens only, so padding does not change it."""
+        emb = self.backbone.embed_tokens(ids).float()
+        w = valid.float()[..., None]
         return (emb * w).sum(1) / w.sum(1).clamp(min=1.0)
 
     def expert_context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """(B, expert_context_dim) what the expert adds to its action tokens: the normalized state
-        (`expert.state_input`), the prompt embedding (`expert.instruction_input`) and the keypoint coordinates
+        (`expert.state_input`), the instruction embedding (`expert.instruction_input`) and the keypoint coordinates
         (`expert.keypoint_input`), the backbone's parts detached in the insulated variants like every other backbone
         output; None when it reads none."""
         ec = self.cfg.expert
@@ -158,8 +160,8 @@ class KIPolicy(nn.Module):
         if ec.state_input:
             parts.append(batch["state"].float())
         if ec.instruction_input:
-            prompt = self.prompt_embedding(batch["text_ids"], batch["text_valid"])
-            parts.append(prompt.detach() if insulate else prompt)
+            instr = self.instruction_embedding(batch["instruction_ids"], batch["instruction_valid"])
+            parts.append(instr.detach() if insulate else instr)
         if ec.keypoint_input:
             kp = self._with_keypoints(batch)["keypoint_coords"].float()
             parts.append(kp.detach() if insulate else kp)

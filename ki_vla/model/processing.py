@@ -59,9 +59,14 @@ def discretize_state(state_norm: np.ndarray, bins: int) -> np.ndarray:
     return np.clip(np.digitize(np.clip(state_norm, -1.0, 1.0), edges) - 1, 0, bins - 1)
 
 
+def task_text(instruction: str) -> str:
+    """The instruction as the prompt writes it (whitespace collapsed, underscores as spaces)."""
+    return " ".join(instruction.strip().replace("_", " ").split())
+
+
 def robot_prompt(instruction: str, state_bins: np.ndarray | None) -> str:
     """pi0.5's prompt; without state bins (`state_in_prompt: false`) the backbone sees the task alone."""
-    task = " ".join(instruction.strip().replace("_", " ").split())
+    task = task_text(instruction)
     if state_bins is None:
         return f"Task: {task};\nAction: "
     return f"Task: {task}, State: {' '.join(str(int(b)) for b in state_bins)};\nAction: "
@@ -163,6 +168,10 @@ class Processor:
         actions = np.zeros((b, h, cfg.max_action_dim), np.float32)
         action_valid = np.zeros((b, h), bool)
         states = np.zeros((b, cfg.state_dim), np.float32)
+        # The instruction's own tokens (expert.instruction_input), right-padded: the expert's direct path reads them
+        # without the prompt's state digits, which vary every frame and would drown a one-word difference.
+        instr_ids = np.full((b, cfg.max_text_tokens), self.pad_id, np.int64) if cfg.expert.instruction_input else None
+        instr_valid = np.zeros((b, cfg.max_text_tokens), bool) if cfg.expert.instruction_input else None
         for i, sample in enumerate(samples):
             cams = sample.get("images") or {}
             masks = sample.get("image_mask") or {}
@@ -191,12 +200,19 @@ class Processor:
             ids = self._text_ids(prompt)
             text_ids[i, cfg.max_text_tokens - len(ids):] = ids
             text_valid[i, cfg.max_text_tokens - len(ids):] = True
+            if instr_ids is not None:
+                task = prompt if is_vlm else task_text(str(sample["instruction"]))
+                tid = list(self.text_tokenizer(task, add_special_tokens=False)["input_ids"])[: cfg.max_text_tokens]
+                instr_ids[i, : len(tid)] = tid
+                instr_valid[i, : len(tid)] = True
             if with_targets:
                 tgt = self._targets(sample, norm_actions, is_vlm)
                 target_ids[i, : len(tgt)] = tgt
                 target_valid[i, : len(tgt)] = True
         batch = {"images": images, "image_valid": image_valid, "text_ids": text_ids, "text_valid": text_valid,
                  "target_ids": target_ids, "target_valid": target_valid, "actions": actions, "action_valid": action_valid, "state": states}
+        if instr_ids is not None:
+            batch.update(instruction_ids=instr_ids, instruction_valid=instr_valid)
         return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
 
 
