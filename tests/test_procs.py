@@ -36,8 +36,13 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
-def _start_parent(tmp_path: Path) -> tuple[subprocess.Popen, int]:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)])
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a script does to cmd (POSIX)
+
+
+def _start_parent(tmp_path: Path, sigint_ignored: bool = False) -> tuple[subprocess.Popen, int]:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path)],
+                              preexec_fn=_ignore_sigint if sigint_ignored else None)
     deadline = time.monotonic() + 30
     while not (tmp_path / "child.pid").exists():
         assert time.monotonic() < deadline and parent.poll() is None, "parent did not start its child"
@@ -62,8 +67,9 @@ def test_sigterm_to_the_parent_runs_its_cleanup_and_stops_the_child(tmp_path: Pa
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux prctl")
-def test_child_stops_when_the_parent_is_killed_outright(tmp_path: Path) -> None:
-    parent, child = _start_parent(tmp_path)
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "started-in-background"])
+def test_child_stops_when_the_parent_is_killed_outright(tmp_path: Path, sigint_ignored: bool) -> None:
+    parent, child = _start_parent(tmp_path, sigint_ignored)
     parent.kill()
     parent.wait(timeout=10)
     assert not (tmp_path / "cleaned").exists()  # SIGKILL: no cleanup ran, the kernel stopped the child
