@@ -301,10 +301,10 @@ class ChunkExecutor:
                 return None
             self.last_command, _ = self.limits.clamp(self.measured)
         self.merger.prune(now)
-        if self.state_fresh(now) and self._off_path():
-            return self._hold("path_tolerance")
         if not self.state_fresh(now):
             return self._hold("stale_state")
+        if self._off_path():
+            return self._hold("path_tolerance")
         plan = self.merger.plan(now + self.dt, self.lookahead, self.dt)
         if plan is None:
             return self._hold("no_chunk")
