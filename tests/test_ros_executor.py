@@ -47,17 +47,23 @@ def check_jtc_message(msg, names):
     assert all(len(p.positions) == 7 for p in msg.points)
 
 
+def executor_rig(h, name: str, **params):
+    """An executor under test plus a test node with its command/diagnostics collectors and input publishers."""
+    ex = h.add(ExecutorNode(context=h.context, parameter_overrides=[
+        Parameter("urdf_path", value=str(URDF)), *(Parameter(k, value=v) for k, v in params.items())]))
+    test = h.node(name)
+    left = Collector(test, JointTrajectory, "/left_arm_controller/joint_trajectory", RELIABLE_QOS)
+    right = Collector(test, JointTrajectory, "/right_arm_controller/joint_trajectory", RELIABLE_QOS)
+    diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+    js_pub = test.create_publisher(JointState, "/joint_states", RELIABLE_QOS)
+    chunk_pub = test.create_publisher(JointTrajectory, "/ki_vla/action_chunk", RELIABLE_QOS)
+    return ex, test, left, right, diags, js_pub, chunk_pub
+
+
 def test_executor_rate_limits_hold_and_resume():
     with ros_harness() as h:
-        ex = h.add(ExecutorNode(context=h.context, parameter_overrides=[
-            Parameter("urdf_path", value=str(URDF)), Parameter("chunk_timeout", value=0.3),
-            Parameter("lookahead_points", value=3), Parameter("diagnostics_period", value=0.25)]))
-        test = h.node("executor_test")
-        left = Collector(test, JointTrajectory, "/left_arm_controller/joint_trajectory", RELIABLE_QOS)
-        right = Collector(test, JointTrajectory, "/right_arm_controller/joint_trajectory", RELIABLE_QOS)
-        diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
-        js_pub = test.create_publisher(JointState, "/joint_states", RELIABLE_QOS)
-        chunk_pub = test.create_publisher(JointTrajectory, "/ki_vla/action_chunk", RELIABLE_QOS)
+        ex, test, left, right, diags, js_pub, chunk_pub = executor_rig(
+            h, "executor_test", chunk_timeout=0.3, lookahead_points=3, diagnostics_period=0.25)
         # A broken joint_states message first: ignored with a log line, the node keeps running.
         js_pub.publish(JointState(name=["left_waist"], position=[0.0, 1.0]))
         # A robot that tracks perfectly: it reports the last command (so the path tolerance is never exceeded).
@@ -157,15 +163,8 @@ def test_executor_holds_on_silent_joint_states_and_re_anchors_to_a_moved_robot()
     """JTC-like state watching over DDS: /joint_states silent -> hold within state_timeout, said on /diagnostics;
     the robot back 0.4 rad away from the command (e-stop release, a sim reset) -> command where it is."""
     with ros_harness() as h:
-        ex = h.add(ExecutorNode(context=h.context, parameter_overrides=[
-            Parameter("urdf_path", value=str(URDF)), Parameter("chunk_timeout", value=5.0),
-            Parameter("state_timeout", value=0.1), Parameter("diagnostics_period", value=0.2)]))
-        test = h.node("executor_state_test")
-        left = Collector(test, JointTrajectory, "/left_arm_controller/joint_trajectory", RELIABLE_QOS)
-        right = Collector(test, JointTrajectory, "/right_arm_controller/joint_trajectory", RELIABLE_QOS)
-        diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
-        js_pub = test.create_publisher(JointState, "/joint_states", RELIABLE_QOS)
-        chunk_pub = test.create_publisher(JointTrajectory, "/ki_vla/action_chunk", RELIABLE_QOS)
+        ex, test, left, right, diags, js_pub, chunk_pub = executor_rig(
+            h, "executor_state_test", chunk_timeout=5.0, state_timeout=0.1, diagnostics_period=0.2)
         robot = {"q": home(), "on": True}
         test.create_timer(DT, lambda: robot["on"] and js_pub.publish(make_joint_state(JOINT_NAMES, robot["q"],
                                                                                         now_sec(test))))
