@@ -85,3 +85,64 @@ def test_engine_serves_the_instruction_context_like_the_reference():
     with pytest.raises(ValueError):
         PolicyConfig.from_dict({**policy.cfg.to_dict(), "expert": {**dataclasses.asdict(policy.cfg.expert),
                                                                     "instruction_input": "sometimes"}})
+
+
+def _film_policy() -> KIPolicy:
+    base = _policy()
+    cfg = dataclasses.replace(base.cfg, expert=dataclasses.replace(base.cfg.expert, instruction_film=True))
+    torch.manual_seed(0)
+    policy = KIPolicy(cfg)
+    open_time_gates(policy)
+    return policy
+
+
+def test_instruction_film_starts_additive_and_learns_a_product():
+    policy = _film_policy()
+    batch = _batch(policy, ["transfer the red cube", "transfer the blue cube"])
+    full = policy.example_batch(2)
+    batch = {**full, **{k: batch[k] for k in ("text_ids", "text_valid", "instruction_ids", "instruction_valid")}}
+    # A fresh gain is zero: the context is exactly the additive one.
+    ctx = policy.expert_context(batch)
+    expert = policy.expert.train()
+    noisy = torch.zeros(2, policy.cfg.horizon, policy.cfg.max_action_dim)
+    tokens = expert._action_tokens(noisy, ctx)
+    gain, embed = expert.film_gain, expert.film_keypoints
+    expert.film_gain, expert.film_keypoints = None, None
+    torch.testing.assert_close(tokens, expert._action_tokens(noisy, ctx))
+    expert.film_gain, expert.film_keypoints = gain, embed
+    # The flow loss trains the gain (the keypoint embedding's gradient is zero while the gain is), not the backbone.
+    policy.zero_grad()
+    policy.compute_loss(batch)["flow"].backward()
+    assert expert.film_gain.weight.grad.abs().sum() > 0
+    # With a gain, the two instructions scale the same keypoints (the same images) differently.
+    with torch.no_grad():
+        expert.film_gain.weight.normal_(0, 0.5)
+    batch["images"] = batch["images"][:1].expand_as(batch["images"]).clone()
+    ctx = policy.expert_context(batch)
+    n_kp = expert.film_keypoints.in_features
+    torch.testing.assert_close(ctx[0, -n_kp:], ctx[1, -n_kp:])
+    expert.eval()
+    normed = expert._action_tokens(noisy, ctx) - expert.state_proj(
+        torch.cat([ctx[:, :policy.cfg.state_dim], expert.keypoint_norm(ctx[:, policy.cfg.state_dim:])], 1))[:, None]
+    assert not torch.allclose(normed[0], normed[1])
+
+
+def test_instruction_film_needs_both_inputs():
+    base = PolicyConfig.from_yaml("config/model/tiny.yaml")
+    with pytest.raises(ValueError, match="instruction_film needs"):
+        dataclasses.replace(base, expert=dataclasses.replace(base.expert, instruction_film=True)).validate()
+
+
+def test_engine_serves_instruction_film_like_the_reference():
+    from ki_vla.infer.engine import InferenceEngine
+
+    policy = _film_policy()
+    with torch.no_grad():
+        policy.expert.film_gain.weight.normal_(0, 0.5)
+    policy.eval()
+    engine = InferenceEngine(policy, batch_size=1, fuse=False)
+    noise = torch.randn(1, policy.cfg.horizon, policy.cfg.max_action_dim, generator=torch.Generator().manual_seed(1))
+    for text in ("transfer the red cube", "transfer the blue cube"):
+        batch = _batch(policy, [text])
+        torch.testing.assert_close(engine.sample_actions(batch, noise=noise), policy.sample_actions(batch, noise=noise),
+                                   atol=1e-5, rtol=0)

@@ -187,6 +187,14 @@ class ActionExpert(nn.Module):
         # frames alone, unnormalized).
         kp = cfg.expert_context_dim - (cfg.state_dim if ec.state_input else 0)
         self.keypoint_norm = nn.BatchNorm1d(kp, affine=False, momentum=0.01) if kp else None
+        # expert.instruction_film: + gain(instruction) * embed(keypoints), both read from the standardized context.
+        # The gain starts at zero, so a fresh model is the additive one and the product is learned from there.
+        self.film_gain = self.film_keypoints = None
+        if ec.instruction_film:
+            self.film_gain = nn.Linear(tc.hidden_size, width)
+            nn.init.zeros_(self.film_gain.weight)
+            nn.init.zeros_(self.film_gain.bias)
+            self.film_keypoints = nn.Linear(kp - tc.hidden_size, width)
         if ec.time_conditioning == "adarms":
             self.time_mlp_in = nn.Linear(width, width)
             self.time_mlp_out = nn.Linear(width, width)
@@ -216,7 +224,13 @@ class ActionExpert(nn.Module):
         if self.keypoint_norm is not None:
             kp = self.keypoint_norm.num_features
             state = torch.cat([state[:, :-kp], self.keypoint_norm(state[:, -kp:].float()).to(state.dtype)], dim=1)
-        return x + self.state_proj(state.to(x.dtype))[:, None, :]
+        state = state.to(x.dtype)
+        context = self.state_proj(state)
+        if self.film_gain is not None:
+            n_kp = self.film_keypoints.in_features
+            instruction = state[:, -(n_kp + self.film_gain.in_features): -n_kp]
+            context = context + self.film_gain(instruction) * self.film_keypoints(state[:, -n_kp:])
+        return x + context[:, None, :]
 
     def embed(self, noisy_actions: torch.Tensor, t: torch.Tensor,
               state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
