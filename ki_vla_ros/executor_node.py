@@ -69,7 +69,8 @@ class ExecutorNode(Node):
                            check_gripper_motion=cfg.check_gripper_motion)
         merger = make_merger(cfg.merge_strategy, cfg.ensembling_m, cfg.max_chunks)
         self.core = ChunkExecutor(merger, self.limits, self.dt, cfg.chunk_timeout, cfg.lookahead_points, check,
-                                  state_timeout=cfg.state_timeout, path_tolerance=np.asarray(cfg.path_tolerance))
+                                  state_timeout=cfg.state_timeout, path_tolerance=np.asarray(cfg.path_tolerance),
+                                  state_jump_tolerance=cfg.state_jump_tolerance, state_confirm=cfg.state_confirm)
         self.log = ThrottledLog(self)
         self.left_idx = [JOINT_NAMES.index(j) for j in LEFT_JOINTS]
         self.right_idx = [JOINT_NAMES.index(j) for j in RIGHT_JOINTS]
@@ -110,7 +111,10 @@ class ExecutorNode(Node):
             self.state_errors.inc("invalid")
             self.log.warn("joint_state", f"ignoring joint_states: {exc}")
             return
-        self.core.on_state(self.mapping.from_robot(q), now_sec(self))
+        if not self.core.on_state(self.mapping.from_robot(q), now_sec(self)):
+            self.log.warn("joint_state_jump", "joint_states jumped beyond state_jump_tolerance: not believed until "
+                                              f"{self.cfg.state_confirm} samples agree")
+            return
         self._last_state_wall = time.monotonic()
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
@@ -176,6 +180,7 @@ class ExecutorNode(Node):
         state_age = time.monotonic() - self._last_state_wall if self._last_state_wall is not None else float("inf")
         kv["joint_states_age_s"] = state_age
         kv["time_jumps_back"] = self.core.time_jumps
+        kv["joint_state_jumps_ignored"] = self.core.state_jumps_ignored
         since_tick = time.perf_counter() - (self._last_tick_wall or self._started_wall)
         if since_tick > max(1.0, 20 * self.dt):
             clock = " (use_sim_time is set: is anything publishing /clock?)" if self.get_parameter("use_sim_time").value else ""

@@ -232,6 +232,30 @@ def test_measured_state_far_from_the_command_re_anchors(limits):
         assert not tick(ex, 10.0).holding
 
 
+def test_one_bogus_joint_state_is_not_believed_a_confirmed_jump_is(limits):
+    """Re-anchoring turns the measured state into a command: a single far-off /joint_states sample (a second
+    publisher, a glitch) must not move the arm; a real jump (a sim reset) is believed once 3 samples agree."""
+    tol = np.full(NUM_JOINTS, 0.2)
+    ex = make_exec(limits, "latest", timeout=0.5, lookahead=1, path_tolerance=tol)
+    tick(ex, 0.0)
+    bogus = home()
+    bogus[:6] += 2.0
+    for k in range(1, 200):  # every other sample is bogus, for 4 s
+        assert ex.on_state(bogus if k % 2 else home(), k * DT) == (k % 2 == 0)
+        cmd = ex.tick(k * DT)
+        np.testing.assert_allclose(cmd.positions[0], home())
+    assert ex.path_violations == 0 and ex.state_jumps_ignored == 100
+    moved = home()
+    moved[1] += 0.8  # a reset: the robot really is elsewhere now
+    assert [ex.on_state(moved, 4.0 + k * DT) for k in range(3)] == [False, False, True]
+    assert ex.tick(4.0 + 2 * DT).hold_reason == "path_tolerance"
+    np.testing.assert_allclose(ex.last_command, moved)
+    off = make_exec(limits, "latest", state_jump_tolerance=0.0)  # 0 = off: every sample is believed
+    assert off.on_state(bogus, DT)
+    with pytest.raises(ValueError, match="state_jump_tolerance"):
+        make_exec(limits, "latest", state_jump_tolerance=float("nan"))
+
+
 def test_path_violation_while_executing_drops_the_plan_and_holds(limits):
     tol = np.full(NUM_JOINTS, 0.3)
     ex = make_exec(limits, "latest", timeout=5.0, lookahead=1, path_tolerance=tol)

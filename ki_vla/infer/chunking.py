@@ -215,13 +215,22 @@ class ChunkExecutor:
       or a sim reset produce; without it the executor keeps commanding the old pose, refuses every chunk built
       around the real one, and drives the arm back at full speed. Re-anchoring only beyond the tolerance (not on
       every hold tick) is deliberate: following the measured state while holding lets gravity sag the arm.
+    - state_jump_tolerance (rad, 0 = off): a measurement farther than this from the previous one (no joint moves
+      0.5 rad in one 20 ms sample) is believed only when `state_confirm` consecutive measurements agree on it.
+      Why: re-anchoring makes the measured state a command, so one bogus /joint_states message (a second publisher,
+      a driver glitch; the reliability campaign's fuzzer sends such) would otherwise move the arm to it at once. A
+      real jump (a sim reset teleports the arms home) is believed 2 samples later.
     """
 
     def __init__(self, merger: ChunkMerger, limits: JointLimits, dt: float, chunk_timeout: float = 0.5,
                  lookahead: int = 1, check: ChunkCheck | None = None, state_timeout: float = 0.1,
-                 path_tolerance: np.ndarray | None = None) -> None:
+                 path_tolerance: np.ndarray | None = None, state_jump_tolerance: float = 0.5,
+                 state_confirm: int = 3) -> None:
         if dt <= 0 or chunk_timeout <= 0 or lookahead < 1 or not state_timeout > 0:
             raise ValueError("dt, chunk_timeout and state_timeout must be > 0 and lookahead >= 1")
+        if not (math.isfinite(state_jump_tolerance) and state_jump_tolerance >= 0) or state_confirm < 1:
+            raise ValueError(f"state_jump_tolerance must be finite and >= 0 (0 = off) and state_confirm >= 1, got "
+                             f"{state_jump_tolerance}, {state_confirm}")
         n = len(limits.names)
         tol = np.zeros(n) if path_tolerance is None else np.asarray(path_tolerance, dtype=np.float64)
         if tol.shape != (n,) or not np.all(np.isfinite(tol)) or np.any(tol < 0):
@@ -232,6 +241,10 @@ class ChunkExecutor:
         self.chunk_timeout = chunk_timeout
         self.state_timeout = state_timeout
         self.path_tolerance = tol
+        self.state_jump_tolerance = state_jump_tolerance
+        self.state_confirm = state_confirm
+        self.state_jumps_ignored = 0                  # measurements not believed (a jump not yet confirmed)
+        self._jump: tuple[np.ndarray, int] | None = None   # the unconfirmed new position, how many agreed on it
         self.lookahead = lookahead
         self.check = check or ChunkCheck()
         self.last_command: np.ndarray | None = None   # position commanded for "now"
@@ -247,10 +260,21 @@ class ChunkExecutor:
         self.last_violation = ""                      # which joint, how far (for the log)
         self._used: set[float] = set()
 
-    def on_state(self, q: np.ndarray, now: float) -> None:
-        """Latest measured joint positions (policy units, limits' joint order), received at `now`."""
-        self.measured = np.asarray(q, dtype=np.float64)
+    def on_state(self, q: np.ndarray, now: float) -> bool:
+        """Latest measured joint positions (policy units, limits' joint order), received at `now`. False when the
+        measurement is not believed (yet): a jump beyond state_jump_tolerance that too few samples confirmed."""
+        q = np.asarray(q, dtype=np.float64)
+        tol = self.state_jump_tolerance
+        if tol > 0 and self.measured is not None and np.max(np.abs(q - self.measured)) > tol:
+            same = self._jump is not None and np.max(np.abs(q - self._jump[0])) <= tol
+            self._jump = (q, self._jump[1] + 1 if same else 1)
+            if self._jump[1] < self.state_confirm:
+                self.state_jumps_ignored += 1
+                return False
+        self._jump = None
+        self.measured = q
         self.measured_time = now
+        return True
 
     def state_fresh(self, now: float) -> bool:
         return self.measured_time is not None and now - self.measured_time <= self.state_timeout
