@@ -67,3 +67,32 @@ def atomic_dir(final: str | os.PathLike[str], write: Callable[[Path], Any], fsyn
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover_interrupted(parent: str | os.PathLike[str]) -> list[str]:
+    """Undo what a process killed inside `atomic_dir` left in `parent`; returns what was done, for the log.
+
+    A half-built `.NAME.tmp-*` folder is deleted. A `.NAME.old-PID` folder is the complete previous NAME, moved
+    aside just before the swap: it is put back when NAME is missing (killed between the two renames) and deleted
+    otherwise. Only for folders one process writes (a training run's output_dir): another writer's live tmp
+    folder would be deleted too.
+    """
+    parent = Path(parent)
+    done: list[str] = []
+    if not parent.is_dir():
+        return done
+    for p in sorted(parent.iterdir()):
+        if not (p.is_dir() and p.name.startswith(".")):
+            continue
+        if ".tmp-" in p.name:
+            shutil.rmtree(p, ignore_errors=True)
+            done.append(f"deleted the unfinished {p.name}")
+        elif ".old-" in p.name:
+            final = parent / p.name[1:].rsplit(".old-", 1)[0]
+            if final.exists():
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(f"deleted {p.name} (superseded by {final.name})")
+            else:
+                os.replace(p, final)
+                done.append(f"restored {final.name} from {p.name}")
+    return done

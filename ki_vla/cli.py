@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:  # bad input from the user: one clear line, no traceback
         print(f"ki-vla {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine said no (disk full, permissions): one line, exit 1
+        print(f"ki-vla {args.command}: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

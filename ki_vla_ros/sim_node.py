@@ -41,10 +41,16 @@ from ki_vla_ros.config import SimNodeConfig
 from ki_vla_ros.msgs import rgb_to_image_msg, trajectory_to_arrays
 from ki_vla_ros.ros_util import RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, run_node, to_sec, to_time_msg
 
-# Images: reliable keep-last-1 matches both reliable and best-effort subscribers and never queues
-# stale frames. Latched topics (instruction) use transient local so late joiners get the current one.
+# Images in lockstep: reliable keep-last-1 (each frame is one tick's observation and the stepper waits for it);
+# it matches reliable and best-effort subscribers and never queues stale frames. In realtime, what a camera driver
+# uses: best effort. Measured (bench/reliability.py, process faults): with the reliable writer, SIGKILLing
+# camera_node after policy_node had once been SIGKILLed and restarted stopped image delivery to every subscriber
+# for good (the sim kept ticking and publishing joint states); best effort resumes ~2 s after the kill.
+# Latched topics (instruction) use transient local so late joiners get the current one.
 IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.VOLATILE)
+REALTIME_IMAGE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                                durability=DurabilityPolicy.VOLATILE)
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 CLOCK_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -66,7 +72,9 @@ class SimNode(Node):
                               reset_settle=self.cfg.reset_settle)
         self.log = ThrottledLog(self)
 
-        self.image_pubs = {c: self.create_publisher(Image, self.cfg.camera_topic.format(name=c), IMAGE_QOS)
+        image_qos = REALTIME_IMAGE_QOS if self.cfg.mode == "realtime" else IMAGE_QOS
+        self.frames_published = 0
+        self.image_pubs = {c: self.create_publisher(Image, self.cfg.camera_topic.format(name=c), image_qos)
                            for c in cams}
         self.joint_pub = self.create_publisher(JointState, self.cfg.joint_states_topic, RELIABLE_QOS)
         self.status_pub = self.create_publisher(String, self.cfg.status_topic, RELIABLE_QOS)
@@ -142,6 +150,8 @@ class SimNode(Node):
             else:
                 self._run_lockstep()
         except Exception as exc:  # noqa: BLE001 - report, never die silently in a thread
+            if self._stop.is_set() or not self.context.ok():
+                return  # shutting down: a publish raced the context's shutdown (Ctrl-C, the graph stopping)
             self.get_logger().error(f"sim worker stopped: {exc!r}")
             raise
         finally:
@@ -222,6 +232,7 @@ class SimNode(Node):
         for cam, img in r.images.items():  # a republished result carries the latest frames
             header = Header(stamp=stamp, frame_id=self.cfg.camera_frame_id.format(name=cam))
             self.image_pubs[cam].publish(rgb_to_image_msg(img, header))
+            self.frames_published += 1
         js = JointState(name=list(JOINT_NAMES), position=[float(x) for x in r.state],
                         velocity=[float(x) for x in r.velocity])
         js.header.stamp = stamp
@@ -239,7 +250,7 @@ class SimNode(Node):
         kv: dict[str, Any] = {"mode": self.cfg.mode, "task": self.cfg.task, "seed": self.env.seed,
                               "ticks": self.ticks, "clock": self.robot.clock, "rejected_trajectories": self.rejected,
                               "ignored_while_settling": self.settle_ignored,
-                              "behind_events": self.behind_ticks}
+                              "behind_events": self.behind_ticks, "frames_published": self.frames_published}
         w = list(self._rt_window)
         if len(w) >= 2 and w[-1][0] > w[0][0]:
             kv["real_time_factor"] = (w[-1][1] - w[0][1]) / (w[-1][0] - w[0][0])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -34,9 +35,10 @@ import numpy as np
 import torch
 import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from safetensors import SafetensorError
 from tqdm import tqdm
 
-from ki_vla.atomic import atomic_dir
+from ki_vla.atomic import atomic_dir, recover_interrupted
 from ki_vla.data.cotrain import MixtureDataset, VLMDataset
 from ki_vla.data.lerobot import LeRobotDataset
 from ki_vla.data.normalize import Normalizer
@@ -129,6 +131,10 @@ class Trainer:
         self.device = self.env.device(cfg.device)
         self.out = Path(cfg.output_dir)
         self.preempted_at: int | None = None  # the step a SIGTERM stopped `train` after (checkpointed)
+        if self.env.is_main:  # a run killed mid-write left a half-built folder (or a swapped-out final/) behind
+            for what in recover_interrupted(self.out / "checkpoints") + recover_interrupted(self.out):
+                log.warning("%s: %s", self.out, what)
+        self.env.barrier()
         self.resume_from = latest_checkpoint(self.out) if cfg.resume else None
         if cfg.resume and self.resume_from is None:
             log.warning("resume=true but %s has no complete checkpoint: starting from step 0", self.out)
@@ -272,7 +278,17 @@ class Trainer:
                             "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
                             "train_config": self.cfg.to_dict()}, tmp / STATE_FILE)
 
-            atomic_dir(ckpt, write)
+            previous = latest_checkpoint(self.out)
+            try:
+                atomic_dir(ckpt, write)
+            except (OSError, SafetensorError, RuntimeError) as exc:  # a full disk, a quota: say what is safe
+                # Write failures surface as OSError, safetensors' SafetensorError and torch.save's RuntimeError
+                # ("unexpected pos"): all three measured by bench/reliability.py (tmpfs ENOSPC, RLIMIT_FSIZE EFBIG).
+                kept = (f"the previous checkpoint {previous} is intact (the same command resumes from it)"
+                        if previous is not None else "no earlier checkpoint exists")
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise OSError(getattr(exc, "errno", None) or errno.EIO,
+                              f"could not write checkpoint {ckpt.name} ({reason}); {kept}") from exc
             for old in sorted((self.out / "checkpoints").glob("step_*"))[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self.env.barrier()
