@@ -384,9 +384,11 @@ def _executing_since(mon: Monitor, since: float) -> bool:
 
 
 def run_ros(messages: int, rate_hz: float, process_faults: bool = True, progress: bool = True,
-            work: Path | None = None) -> dict[str, Any]:
+            work: Path | None = None, victims: tuple[str, ...] = ("sim_node", "policy_node", "camera_node")
+            ) -> dict[str, Any]:
     """Start the graph, fuzz it, check it still answers, kill and restart its processes; the section's results."""
     work = work or Path(tempfile.mkdtemp(prefix="ki_vla_reliability_"))
+    work.mkdir(parents=True, exist_ok=True)
     graph = Graph.plan(work)
     harness = RosHarness()
     out: dict[str, Any] = {"work": str(work)}
@@ -398,7 +400,7 @@ def run_ros(messages: int, rate_hz: float, process_faults: bool = True, progress
         out["fuzz"] = run_fuzz(graph, mon, harness, messages, rate_hz, progress=progress)
         out["answering_after_fuzz"] = answering(graph, mon, harness)
         if process_faults:
-            out["process_faults"] = run_process_faults(graph, mon, progress=progress)
+            out["process_faults"] = run_process_faults(graph, mon, victims, progress=progress)
             out["answering_after_kills"] = answering(graph, mon, harness)
         out["commands_checked"] = mon.checked
         out["violations"] = mon.violations[:20]

@@ -192,6 +192,7 @@ def run_full_disk(work: Path, dataset: Path, steps: int = 6, save_every: int = 3
 def run_train(kills: int = 20, steps: int = 40, save_every: int = 3, progress: bool = True,
               work: Path | None = None) -> dict[str, Any]:
     work = work or Path(tempfile.mkdtemp(prefix="ki_vla_reliability_train_"))
+    work.mkdir(parents=True, exist_ok=True)
     dataset = tiny_dataset(work)
     return {"kills": run_kills(work, dataset, kills, steps, save_every, progress=progress),
             "sigterm": run_sigterm(work, dataset), "full_disk": run_full_disk(work, dataset), "work": str(work)}

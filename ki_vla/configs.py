@@ -11,7 +11,10 @@ import dataclasses
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar, Union
+
+import yaml
 
 T = TypeVar("T")
 
@@ -21,6 +24,19 @@ _FALSE = {"false", "no", "off", "0"}
 
 class ConfigError(ValueError):
     """A config value that does not fit its field (a ValueError, so CLIs print it as one clear line)."""
+
+
+def load_yaml(source: str | Path, what: str = "") -> Any:
+    """YAML from a file (a Path) or a string; a syntax error becomes one ConfigError naming the file and line
+    (PyYAML's own error is a multi-line report with a caret, printed as a traceback by every CLI)."""
+    text = source.read_text() if isinstance(source, Path) else source
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        label = what or (str(source) if isinstance(source, Path) else repr(source))
+        raise ConfigError(f"{label}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
 
 
 def _type_name(tp: Any) -> str:

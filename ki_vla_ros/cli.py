@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = build_plan(args.config, model=args.model, device=args.device, sim=args.sim,
                           use_sim_time=args.use_sim_time)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"ki-vla-ros: {exc}", file=sys.stderr)
+        print(f"ki-vla-ros up: error: {exc}", file=sys.stderr)
         return 2
     for note in plan.notes:
         print(f"[ki-vla-ros] note: {note}", flush=True)

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 
-from ki_vla.configs import build
+from ki_vla.configs import build, load_yaml
 from ki_vla.infer.safety import path_tolerances
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES, NUM_JOINTS
 
@@ -165,7 +164,7 @@ NODE_CONFIGS: dict[str, type] = {
 
 def read_parameter_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """node name -> parameters, from a ROS 2 parameter YAML (`/**` entries merged under each node's own)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = load_yaml(Path(path)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of node names")
     shared = (data.get("/**") or {}).get("ros__parameters", {}) or {}

@@ -33,10 +33,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-import yaml
 from tqdm import tqdm
 
-from ki_vla.configs import build
+from ki_vla.configs import build, load_yaml
 from ki_vla.data.images import RESIZE_MODES, resize_for_model
 from ki_vla.data.lerobot import LeRobotDatasetWriter
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
@@ -126,8 +125,7 @@ class BagConversionConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"convert-bag config {path} does not exist")
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        data = load_yaml(path) or {}
         if not isinstance(data, Mapping):
             raise ValueError(f"convert-bag config {path} must hold a mapping")
         return cls.from_dict(data)

@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
 from ki_vla import procs
+from ki_vla.configs import load_yaml
 from ki_vla.cli import parse_image_size
 from ki_vla.procs import ros_env, write_ros_params
 
@@ -66,7 +66,9 @@ def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
     config = resolve(args.config)
     if not config.is_file():
         raise FileNotFoundError(f"graph config not found: {args.config}")
-    params = yaml.safe_load(config.read_text())
+    params = load_yaml(config)
+    if not isinstance(params, dict):
+        raise ValueError(f"{config}: expected a mapping of node names")
     for node in ("camera_node", "policy_node", "executor_node", "sim_node"):
         if node not in params:
             raise ValueError(f"{config} has no {node} section")

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ki_vla.configs import build
+from ki_vla.configs import build, load_yaml
 from ki_vla.paths import resolve
 
 VARIANTS = ("ki", "joint", "pi0", "frozen", "pi0_fast")
@@ -193,7 +193,7 @@ class PolicyConfig:
         path = resolve(path)
         if not path.is_file():
             raise FileNotFoundError(f"model config not found: {path}")
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping at the top level")
         return cls.from_dict(data)

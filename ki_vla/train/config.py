@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from ki_vla.configs import build
+from ki_vla.configs import build, load_yaml
 from ki_vla.paths import resolve
 
 from ki_vla.model.config import VARIANTS
@@ -111,7 +110,7 @@ class TrainConfig:
             path = resolve(path)
             if not path.is_file():
                 raise FileNotFoundError(f"train config not found: {path}")
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_yaml(path) or {}
             if not isinstance(loaded, dict):
                 raise ValueError(f"{path}: expected a mapping at the top level")
             data.update(loaded)
@@ -119,7 +118,7 @@ class TrainConfig:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise ValueError(f"override {item!r} is not key=value")
-            data[key.strip()] = yaml.safe_load(value)
+            data[key.strip()] = load_yaml(value, f"override {item!r}")
         return build(cls, data, "train config")
 
     def to_dict(self) -> dict[str, Any]:
