@@ -17,7 +17,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 
@@ -50,11 +49,16 @@ def declare_config(node: Node, cls: type[T]) -> T:
     Parameters are declared with dynamic typing and coerced here, so `-p control_hz:=50` (an integer) or
     `joint_scale: [1, 1, ...]` work as users expect; a value that cannot be coerced raises ValueError naming
     the parameter.
+
+    They are read once, so they are declared read-only: `ros2 param set /executor_node velocity_scale 0.2` must
+    fail and say so, not report success and change nothing (a safety trap on the node that moves the robot).
     """
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        value = node.declare_parameter(f.name, default, ParameterDescriptor(dynamic_typing=True)).value
+        descriptor = ParameterDescriptor(dynamic_typing=True, read_only=True,
+                                         description=f"{cls.__name__}.{f.name}: read at start-up (restart to change)")
+        value = node.declare_parameter(f.name, default, descriptor).value
         values[f.name] = _coerce(f.name, value, default)
     return cls(**values)
 
@@ -91,11 +95,6 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             raise bad()
         return items
     return value
-
-
-def set_parameters(node: Node, values: dict[str, Any]) -> None:
-    """Set already-declared parameters (used by tests and the CLI to override config values)."""
-    node.set_parameters([Parameter(k, value=v) for k, v in values.items()])
 
 
 def to_sec(stamp: Time) -> float:

@@ -221,3 +221,21 @@ def test_diagnostics_say_why_a_sim_time_graph_without_clock_is_silent():
 
         assert wait_for(lambda: "/clock" in message(), 10.0), message()
         assert "not ticking" in message()
+
+
+def test_a_live_parameter_change_is_refused_not_silently_ignored():
+    """Parameters are read at start-up: `ros2 param set /executor_node velocity_scale 0.2` must fail and say why
+    (the same request over the parameter service, from another node), never report success and change nothing."""
+    from rcl_interfaces.srv import SetParameters
+
+    with ros_harness() as h:
+        ex = h.add(ExecutorNode(context=h.context, parameter_overrides=[Parameter("urdf_path", value=str(URDF))]))
+        client = h.node("param_client").create_client(SetParameters, "/executor_node/set_parameters")
+        assert client.wait_for_service(timeout_sec=10.0)
+        future = client.call_async(SetParameters.Request(
+            parameters=[Parameter("velocity_scale", value=0.2).to_parameter_msg()]))
+        assert wait_for(future.done, 10.0)
+        (result,) = future.result().results
+        assert not result.successful and "read-only" in result.reason.lower().replace("read only", "read-only")
+        assert ex.get_parameter("velocity_scale").value == 1.0 and ex.cfg.velocity_scale == 1.0
+        assert "restart" in ex.describe_parameter("velocity_scale").description
