@@ -84,6 +84,7 @@ class ExecutorNodeConfig:
     # Per joint (JOINT_NAMES order), JointTrajectoryController semantics, 0 = unchecked: the measured position
     # farther than this from the command re-anchors the command there and holds (ki_vla.infer.chunking).
     path_tolerance: list[float] = field(default_factory=lambda: path_tolerances(JOINT_NAMES).tolist())
+    autostart: bool = True                       # configure + activate on start (active = may command the robot)
     state_jump_tolerance: float = 0.5            # rad: a /joint_states sample this far from the last is doubted...
     state_confirm: int = 3                       # ...until this many consecutive samples agree (0.5 / 3: 40 ms late)
     lookahead_points: int = 1                    # trajectory points per command (1 = next tick only)

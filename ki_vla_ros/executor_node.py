@@ -1,7 +1,10 @@
 """executor_node: action chunks -> per-arm JointTrajectory commands at the control rate.
 
 Why a node of its own: the control loop must tick at 50 Hz whatever the policy does (slow inference, a
-crash, a GPU hiccup), so it lives in its own process with nothing heavy beside it. The logic (validation,
+crash, a GPU hiccup), so it lives in its own process with nothing heavy beside it. It is a lifecycle node and
+*active* means "may command the robot": inactive, it publishes nothing; deactivating holds at once (one command at
+the last commanded position, the plan dropped); activating starts again from the measured position.
+`autostart` (default) walks configure + activate at start for graphs without a lifecycle manager. The logic (validation,
 merging by timestamp, limits, hold and resume) is ki_vla.infer.chunking.ChunkExecutor; this file is the
 ROS wiring: subscriptions, timer, per-arm messages with ros2_control JointTrajectoryController semantics,
 and diagnostics.
@@ -9,11 +12,12 @@ and diagnostics.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any
 
 import numpy as np
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
@@ -49,11 +53,15 @@ def raise_priority(priority: int) -> str:
             return f"could not raise priority ({exc}; {exc2}); running at normal priority"
 
 
-class ExecutorNode(Node):
-    """Merges chunks, enforces limits, holds on stale input, publishes both arms' commands every tick."""
+class ExecutorNode(LifecycleNode):
+    """Merges chunks, enforces limits, holds on stale input, publishes both arms' commands every tick while active."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("executor_node", **kwargs)
+        self.active = False
+        # Transitions may come from another thread than the control timer's (a multi-threaded executor, a test):
+        # a tick must not publish after the deactivation's hold command.
+        self._lock = threading.Lock()
         self.cfg = cfg = declare_config(self, ExecutorNodeConfig)
         if cfg.control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {cfg.control_hz}")
@@ -103,6 +111,33 @@ class ExecutorNode(Node):
         self.get_logger().info(
             f"executor: {cfg.control_hz:g} Hz, merge={cfg.merge_strategy} (m={cfg.ensembling_m}), limits from "
             f"{urdf}, chunks on {cfg.chunk_topic} -> {cfg.left_command_topic}, {cfg.right_command_topic}")
+        if cfg.autostart:
+            self.trigger_configure()
+            self.trigger_activate()
+        else:
+            self.get_logger().info("autostart=false: not commanding until configured and activated")
+
+    # ---- lifecycle (everything is built in __init__: configure only confirms) -----------------------------
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._lock:
+            self.core.restart_from_measured()
+            self.active = True
+        self.get_logger().info("active: commanding the robot")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._lock:
+            self.active = False
+            if self.core.last_command is not None:  # hold at once: the controller keeps this position
+                self._publish(np.repeat(self.core.last_command[None], self.core.lookahead, axis=0))
+            self.core.restart_from_measured()
+        self.get_logger().info("inactive: holding, not commanding")
+        return super().on_deactivate(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.active:
+            self.on_deactivate(state)
+        return TransitionCallbackReturn.SUCCESS
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
@@ -111,7 +146,9 @@ class ExecutorNode(Node):
             self.state_errors.inc("invalid")
             self.log.warn("joint_state", f"ignoring joint_states: {exc}")
             return
-        if not self.core.on_state(self.mapping.from_robot(q), now_sec(self)):
+        with self._lock:
+            believed = self.core.on_state(self.mapping.from_robot(q), now_sec(self))
+        if not believed:
             self.log.warn("joint_state_jump", "joint_states jumped beyond state_jump_tolerance: not believed until "
                                               f"{self.cfg.state_confirm} samples agree")
             return
@@ -122,7 +159,8 @@ class ExecutorNode(Node):
         stamp = to_sec(msg.header.stamp)
         try:
             names, times, positions = trajectory_to_arrays(msg)
-            self.core.on_chunk(names, times, positions, stamp, now)
+            with self._lock:
+                self.core.on_chunk(names, times, positions, stamp, now)
         except (ChunkRejected, ValueError) as exc:  # ValueError: ragged message from trajectory_to_arrays
             self.rejected.inc(exc.reason if isinstance(exc, ChunkRejected) else "malformed")
             self.log.warn("chunk", f"rejected action chunk: {exc}")
@@ -135,6 +173,11 @@ class ExecutorNode(Node):
         if self._last_tick_wall is not None:
             self.period_ms.add((wall - self._last_tick_wall) * 1e3)
         self._last_tick_wall = wall
+        with self._lock:
+            if self.active:
+                self._control(wall)
+
+    def _control(self, wall: float) -> None:
         now = now_sec(self)
         violations = self.core.path_violations
         cmd = self.core.tick(now)
@@ -155,11 +198,14 @@ class ExecutorNode(Node):
             self.latency_ms.add((now - stamp) * 1e3)
         self.clamped += cmd.clamped
         self.rate_limited += cmd.rate_limited
-        robot = self.mapping.to_robot(cmd.positions)
+        self._publish(cmd.positions)
+        self.tick_ms.add((time.perf_counter() - wall) * 1e3)
+
+    def _publish(self, positions: np.ndarray) -> None:
+        robot = self.mapping.to_robot(positions)
         self.pub_left.publish(command_trajectory(LEFT_JOINTS, robot[:, self.left_idx], self.dt))
         self.pub_right.publish(command_trajectory(RIGHT_JOINTS, robot[:, self.right_idx], self.dt))
         self.commands += 1
-        self.tick_ms.add((time.perf_counter() - wall) * 1e3)
 
     def _report_control(self) -> tuple[int, str, dict[str, Any]]:
         per = self.period_ms.values()
@@ -185,6 +231,9 @@ class ExecutorNode(Node):
         if since_tick > max(1.0, 20 * self.dt):
             clock = " (use_sim_time is set: is anything publishing /clock?)" if self.get_parameter("use_sim_time").value else ""
             return Diagnostics.ERROR, f"control loop not ticking: last tick {since_tick:.1f} s ago{clock}", kv
+        kv["active"] = self.active
+        if not self.active:
+            return Diagnostics.WARN, "inactive (lifecycle): not commanding", kv
         if self.core.last_command is None:
             return Diagnostics.WARN, f"no {self.cfg.joint_states_topic} yet: not commanding", kv
         if state_age > self.cfg.state_timeout:

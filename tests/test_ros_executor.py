@@ -239,3 +239,35 @@ def test_a_live_parameter_change_is_refused_not_silently_ignored():
         assert not result.successful and "read-only" in result.reason.lower().replace("read only", "read-only")
         assert ex.get_parameter("velocity_scale").value == 1.0 and ex.cfg.velocity_scale == 1.0
         assert "restart" in ex.describe_parameter("velocity_scale").description
+
+
+def test_lifecycle_active_means_may_command_and_deactivate_holds_at_once():
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    with ros_harness() as h:
+        ex, test, left, right, diags, js_pub, chunk_pub = executor_rig(h, "executor_lifecycle_test", autostart=False)
+        measured = {"q": home()}
+        test.create_timer(DT, lambda: js_pub.publish(make_joint_state(JOINT_NAMES, measured["q"], now_sec(test))))
+        time.sleep(0.6)
+        assert len(left) == 0 and not ex.active  # unconfigured: never commands, whatever arrives
+        assert ex.trigger_configure() == TransitionCallbackReturn.SUCCESS and len(left) == 0
+        assert ex.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert wait_for(lambda: len(left) > 5, 5.0), "active but not commanding"
+        q = home()
+        pos = np.repeat(q[None], 50, axis=0)
+        pos[:, 0] += np.linspace(0.0, 0.4, 50)   # a slow ramp on left_waist
+        chunk_pub.publish(chunk_to_trajectory(pos, list(JOINT_NAMES), now_sec(test), DT))
+        assert wait_for(lambda: ex.core.last_command is not None and ex.core.last_command[0] > 0.05, 5.0)
+        measured["q"] = ex.core.last_command.copy()
+        before = ex.core.last_command.copy()
+        assert ex.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        time.sleep(0.3)   # the hold command in flight
+        n = len(left)
+        time.sleep(0.5)
+        assert len(left) == n, "commands after deactivate"
+        np.testing.assert_allclose(commands(left, right)[-1][0], before, atol=1e-9)  # held where it was, not home
+        measured["q"] = home()   # moved by hand while inactive
+        time.sleep(0.2)
+        assert ex.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert wait_for(lambda: len(left) > n + 3, 5.0)
+        np.testing.assert_allclose(commands(left, right)[-1][0], home(), atol=1e-6)  # restarts from the measured pose

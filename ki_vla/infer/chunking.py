@@ -366,6 +366,14 @@ class ChunkExecutor:
         self.last_chunk_time = self.newest_end = None  # hold until a chunk built around the real position arrives
         return True
 
+    def restart_from_measured(self) -> None:
+        """Forget the plan and command where the robot is (when the node becomes active again): the next chunk is
+        approached from there with the rate limit, never from a pose commanded before the pause."""
+        self.merger.reset()
+        self.last_chunk_time = self.newest_end = None
+        self.last_command = None if self.measured is None else self.limits.clamp(self.measured)[0]
+        self.holding, self.hold_reason = True, "no_chunk"
+
     def _time_jumped_back(self) -> None:
         """Every stamp we hold is from the old timeline: chunks would come back 'valid' once the clock reaches their
         stamps again, and the state's age would be negative. Drop the chunks, wait for a new state."""
