@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import traceback
 import time
 from typing import Any
 
@@ -44,6 +45,8 @@ def pick_device(device: str) -> str:
 class PolicyNode(LifecycleNode):
     """Runs a KIPolicy on the newest complete, fresh observation and publishes each chunk."""
 
+    stop_timeout = 10.0   # s to wait for the inference thread at deactivate (a forward pass may be running)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("policy_node", **kwargs)
         self.cfg = declare_config(self, PolicyNodeConfig)
@@ -66,6 +69,8 @@ class PolicyNode(LifecycleNode):
         self.diag = Diagnostics(self, self.cfg.diagnostics_period)
         self.diag.add("policy", self._report)
         self._pending_instruction = self.cfg.default_instruction
+        self._thread_error = ""   # why the inference thread died (empty while it lives)
+        self.create_timer(0.5, self._watch_thread)
         # Instructions are accepted in every lifecycle state (the newest one is used once active). Two
         # subscriptions: a volatile one matches any publisher (`ros2 topic pub` included); a transient-local
         # one also receives the current value from latched publishers (e.g. the sim's episode task) that
@@ -86,6 +91,15 @@ class PolicyNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()  # a previous configure that failed half-way must not leave subscriptions behind
+        try:
+            return self._configure()
+        except Exception as exc:  # rclpy would swallow it and end in Unconfigured without a word
+            self.get_logger().error(f"configure failed: {exc!r}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+
+    def _configure(self) -> TransitionCallbackReturn:
         from ki_vla.infer.engine import make_predictor
         from ki_vla.model.policy import KIPolicy
 
@@ -133,6 +147,12 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._thread is not None and self._thread.is_alive():
+            # Its join timed out at the last deactivate (a forward pass still running): a second thread beside it
+            # would call the same engine concurrently.
+            self.get_logger().error("activate refused: the previous inference thread is still running")
+            return TransitionCallbackReturn.FAILURE
+        self._thread_error = ""
         self._stop.clear()
         self._thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self._thread.start()
@@ -145,26 +165,50 @@ class PolicyNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_thread()
-        for s in self._subs:
-            self.destroy_subscription(s)
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: log it, release everything, go back to Unconfigured (rclpy's default is silence)."""
+        self.get_logger().error(f"lifecycle error in state {state.label!r}: stopping inference, releasing the model")
+        self._stop_thread()
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
         self._subs = []
         if self.chunk_pub is not None:
             self.destroy_lifecycle_publisher(self.chunk_pub)
             self.chunk_pub = None
         self.policy = None
         self.assembler = None
-        return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_thread()
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_thread(self) -> None:
+        """Stop the inference thread; if it does not end within 10 s it is kept (and activation refused) rather
+        than forgotten, so two threads never share the engine."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.stop_timeout)
+            if self._thread.is_alive():
+                self.get_logger().error(f"the inference thread did not stop within {self.stop_timeout:g} s "
+                                        "(a forward pass hung?): activation is refused until it ends")
+                return
             self._thread = None
+
+    def _watch_thread(self) -> None:
+        """Executor-thread watchdog: an inference thread that died while active is an ERROR and deactivates us."""
+        if self._thread is None or self._thread.is_alive() or self._stop.is_set():
+            return
+        self.get_logger().error(f"inference thread died: {self._thread_error or 'unknown'}; deactivating")
+        self._thread = None
+        self.trigger_deactivate()
 
     def destroy_node(self) -> None:
         self._stop_thread()
@@ -217,6 +261,13 @@ class PolicyNode(LifecycleNode):
 
     # ---- inference ----------------------------------------------------------------------------------
     def _inference_loop(self) -> None:
+        try:
+            self._infer_until_stopped()
+        except BaseException as exc:  # noqa: BLE001 - recorded for the watchdog and /diagnostics, then the thread ends
+            self._thread_error = repr(exc)
+            self.get_logger().error(f"inference thread crashed:\n{traceback.format_exc()}")
+
+    def _infer_until_stopped(self) -> None:
         cfg = self.cfg
         last_start = 0.0
         while not self._stop.is_set():
@@ -270,6 +321,8 @@ class PolicyNode(LifecycleNode):
         kv.update({f"refused[{k}]": v for k, v in self.refused.counts.items()})
         kv.update({f"instructions[{k}]": v for k, v in self.instructions.counts.items()})
         kv.update({f"input_errors[{k}]": v for k, v in self.input_errors.counts.items()})
+        if self._thread_error:
+            return Diagnostics.ERROR, f"inference thread died: {self._thread_error}", kv
         if self.policy is None:
             return Diagnostics.WARN, "not configured (no model loaded)", kv
         if self._thread is None:

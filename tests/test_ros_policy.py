@@ -117,3 +117,44 @@ def test_bad_model_fails_configure_and_latched_instruction_is_received():
         assert node.policy is None
         assert wait_for(lambda: (diag(diags, "policy_node: policy") or {}).get("instructions[accepted]") == "1", 15.0)
         assert node._pending_instruction == "fold the towel"
+
+
+def test_lifecycle_failures_are_logged_released_and_never_duplicate_threads(monkeypatch):
+    """A configure that fails after the model loaded leaves no subscriptions behind (a second try does not
+    duplicate them); an inference thread that dies is an ERROR and deactivates the node; a thread that does not
+    stop in time is kept, and activation is refused while it runs."""
+    import threading
+
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    with ros_harness() as h:
+        node = policy_node(h, camera_topic="/bad topic/{name}")  # invalid name: fails after the model loaded
+        before = len(list(node.subscriptions))
+        for _ in range(2):
+            assert node.trigger_configure() != TransitionCallbackReturn.SUCCESS
+            assert node.policy is None and len(list(node.subscriptions)) == before
+
+    with ros_harness() as h:
+        test = h.node("policy_lifecycle_test")
+        diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        node = policy_node(h)
+
+        def crash(self=node):
+            raise RuntimeError("CUDA error: an illegal memory access")
+
+        monkeypatch.setattr(node, "_infer_until_stopped", crash)
+        assert node.startup()
+        assert wait_for(lambda: node._state_machine.current_state[1] == "inactive", 5.0), "still active"
+        assert wait_for(lambda: any(s.level == b"\x02" and "inference thread died" in s.message
+                                    for d in diags.msgs for s in d.status), 5.0)
+
+        release = threading.Event()
+        monkeypatch.setattr(node, "_infer_until_stopped", lambda: release.wait(30.0))  # ignores the stop request
+        node.stop_timeout = 0.2
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node._thread is not None and node._thread.is_alive()
+        assert node.trigger_activate() != TransitionCallbackReturn.SUCCESS   # no second thread beside it
+        release.set()
+        node._thread.join(5.0)
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
