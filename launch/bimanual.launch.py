@@ -4,24 +4,26 @@
         [config:=/path/to/bimanual.yaml]
 
 Thin on purpose: every parameter lives in config/bimanual.yaml (a ROS 2 parameter file), which
-`ki-vla-ros up` reads too, so both start the same graph. Paths resolve next to this file, which is the
-repository in a source checkout and share/ki_vla_ros once installed.
+`ki-vla-ros up` reads too, so both start the same graph. Paths follow `up`'s one rule (ki_vla.paths): the
+current directory first, then share/ki_vla_ros, then the source checkout. When a core node exits (a config error,
+a crash), the whole launch shuts down, like `up`.
 """
 import importlib.util
 import os
 
 import yaml
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-SHARE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "ki_vla_ros"
 
 
 def _path(p: str) -> str:
-    return p if os.path.isabs(p) else os.path.join(SHARE, p)
+    from ki_vla.paths import require  # the same lookup as `ki-vla-ros up` (cwd, share, source checkout)
+
+    return str(require(p))
 
 
 def _truthy(value: str) -> bool:
@@ -49,13 +51,14 @@ def _nodes(context, *args, **kwargs):
         policy_overrides["model"] = _path(model)
     if device:
         policy_overrides["device"] = device
+    def core(name: str, overrides: dict) -> Node:
+        return Node(package=PACKAGE, executable=name, name=name, output="screen", parameters=[config, overrides],
+                    on_exit=Shutdown(reason=f"{name} exited"))
+
     actions = [
-        Node(package=PACKAGE, executable="camera_node", name="camera_node", output="screen",
-             parameters=[config, common]),
-        Node(package=PACKAGE, executable="policy_node", name="policy_node", output="screen",
-             parameters=[config, policy_overrides]),
-        Node(package=PACKAGE, executable="executor_node", name="executor_node", output="screen",
-             parameters=[config, common]),
+        core("camera_node", common),
+        core("policy_node", policy_overrides),
+        core("executor_node", common),
         Node(package="robot_state_publisher", executable="robot_state_publisher", name="robot_state_publisher",
              output="screen",
              parameters=[{"robot_description": robot_description, "use_sim_time": use_sim_time,
@@ -63,8 +66,9 @@ def _nodes(context, *args, **kwargs):
     ]
     if sim:
         if sim_installed:
+            # The sim is the clock (it publishes /clock): it never follows one, as under `up`.
             actions.insert(0, Node(package=PACKAGE, executable="sim_node", name="sim_node", output="screen",
-                                   parameters=[config, common]))
+                                   parameters=[config], on_exit=Shutdown(reason="sim_node exited")))
         else:
             actions.insert(0, LogInfo(msg="sim:=true but ki_vla_ros.sim_node is not installed: no sim started"))
     return actions

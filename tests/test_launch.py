@@ -48,7 +48,8 @@ def _stub_modules(values: dict[str, str]) -> dict[str, types.ModuleType]:
     launch = types.ModuleType("launch")
     launch.LaunchDescription = type("LaunchDescription", (_Recorder,), {})
     actions = types.ModuleType("launch.actions")
-    for name in ("DeclareLaunchArgument", "LogInfo", "OpaqueFunction", "SetEnvironmentVariable", "GroupAction"):
+    for name in ("DeclareLaunchArgument", "LogInfo", "OpaqueFunction", "SetEnvironmentVariable", "GroupAction",
+                 "Shutdown"):
         setattr(actions, name, type(name, (_Recorder,), {}))
     subs = types.ModuleType("launch.substitutions")
     subs.LaunchConfiguration = LaunchConfiguration
@@ -103,8 +104,11 @@ def test_launch_arguments_reach_the_nodes(monkeypatch):
     policy = nodes["policy_node"].kwargs["parameters"][1]
     assert Path(policy["model"]).is_file() and policy["device"] == "cpu" and policy["use_sim_time"] is True
     assert nodes["executor_node"].kwargs["parameters"][1]["use_sim_time"] is True
+    for name in ("camera_node", "policy_node", "executor_node"):   # one exits: the launch ends (like `up`)
+        assert type(nodes[name].kwargs["on_exit"]).__name__ == "Shutdown"
     if importlib.util.find_spec("ki_vla_ros.sim_node") is not None:
         assert "sim_node" in nodes and "sim_node" in console_scripts()
+        assert nodes["sim_node"].kwargs["parameters"] == [nodes["camera_node"].kwargs["parameters"][0]]  # no use_sim_time
     else:
         assert any(type(a).__name__ == "LogInfo" for a in actions)
 
@@ -155,3 +159,17 @@ def test_up_stops_the_graph_when_a_node_dies(tmp_path):
     assert out.returncode != 0
     assert "executor_node exited with code 2" in out.stdout, out.stdout[-2000:]
     assert "unknown merge strategy" in out.stderr + out.stdout
+
+
+def test_launch_resolves_relative_paths_like_up(monkeypatch, tmp_path):
+    """`model:=checkpoints/run3` means ./checkpoints/run3 for both `ros2 launch` and `ki-vla-ros up`."""
+    run = tmp_path / "checkpoints" / "run3"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("variant: ki\n")
+    monkeypatch.chdir(tmp_path)
+    actions = run_launch(monkeypatch, model="checkpoints/run3")
+    policy = {a.kwargs["name"]: a for a in actions if type(a).__name__ == "Node"}["policy_node"]
+    assert Path(policy.kwargs["parameters"][1]["model"]) == run
+    plan = build_plan(CONFIG, model="checkpoints/run3")
+    argv = next(p.argv for p in plan.processes if p.name == "policy_node")
+    assert f"model:={run}" in argv
