@@ -1,4 +1,5 @@
-"""`ki-vla-ros up`: the launch file's node graph for machines without `ros2 launch`.
+"""`ki-vla-ros up`: the launch file's node graph for machines without `ros2 launch`; `ki-vla-ros say`: an
+instruction for it.
 
 Why one process per node (not one process with a MultiThreadedExecutor): the executor's 50 Hz timer must
 not share a Python interpreter (GIL, garbage collector pauses) with model inference and image decoding; a
@@ -33,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--use-sim-time", action="store_true", help="nodes follow /clock")
     up.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
     up.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    say = sub.add_parser("say", help="publish an instruction for the policy (like `ros2 topic pub --once`)")
+    say.add_argument("text", help='the instruction, e.g. "transfer the red cube"')
+    say.add_argument("--topic", default="/instruction", help="instruction topic (default %(default)s)")
+    say.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a subscriber (default 5)")
     return p
 
 
@@ -99,6 +104,12 @@ class Supervisor:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "say":
+        from ki_vla_ros.say import say
+
+        code, message = say(args.text, args.topic, args.wait)
+        print(f"ki-vla-ros say: {'error: ' if code == 2 else ''}{message}", file=sys.stderr if code else sys.stdout)
+        return code
     try:
         plan = build_plan(args.config, model=args.model, device=args.device, sim=args.sim,
                           use_sim_time=args.use_sim_time)

@@ -158,3 +158,19 @@ def test_lifecycle_failures_are_logged_released_and_never_duplicate_threads(monk
         release.set()
         node._thread.join(5.0)
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+
+def test_say_delivers_an_instruction_from_another_process():
+    import os
+    import subprocess
+    import sys
+
+    with ros_harness() as h:
+        node = policy_node(h)   # unconfigured: instructions are accepted in every state
+        cmd = [sys.executable, "-m", "ki_vla_ros.cli", "say"]
+        res = subprocess.run([*cmd, "  transfer the\tred cube "], capture_output=True, text=True, timeout=60,
+                             env=os.environ)
+        assert res.returncode == 0, res.stderr
+        assert wait_for(lambda: node._pending_instruction == "transfer the red cube", 10.0)
+        bad = subprocess.run([*cmd, "   "], capture_output=True, text=True, timeout=60, env=os.environ)
+        assert bad.returncode == 2 and "empty instruction" in bad.stderr and "Traceback" not in bad.stderr
