@@ -28,9 +28,9 @@ class CameraNodeConfig:
     """camera_node: raw driver frames -> RGB frames at the model's size."""
 
     camera_names: list[str] = field(default_factory=lambda: ["cam_high", "cam_left_wrist", "cam_right_wrist"])
-    input_topic: str = "/{name}/image_raw"       # "{name}" is replaced by each camera name
+    input_topic: str = "{name}/image_raw"       # "{name}" is replaced by each camera name
     transport: str = "raw"                       # "raw" (sensor_msgs/Image) or "compressed" (<input_topic>/compressed)
-    output_topic: str = "/ki_vla/camera/{name}"
+    output_topic: str = "ki_vla/camera/{name}"
     image_size: int = 224                        # square side the model wants
     resize_mode: str = "pad"                     # crop | pad | stretch (ki_vla.data.images.resize_for_model)
     use_cv_bridge: bool = True                   # use ROS cv_bridge for raw frames when it is installed
@@ -46,10 +46,10 @@ class PolicyNodeConfig:
     engine: str = "auto"                         # auto (engine for expert variants, CUDA graphs on GPU) | on | off
     engine_fuse: str = "auto"                    # auto (fused norms/activations via torch.compile on GPU) | on | off
     engine_text_tokens: int = 0                  # the engine's prompt budget (0 = the model's max_text_tokens)
-    camera_topic: str = "/ki_vla/camera/{name}"  # camera names come from the model's config
-    joint_states_topic: str = "/joint_states"
-    instruction_topic: str = "/instruction"
-    chunk_topic: str = "/ki_vla/action_chunk"
+    camera_topic: str = "ki_vla/camera/{name}"  # camera names come from the model's config
+    joint_states_topic: str = "joint_states"
+    instruction_topic: str = "instruction"
+    chunk_topic: str = "ki_vla/action_chunk"
     max_image_age: float = 0.25                  # s; older frames make the observation stale
     max_state_age: float = 0.1                   # s
     max_future_stamp: float = 0.05               # s; inputs stamped further ahead of our clock are refused (skew)
@@ -69,10 +69,10 @@ class PolicyNodeConfig:
 class ExecutorNodeConfig:
     """executor_node: chunks -> per-arm JointTrajectory commands at the control rate."""
 
-    chunk_topic: str = "/ki_vla/action_chunk"
-    joint_states_topic: str = "/joint_states"
-    left_command_topic: str = "/left_arm_controller/joint_trajectory"
-    right_command_topic: str = "/right_arm_controller/joint_trajectory"
+    chunk_topic: str = "ki_vla/action_chunk"
+    joint_states_topic: str = "joint_states"
+    left_command_topic: str = "left_arm_controller/joint_trajectory"
+    right_command_topic: str = "right_arm_controller/joint_trajectory"
     urdf_path: str = "urdf/aloha_vx300s.urdf"
     control_hz: float = CONTROL_HZ
     merge_strategy: str = "latest"               # latest | temporal_ensembling (ki_vla.infer.chunking.MERGERS)
@@ -120,15 +120,15 @@ class SimNodeConfig:
     image_height: int = 240
     image_width: int = 320
     camera_hz: float = 25.0                      # must divide control_hz; 0 = no cameras published
-    camera_topic: str = "/{name}/image_raw"
+    camera_topic: str = "{name}/image_raw"
     camera_frame_id: str = "{name}_optical_frame"
-    joint_states_topic: str = "/joint_states"
-    left_command_topic: str = "/left_arm_controller/joint_trajectory"
-    right_command_topic: str = "/right_arm_controller/joint_trajectory"
-    step_topic: str = "/sim/step"
-    reset_topic: str = "/sim/reset"
-    status_topic: str = "/sim/status"
-    instruction_topic: str = "/sim/instruction"  # "" = do not publish; "/instruction" feeds the policy directly
+    joint_states_topic: str = "joint_states"
+    left_command_topic: str = "left_arm_controller/joint_trajectory"
+    right_command_topic: str = "right_arm_controller/joint_trajectory"
+    step_topic: str = "sim/step"
+    reset_topic: str = "sim/reset"
+    status_topic: str = "sim/status"
+    instruction_topic: str = "sim/instruction"  # "" = do not publish; "/instruction" feeds the policy directly
     publish_clock: bool = True
     clock_topic: str = "/clock"
     idle_republish_period: float = 0.5           # lockstep: re-send the last observation while idle (s, 0 = off)

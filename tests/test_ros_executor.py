@@ -271,3 +271,18 @@ def test_lifecycle_active_means_may_command_and_deactivate_holds_at_once():
         assert ex.trigger_activate() == TransitionCallbackReturn.SUCCESS
         assert wait_for(lambda: len(left) > n + 3, 5.0)
         np.testing.assert_allclose(commands(left, right)[-1][0], home(), atol=1e-6)  # restarts from the measured pose
+
+
+def test_topics_are_relative_so_a_namespace_separates_two_robots():
+    """PushRosNamespace / `__ns:=/robot1`: the default topic names are relative, so a namespaced executor reads
+    /robot1/joint_states and commands /robot1/left_arm_controller/... (an absolute default would ignore the namespace)."""
+    with ros_harness() as h:
+        h.add(ExecutorNode(context=h.context, namespace="robot1",
+                           parameter_overrides=[Parameter("urdf_path", value=str(URDF))]))
+        test = h.node("namespace_test")
+        mine = Collector(test, JointTrajectory, "/robot1/left_arm_controller/joint_trajectory", RELIABLE_QOS)
+        root = Collector(test, JointTrajectory, "/left_arm_controller/joint_trajectory", RELIABLE_QOS)
+        pub = test.create_publisher(JointState, "/robot1/joint_states", RELIABLE_QOS)
+        test.create_timer(DT, lambda: pub.publish(make_joint_state(JOINT_NAMES, home(), now_sec(test))))
+        assert wait_for(lambda: len(mine) > 5, 10.0)
+        assert len(root) == 0
