@@ -85,8 +85,8 @@ class ExecutorNodeConfig:
     # farther than this from the command re-anchors the command there and holds (ki_vla.infer.chunking).
     path_tolerance: list[float] = field(default_factory=lambda: path_tolerances(JOINT_NAMES).tolist())
     autostart: bool = True                       # configure + activate on start (active = may command the robot)
-    state_jump_tolerance: float = 0.5            # rad: a /joint_states sample this far from the last is doubted...
-    state_confirm: int = 3                       # ...until this many consecutive samples agree (0.5 / 3: 40 ms late)
+    state_jump_tolerance: float = 0.2            # rad: a /joint_states sample this far from the last is doubted...
+    state_confirm: int = 3                       # ...until this many consecutive samples agree (40 ms late at 50 Hz)
     lookahead_points: int = 1                    # trajectory points per command (1 = next tick only)
     velocity_scale: float = 1.0                  # fraction of the URDF velocity limits allowed
     max_points: int = 1000

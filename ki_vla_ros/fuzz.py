@@ -21,6 +21,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from ki_vla.joints import JOINT_NAMES
 
 Case = tuple[str, object]
+# header.frame_id of every fuzzed JointState: lets a monitor tell the fuzzer's samples from the robot's (the nodes
+# under test ignore frame_id).
+FUZZ_FRAME = "ki_vla_fuzz"
 ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "32FC1", "8UC3", "yuv422", "bayer_rggb8")
 BAD_FLOATS = (math.nan, math.inf, -math.inf, 1e300, -1e300, 1e9, -7.5)
 
@@ -93,6 +96,7 @@ def bad_joint_states(rng: np.random.Generator, n: int, now: float = 0.0,
     def js(nm: list[str], pos: list[float], t: float = now, vel: list[float] | None = None) -> JointState:
         m = JointState(name=nm, position=pos, velocity=vel or [])
         m.header.stamp = _stamp(t)
+        m.header.frame_id = FUZZ_FRAME
         return m
 
     def good(r) -> list[float]: return [float(x) for x in r.uniform(-0.5, 0.5, len(names))]

@@ -263,8 +263,9 @@ def test_path_violation_while_executing_drops_the_plan_and_holds(limits):
     ex.on_chunk(names, times, pos, stamp=0.0, now=0.0)
     tick(ex, 0.0)
     blocked = ex.last_command.copy()
-    blocked[0] -= 0.35  # the arm is pushed back (an obstacle, a person)
-    ex.on_state(blocked, DT)
+    blocked[0] -= 0.35  # the arm is pushed back (an obstacle, a person): 3 samples agree, so it is believed
+    for k in range(3):
+        ex.on_state(blocked, DT * (1 + k) / 3)
     cmd = ex.tick(DT)
     assert cmd.holding and cmd.hold_reason == "path_tolerance" and not ex.merger.chunks
     np.testing.assert_allclose(cmd.positions[0], blocked)

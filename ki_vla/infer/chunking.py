@@ -215,16 +215,19 @@ class ChunkExecutor:
       or a sim reset produce; without it the executor keeps commanding the old pose, refuses every chunk built
       around the real one, and drives the arm back at full speed. Re-anchoring only beyond the tolerance (not on
       every hold tick) is deliberate: following the measured state while holding lets gravity sag the arm.
-    - state_jump_tolerance (rad, 0 = off): a measurement farther than this from the previous one (no joint moves
-      0.5 rad in one 20 ms sample) is believed only when `state_confirm` consecutive measurements agree on it.
-      Why: re-anchoring makes the measured state a command, so one bogus /joint_states message (a second publisher,
-      a driver glitch; the reliability campaign's fuzzer sends such) would otherwise move the arm to it at once. A
+    - state_jump_tolerance (rad, 0 = off): a measurement farther than this from the previous one is believed only
+      when `state_confirm` consecutive measurements agree on it. Why: re-anchoring makes the measured state a
+      command, so one bogus /joint_states message (a second publisher, a driver glitch; the reliability campaign's
+      fuzzer sends such) would otherwise move the arm to it at once. The default 0.2 is above what a joint moves
+      between two samples at 50 Hz (~0.06 rad at full speed; raise it for slower state topics) and below the arms'
+      path tolerance minus the tracking error (0.3 - 0.06), so a sample it lets through cannot trigger a re-anchor.
+      Measured with 0.5: the campaign's bogus samples within 0.5 rad were believed and re-anchored the command. A
       real jump (a sim reset teleports the arms home) is believed 2 samples later.
     """
 
     def __init__(self, merger: ChunkMerger, limits: JointLimits, dt: float, chunk_timeout: float = 0.5,
                  lookahead: int = 1, check: ChunkCheck | None = None, state_timeout: float = 0.1,
-                 path_tolerance: np.ndarray | None = None, state_jump_tolerance: float = 0.5,
+                 path_tolerance: np.ndarray | None = None, state_jump_tolerance: float = 0.2,
                  state_confirm: int = 3) -> None:
         if dt <= 0 or chunk_timeout <= 0 or lookahead < 1 or not state_timeout > 0:
             raise ValueError("dt, chunk_timeout and state_timeout must be > 0 and lookahead >= 1")
