@@ -47,6 +47,7 @@ from ki_vla_ros.testing import RosHarness, wait_for  # noqa: E402
 DT = 0.02
 VELOCITY_SCALE = 0.25
 HOLD_S = 0.3            # commands unchanged this long = holding
+MAX_AGE = 1.0           # the policy's max_image_age / max_state_age in the campaign graph (CPU inference is slow)
 MODEL = "config/model/tiny.yaml"
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 LEFT_TOPIC, RIGHT_TOPIC = "/left_arm_controller/joint_trajectory", "/right_arm_controller/joint_trajectory"
@@ -64,7 +65,7 @@ def graph_params(work: Path) -> Path:
     params["camera_node_compressed"] = {"ros__parameters": {**cam, "transport": "compressed",
                                                             "output_topic": "/reliability/camera/{name}"}}
     params["policy_node"]["ros__parameters"].update(
-        model=MODEL, device="cpu", torch_threads=1, max_image_age=1.0, max_state_age=1.0,
+        model=MODEL, device="cpu", torch_threads=1, max_image_age=MAX_AGE, max_state_age=MAX_AGE,
         default_instruction="transfer the cube to the other arm", min_inference_period=0.1)
     params["executor_node"]["ros__parameters"].update(
         max_start_deviation=100.0, jump_velocity_factor=1e6, limit_tolerance=100.0, gripper_limit_tolerance=100.0,
@@ -167,9 +168,10 @@ class Monitor:
         self.clock = (time.monotonic(), to_sec(msg.clock))
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
-        if msg.points:
+        if msg.points and self.clock is not None:
             end = to_sec(msg.header.stamp) + to_sec(msg.points[-1].time_from_start)
-            self.chunks.append((time.monotonic(), end))
+            # (receive time, when the chunk's last point is due on this machine's monotonic clock)
+            self.chunks.append((time.monotonic(), time.monotonic() + end - self.clock[1]))
 
     def _on_command(self, arm: str, msg: JointTrajectory) -> None:
         now = time.monotonic()
@@ -206,10 +208,17 @@ class Monitor:
             self.prev.clear()
 
     def hold_time(self, since: float, horizon: float) -> float | None:
-        """Seconds from `since` until both arms' commands stop changing for HOLD_S (None: never within horizon)."""
+        """Seconds from `since` until both arms' commands stop changing for HOLD_S (None: never within horizon).
+        Silence counts as holding from the last command on: a position controller keeps its last setpoint (the
+        executor's timer stops with /clock when the sim that publishes it dies)."""
         with self.lock:
             rows = [(t, np.concatenate([ql, qr])) for (t, ql), (_, qr) in zip(self.commands["left"], self.commands["right"])
                     if t >= since]
+        last = rows[-1][0] if rows else since
+        if time.monotonic() - last >= HOLD_S and last - since <= horizon:
+            # nothing (new) for HOLD_S: holding since the last command, or since the first of its unchanged run
+            tail = [t for (t, q), (_, prev) in zip(rows[1:], rows[:-1]) if not np.array_equal(q, prev)]
+            return (tail[-1] if tail else (rows[0][0] if rows else since)) - since
         start = None
         for (t, q), (_, prev) in zip(rows[1:], rows[:-1]):
             if np.array_equal(q, prev):
@@ -361,7 +370,6 @@ def run_process_faults(graph: Graph, mon: Monitor, victims: tuple[str, ...] = ("
             rows.append(row)
             continue
         last_chunk_end = mon.chunks[-1][1] if mon.chunks else None
-        sim_now = mon.clock[1] if mon.clock else None
         t_kill = time.monotonic()
         graph.kill(name)
         wait_for(lambda: mon.hold_time(t_kill, 5.0) is not None, 5.0, period=0.05)
@@ -369,8 +377,10 @@ def run_process_faults(graph: Graph, mon: Monitor, victims: tuple[str, ...] = ("
         row["time_to_hold_s"] = None if held is None else round(held, 3)
         if name == "sim_node":
             row["bound_s"] = 0.1 + DT   # state_timeout + one period
-        elif last_chunk_end is not None and sim_now is not None:
-            row["bound_s"] = round(max(0.0, last_chunk_end - sim_now) + DT, 3)   # JTC: the last chunk is followed to its end
+        elif last_chunk_end is not None:   # JTC semantics: the last chunk is followed to its end, then held
+            # camera: the policy may still infer from the last frame until it is max_image_age old
+            late = MAX_AGE if name == "camera_node" else 0.0
+            row["bound_s"] = round(max(0.0, last_chunk_end - t_kill) + late + DT, 3)
         violations_before = len(mon.violations)
         t_restart = time.monotonic()
         graph.start(name)
