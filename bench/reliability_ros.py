@@ -131,6 +131,7 @@ class Monitor:
         self.node = node
         urdf = ROOT / "urdf/aloha_vx300s.urdf"
         self.limits = JointLimits.from_urdf(urdf, JOINT_NAMES, velocity_scale=VELOCITY_SCALE)
+        self.robot_speed = JointLimits.from_urdf(urdf, JOINT_NAMES).velocity  # the sim's arms are not scaled
         self.mapping = JointMapping.identity(NUM_JOINTS)
         self.lock = threading.Lock()
         self.commands: dict[str, collections.deque] = {a: collections.deque(maxlen=20000) for a in ("left", "right")}
@@ -143,6 +144,7 @@ class Monitor:
         self.clock: tuple[float, float] | None = None                       # (wall, sim time)
         self.compressed_frames = collections.deque(maxlen=100)
         self.check_commands = True
+        self.phase = "start"   # what the campaign is doing (named in violations)
         for arm, topic in (("left", LEFT_TOPIC), ("right", RIGHT_TOPIC)):
             node.create_subscription(JointTrajectory, topic, lambda m, a=arm: self._on_command(a, m), RELIABLE_QOS)
         node.create_subscription(JointTrajectory, "/ki_vla/action_chunk", self._on_chunk, RELIABLE_QOS)
@@ -193,13 +195,17 @@ class Monitor:
             if prev is not None and np.any(np.abs(q0 - prev) > vel * DT * (1 + 1e-6) + 1e-9):
                 # The one allowed exception: re-anchoring at the measured position, clamped to the limits
                 # (ChunkExecutor's docstring). This subscription may miss the very sample the executor used, so
-                # "at the robot" is within two ticks of motion of a sample seen here in the last 0.5 s.
+                # "at the robot" is within two samples of full-speed motion (the robot's own speed, not the
+                # executor's scaled limit) of a sample seen here in the last 0.5 s.
                 now_s = time.monotonic()
                 near = [self.limits.clamp(q)[0][idx] for t, q in self.states if now_s - t < 0.5]
-                if not any(np.all(np.abs(q0 - qs) <= 2 * vel * DT + 1e-6) for qs in near):
+                reach = 2 * self.robot_speed[idx] * DT + 1e-6
+                if not any(np.all(np.abs(q0 - qs) <= reach) for qs in near):
                     j = int(np.argmax(np.abs(q0 - prev) - vel * DT))
+                    gap = min((float(np.abs(q0 - qs).max()) for qs in near), default=float("nan"))
                     self.violations.append(f"{arm}: {JOINT_NAMES[idx[j]]} moved {abs(q0[j] - prev[j]):.4f} rad in one "
-                                           f"tick (limit {vel[j] * DT:.4f})")
+                                           f"tick (limit {vel[j] * DT:.4f}); nearest robot sample {gap:.3f} rad "
+                                           f"away ({len(near)} in 0.5 s); phase {self.phase}")
             self.prev[arm] = q0
             self.commands[arm].append((now, q0))
 
@@ -293,6 +299,7 @@ def run_fuzz(graph: Graph, mon: Monitor, harness: RosHarness, messages: int, rat
         pub = node.create_publisher(mtype, topic, RELIABLE_QOS)
         own_commands = topic in (LEFT_TOPIC, RIGHT_TOPIC)
         mon.check_commands = not own_commands
+        mon.phase = f"fuzz {topic}"
         violations_before = len(mon.violations)
         sim_now = mon.clock[1] if mon.clock else 0.0
         gen_args = (rng, messages) if mtype in (String, UInt32, Int64) else (rng, messages, sim_now)
@@ -371,6 +378,7 @@ def run_process_faults(graph: Graph, mon: Monitor, victims: tuple[str, ...] = ("
             continue
         last_chunk_end = mon.chunks[-1][1] if mon.chunks else None
         t_kill = time.monotonic()
+        mon.phase = f"kill {name}"
         graph.kill(name)
         wait_for(lambda: mon.hold_time(t_kill, 5.0) is not None, 5.0, period=0.05)
         held = mon.hold_time(t_kill, 5.0)
