@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=1000.0, help="fuzzing rate per topic, messages/s (default 1000)")
     p.add_argument("--kills", type=int, default=20, help="SIGKILLs of the training run (default 20)")
     p.add_argument("--no-process-faults", action="store_true", help="ros section: fuzz only")
+    p.add_argument("--victims", default="sim_node,policy_node,camera_node",
+                   help="ros section: nodes to SIGKILL, in order (default %(default)s; policy_node,camera_node "
+                        "reproduces the open image-delivery defect, see README)")
     p.add_argument("--work", default=None, help="working folder (default: a new temporary one)")
     p.add_argument("--json", default=None, help="write the full results here")
     args = p.parse_args(argv)
@@ -100,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         from reliability_ros import run_ros
 
         print("== ros: fuzzing the graph, then killing its processes", flush=True)
+        victims = tuple(v.strip() for v in args.victims.split(",") if v.strip())
         results["ros"] = run_ros(args.messages, args.rate, process_faults=not args.no_process_faults,
-                                 work=work / "ros")
+                                 work=work / "ros", victims=victims)
     if "train" in sections:
         from reliability_train import run_train
 
