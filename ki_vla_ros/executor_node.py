@@ -17,7 +17,9 @@ import time
 from typing import Any
 
 import numpy as np
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
@@ -53,6 +55,10 @@ def raise_priority(priority: int) -> str:
             return f"could not raise priority ({exc}; {exc2}); running at normal priority"
 
 
+# Safe to change while commanding: the rate limit applies from the next tick, ramps stay ramps.
+LIVE_PARAMETERS = ("velocity_scale",)
+
+
 class ExecutorNode(LifecycleNode):
     """Merges chunks, enforces limits, holds on stale input, publishes both arms' commands every tick while active."""
 
@@ -62,7 +68,7 @@ class ExecutorNode(LifecycleNode):
         # Transitions may come from another thread than the control timer's (a multi-threaded executor, a test):
         # a tick must not publish after the deactivation's hold command.
         self._lock = threading.Lock()
-        self.cfg = cfg = declare_config(self, ExecutorNodeConfig)
+        self.cfg = cfg = declare_config(self, ExecutorNodeConfig, live=LIVE_PARAMETERS)
         if cfg.control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {cfg.control_hz}")
         urdf = require(cfg.urdf_path)
@@ -104,6 +110,8 @@ class ExecutorNode(LifecycleNode):
         self._last_state_wall: float | None = None
         if cfg.realtime_priority > 0:
             self.get_logger().info(raise_priority(cfg.realtime_priority))
+        self._urdf = urdf
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.timer = self.create_timer(self.dt, self._tick)
         self.diag = Diagnostics(self, cfg.diagnostics_period)
         self.diag.add("control", self._report_control)
@@ -116,6 +124,22 @@ class ExecutorNode(LifecycleNode):
             self.trigger_activate()
         else:
             self.get_logger().info("autostart=false: not commanding until configured and activated")
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """velocity_scale (0, 1] applies from the next tick; everything else is read-only (declare_config)."""
+        for p in params:
+            if p.name != "velocity_scale":
+                continue
+            value = p.value
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+                return SetParametersResult(successful=False, reason=f"velocity_scale must be in (0, 1], got {value!r}")
+            robot = JointLimits.from_urdf(self._urdf, JOINT_NAMES, velocity_scale=float(value))
+            with self._lock:
+                self.robot_limits = robot
+                self.limits = self.core.limits = robot.in_policy_units(self.mapping)
+                self.cfg.velocity_scale = float(value)
+            self.get_logger().info(f"velocity_scale {float(value):g}: limits updated")
+        return SetParametersResult(successful=True)
 
     # ---- lifecycle (everything is built in __init__: configure only confirms) -----------------------------
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -42,7 +42,7 @@ LATCHED_INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, r
                                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def declare_config(node: Node, cls: type[T]) -> T:
+def declare_config(node: Node, cls: type[T], live: tuple[str, ...] = ()) -> T:
     """Declare one parameter per field of dataclass `cls` (default = the field default) and return the
     config filled with the node's values (from --params-file, -p overrides, or defaults).
 
@@ -50,14 +50,16 @@ def declare_config(node: Node, cls: type[T]) -> T:
     `joint_scale: [1, 1, ...]` work as users expect; a value that cannot be coerced raises ValueError naming
     the parameter.
 
-    They are read once, so they are declared read-only: `ros2 param set /executor_node velocity_scale 0.2` must
-    fail and say so, not report success and change nothing (a safety trap on the node that moves the robot).
+    They are read once, so they are declared read-only: `ros2 param set /executor_node chunk_timeout 1.0` must
+    fail and say so, not report success and change nothing (a safety trap on the node that moves the robot). The
+    fields in `live` are the exception: the node applies them at run time (its own on-set callback validates them).
     """
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        descriptor = ParameterDescriptor(dynamic_typing=True, read_only=True,
-                                         description=f"{cls.__name__}.{f.name}: read at start-up (restart to change)")
+        applied = "applied live" if f.name in live else "read at start-up (restart to change)"
+        descriptor = ParameterDescriptor(dynamic_typing=True, read_only=f.name not in live,
+                                         description=f"{cls.__name__}.{f.name}: {applied}")
         value = node.declare_parameter(f.name, default, descriptor).value
         values[f.name] = _coerce(f.name, value, default)
     return cls(**values)

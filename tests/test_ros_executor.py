@@ -223,22 +223,32 @@ def test_diagnostics_say_why_a_sim_time_graph_without_clock_is_silent():
         assert "not ticking" in message()
 
 
-def test_a_live_parameter_change_is_refused_not_silently_ignored():
-    """Parameters are read at start-up: `ros2 param set /executor_node velocity_scale 0.2` must fail and say why
-    (the same request over the parameter service, from another node), never report success and change nothing."""
+def test_live_parameters_apply_or_are_refused_never_silently_ignored():
+    """Parameters are read at start-up, except velocity_scale, which applies live: `ros2 param set /executor_node
+    chunk_timeout 1.0` must fail and say why (over the real parameter service, from another node), never report
+    success and change nothing; velocity_scale 0.2 changes the rate limit; an out-of-range value is refused."""
     from rcl_interfaces.srv import SetParameters
 
     with ros_harness() as h:
         ex = h.add(ExecutorNode(context=h.context, parameter_overrides=[Parameter("urdf_path", value=str(URDF))]))
         client = h.node("param_client").create_client(SetParameters, "/executor_node/set_parameters")
         assert client.wait_for_service(timeout_sec=10.0)
-        future = client.call_async(SetParameters.Request(
-            parameters=[Parameter("velocity_scale", value=0.2).to_parameter_msg()]))
-        assert wait_for(future.done, 10.0)
-        (result,) = future.result().results
-        assert not result.successful and "read-only" in result.reason.lower().replace("read only", "read-only")
-        assert ex.get_parameter("velocity_scale").value == 1.0 and ex.cfg.velocity_scale == 1.0
-        assert "restart" in ex.describe_parameter("velocity_scale").description
+
+        def set_param(name, value):
+            future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
+            assert wait_for(future.done, 10.0)
+            return future.result().results[0]
+
+        full = ex.core.limits.velocity.copy()
+        result = set_param("chunk_timeout", 1.0)
+        assert not result.successful and "read" in result.reason.lower()
+        assert ex.get_parameter("chunk_timeout").value == 0.5 and ex.core.chunk_timeout == 0.5
+        assert "restart" in ex.describe_parameter("chunk_timeout").description
+        assert set_param("velocity_scale", 0.2).successful
+        np.testing.assert_allclose(ex.core.limits.velocity, 0.2 * full)
+        bad = set_param("velocity_scale", 3.0)
+        assert not bad.successful and "(0, 1]" in bad.reason
+        np.testing.assert_allclose(ex.core.limits.velocity, 0.2 * full)
 
 
 def test_lifecycle_active_means_may_command_and_deactivate_holds_at_once():
