@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -145,8 +146,11 @@ class Monitor:
         self.compressed_frames = collections.deque(maxlen=100)
         self.check_commands = True
         self.phase = "start"   # what the campaign is doing (named in violations)
+        # A deep reliable queue: a command dropped here (the monitor's thread late on a loaded CPU) would make the next
+        # one look like a two-tick step (measured once with depth 10: a step of exactly 2x the per-tick limit).
+        deep = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         for arm, topic in (("left", LEFT_TOPIC), ("right", RIGHT_TOPIC)):
-            node.create_subscription(JointTrajectory, topic, lambda m, a=arm: self._on_command(a, m), RELIABLE_QOS)
+            node.create_subscription(JointTrajectory, topic, lambda m, a=arm: self._on_command(a, m), deep)
         node.create_subscription(JointTrajectory, "/ki_vla/action_chunk", self._on_chunk, RELIABLE_QOS)
         # Best effort where the publisher may be (a reliable subscription would not match it).
         node.create_subscription(Image, "/ki_vla/camera/cam_high", lambda m: self.frames.append(time.monotonic()),
