@@ -74,8 +74,8 @@ class ExecutorNode(LifecycleNode):
         urdf = require(cfg.urdf_path)
         self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
         # The URDF's limits are in the robot's units; the executor works in the policy's (then maps each command).
-        self.robot_limits = JointLimits.from_urdf(urdf, JOINT_NAMES, velocity_scale=cfg.velocity_scale)
-        self.limits = self.robot_limits.in_policy_units(self.mapping)
+        self._urdf_limits = JointLimits.from_urdf(urdf, JOINT_NAMES)   # parsed once; velocity_scale may change live
+        self.robot_limits, self.limits = self._scaled_limits(cfg.velocity_scale)
         self.dt = 1.0 / cfg.control_hz
         check = ChunkCheck(max_points=cfg.max_points, jump_velocity_factor=cfg.jump_velocity_factor,
                            max_start_deviation=cfg.max_start_deviation, limit_tolerance=cfg.limit_tolerance,
@@ -110,7 +110,6 @@ class ExecutorNode(LifecycleNode):
         self._last_state_wall: float | None = None
         if cfg.realtime_priority > 0:
             self.get_logger().info(raise_priority(cfg.realtime_priority))
-        self._urdf = urdf
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.timer = self.create_timer(self.dt, self._tick)
         self.diag = Diagnostics(self, cfg.diagnostics_period)
@@ -125,6 +124,14 @@ class ExecutorNode(LifecycleNode):
         else:
             self.get_logger().info("autostart=false: not commanding until configured and activated")
 
+    def _scaled_limits(self, velocity_scale: float) -> tuple[JointLimits, JointLimits]:
+        """(the URDF's limits with velocity_scale, the same in policy units): what the executor clamps to."""
+        if not 0.0 < velocity_scale <= 1.0:
+            raise ValueError(f"velocity_scale must be in (0, 1], got {velocity_scale}")
+        u = self._urdf_limits
+        robot = JointLimits(u.names, u.lower, u.upper, u.velocity * velocity_scale)
+        return robot, robot.in_policy_units(self.mapping)
+
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """velocity_scale (0, 1] applies from the next tick; everything else is read-only (declare_config)."""
         for p in params:
@@ -133,10 +140,10 @@ class ExecutorNode(LifecycleNode):
             value = p.value
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
                 return SetParametersResult(successful=False, reason=f"velocity_scale must be in (0, 1], got {value!r}")
-            robot = JointLimits.from_urdf(self._urdf, JOINT_NAMES, velocity_scale=float(value))
+            robot, policy = self._scaled_limits(float(value))
             with self._lock:
-                self.robot_limits = robot
-                self.limits = self.core.limits = robot.in_policy_units(self.mapping)
+                self.robot_limits, self.limits = robot, policy
+                self.core.limits = policy
                 self.cfg.velocity_scale = float(value)
             self.get_logger().info(f"velocity_scale {float(value):g}: limits updated")
         return SetParametersResult(successful=True)
