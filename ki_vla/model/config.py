@@ -94,6 +94,12 @@ class ExpertConfig:
     # measured on the CPU recipe, neither the cube's ViT token nor the keypoint token was found in 1000-7500 steps
     # (the flow loss was the same with another scene's images), while the state, added to the tokens, was used at once.
     keypoint_input: bool = False
+    # The flow loss trains the keypoint stem too: the coordinates enter the expert context without the
+    # stop-gradient. The stem is a from-scratch addition with no pretrained knowledge to insulate (the backbone's
+    # weights stay insulated); trained by the FAST loss alone, it gave the expert less than it had at
+    # initialization on transfer_color (3 of 32 cam_high keypoints moving across scenes after 9000 steps, 12-18 at
+    # init), since predicting FAST tokens rarely needs the cubes' positions. Needs keypoint_input.
+    keypoint_grad: bool = False
     # The instruction's mean token embedding (its own tokens, not the prompt's state digits; detached in the
     # insulated variants) added the same way. Why: the instruction is a few tokens among the prefix, read through
     # the same attention; measured on transfer_color, the first chunk under "red" and "blue" differed by < 0.001 rad
@@ -170,6 +176,8 @@ class PolicyConfig:
              "vision.keypoints must be >= 0 and vision.keypoint_channels > 0")
         need(not self.expert.keypoint_input or self.vision.keypoints > 0,
              "expert.keypoint_input needs vision.keypoints > 0")
+        need(not self.expert.keypoint_grad or self.expert.keypoint_input,
+             "expert.keypoint_grad needs expert.keypoint_input")
         need(not self.expert.instruction_film or (self.expert.instruction_input and self.expert.keypoint_input),
              "expert.instruction_film needs expert.instruction_input and expert.keypoint_input")
         need(self.vision.image_size % self.vision.patch_size == 0, "vision.image_size must be a multiple of patch_size")

@@ -153,7 +153,7 @@ class KIPolicy(nn.Module):
         """(B, expert_context_dim) what the expert adds to its action tokens: the normalized state
         (`expert.state_input`), the instruction embedding (`expert.instruction_input`) and the keypoint coordinates
         (`expert.keypoint_input`), the backbone's parts detached in the insulated variants like every other backbone
-        output; None when it reads none."""
+        output (the keypoints not with `expert.keypoint_grad`); None when it reads none."""
         ec = self.cfg.expert
         insulate = self.cfg.insulated or self.cfg.variant == "frozen"
         parts = []
@@ -164,7 +164,7 @@ class KIPolicy(nn.Module):
             parts.append(instr.detach() if insulate else instr)
         if ec.keypoint_input:
             kp = self._with_keypoints(batch)["keypoint_coords"].float()
-            parts.append(kp.detach() if insulate else kp)
+            parts.append(kp.detach() if insulate and not ec.keypoint_grad else kp)
         return torch.cat(parts, dim=1) if parts else None
 
     def action_dim_mask(self, device: torch.device | str) -> torch.Tensor:
