@@ -11,6 +11,7 @@ and diagnostics.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -30,8 +31,8 @@ from ki_vla.paths import require
 from ki_vla_ros.config import ExecutorNodeConfig
 from ki_vla_ros.msgs import command_trajectory, joint_state_positions, trajectory_to_arrays
 from ki_vla_ros.ros_util import (
-    JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, now_sec, run_node,
-    to_sec)
+    JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, now_sec, read_config,
+    refuse_unless_unconfigured, run_node, to_sec)
 from ki_vla_ros.stats import Counter, RateMeter, Window
 
 
@@ -57,10 +58,19 @@ def raise_priority(priority: int) -> str:
 
 # Safe to change while commanding: the rate limit applies from the next tick, ramps stay ramps.
 LIVE_PARAMETERS = ("velocity_scale",)
+# Read once at start-up (read-only): the diagnostics timer, the thread priority and the start-up walk itself.
+STARTUP_PARAMETERS = ("diagnostics_period", "realtime_priority", "autostart")
+# Everything else is read in each configure (cleanup -> set -> configure), like ros2_controllers' controllers.
+CONFIGURE_PARAMETERS = tuple(f.name for f in dataclasses.fields(ExecutorNodeConfig)
+                             if f.name not in LIVE_PARAMETERS + STARTUP_PARAMETERS)
 
 
 class ExecutorNode(LifecycleNode):
-    """Merges chunks, enforces limits, holds on stale input, publishes both arms' commands every tick while active."""
+    """Merges chunks, enforces limits, holds on stale input, publishes both arms' commands every tick while active.
+
+    Unconfigured: no subscriptions, no publishers, no control timer. configure reads the parameters and builds
+    them (a bad value fails the transition with the reason logged, the node stays unconfigured); cleanup releases
+    them, so cleanup -> `ros2 param set` -> configure changes a read-on-configure parameter."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("executor_node", **kwargs)
@@ -68,31 +78,29 @@ class ExecutorNode(LifecycleNode):
         # Transitions may come from another thread than the control timer's (a multi-threaded executor, a test):
         # a tick must not publish after the deactivation's hold command.
         self._lock = threading.Lock()
-        self.cfg = cfg = declare_config(self, ExecutorNodeConfig, live=LIVE_PARAMETERS)
-        if cfg.control_hz <= 0:
-            raise ValueError(f"control_hz must be > 0, got {cfg.control_hz}")
-        urdf = require(cfg.urdf_path)
-        self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
-        # The URDF's limits are in the robot's units; the executor works in the policy's (then maps each command).
-        self._urdf_limits = JointLimits.from_urdf(urdf, JOINT_NAMES)   # parsed once; velocity_scale may change live
-        self.robot_limits, self.limits = self._scaled_limits(cfg.velocity_scale)
-        self.dt = 1.0 / cfg.control_hz
-        check = ChunkCheck(max_points=cfg.max_points, jump_velocity_factor=cfg.jump_velocity_factor,
-                           max_start_deviation=cfg.max_start_deviation, limit_tolerance=cfg.limit_tolerance,
-                           gripper_limit_tolerance=cfg.gripper_limit_tolerance,
-                           check_gripper_motion=cfg.check_gripper_motion)
-        merger = make_merger(cfg.merge_strategy, cfg.ensembling_m, cfg.max_chunks)
-        self.core = ChunkExecutor(merger, self.limits, self.dt, cfg.chunk_timeout, cfg.lookahead_points, check,
-                                  state_timeout=cfg.state_timeout, path_tolerance=np.asarray(cfg.path_tolerance),
-                                  state_jump_tolerance=cfg.state_jump_tolerance, state_confirm=cfg.state_confirm)
+        self.cfg = declare_config(self, ExecutorNodeConfig, live=LIVE_PARAMETERS, on_configure=CONFIGURE_PARAMETERS)
+        self.core: ChunkExecutor | None = None
+        self._endpoints: list[Any] = []     # subscriptions, publishers and the control timer of this configure
         self.log = ThrottledLog(self)
         self.left_idx = [JOINT_NAMES.index(j) for j in LEFT_JOINTS]
         self.right_idx = [JOINT_NAMES.index(j) for j in RIGHT_JOINTS]
-        self.pub_left = self.create_publisher(JointTrajectory, cfg.left_command_topic, RELIABLE_QOS)
-        self.pub_right = self.create_publisher(JointTrajectory, cfg.right_command_topic, RELIABLE_QOS)
-        self.create_subscription(JointTrajectory, cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)
-        self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state, JOINT_STATE_IN_QOS)
+        self._reset_counters()
+        if self.cfg.realtime_priority > 0:
+            self.get_logger().info(raise_priority(self.cfg.realtime_priority))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.diag = Diagnostics(self, self.cfg.diagnostics_period)
+        self.diag.add("control", self._report_control)
+        self.diag.add("chunks", self._report_chunks)
+        if self.cfg.autostart:
+            # No lifecycle manager to report a failed configure to: fail the start with its reason, as every
+            # other node does on a bad parameter.
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise ValueError(f"executor_node: configure failed: {self._configure_error}")
+            self.trigger_activate()
+        else:
+            self.get_logger().info("autostart=false: not commanding until configured and activated")
 
+    def _reset_counters(self) -> None:
         self.chunks_ok = RateMeter(5.0)
         self.rejected = Counter()
         self.state_errors = Counter()
@@ -108,21 +116,48 @@ class ExecutorNode(LifecycleNode):
         self._last_tick_wall: float | None = None
         self._started_wall = time.perf_counter()
         self._last_state_wall: float | None = None
-        if cfg.realtime_priority > 0:
-            self.get_logger().info(raise_priority(cfg.realtime_priority))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.timer = self.create_timer(self.dt, self._tick)
-        self.diag = Diagnostics(self, cfg.diagnostics_period)
-        self.diag.add("control", self._report_control)
-        self.diag.add("chunks", self._report_chunks)
+        self._configure_error = ""
+
+    def _build(self) -> None:
+        """Everything the parameters decide: limits, the chunk executor, topics, the control timer."""
+        self.cfg = cfg = read_config(self, ExecutorNodeConfig)
+        if cfg.control_hz <= 0:
+            raise ValueError(f"control_hz must be > 0, got {cfg.control_hz}")
+        urdf = require(cfg.urdf_path)
+        self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
+        # The URDF's limits are in the robot's units; the executor works in the policy's (then maps each command).
+        self._urdf_limits = JointLimits.from_urdf(urdf, JOINT_NAMES)   # parsed once; velocity_scale may change live
+        self.robot_limits, self.limits = self._scaled_limits(cfg.velocity_scale)
+        self.dt = 1.0 / cfg.control_hz
+        check = ChunkCheck(max_points=cfg.max_points, jump_velocity_factor=cfg.jump_velocity_factor,
+                           max_start_deviation=cfg.max_start_deviation, limit_tolerance=cfg.limit_tolerance,
+                           gripper_limit_tolerance=cfg.gripper_limit_tolerance,
+                           check_gripper_motion=cfg.check_gripper_motion)
+        merger = make_merger(cfg.merge_strategy, cfg.ensembling_m, cfg.max_chunks)
+        core = ChunkExecutor(merger, self.limits, self.dt, cfg.chunk_timeout, cfg.lookahead_points, check,
+                             state_timeout=cfg.state_timeout, path_tolerance=np.asarray(cfg.path_tolerance),
+                             state_jump_tolerance=cfg.state_jump_tolerance, state_confirm=cfg.state_confirm)
+        self.pub_left = self.create_publisher(JointTrajectory, cfg.left_command_topic, RELIABLE_QOS)
+        self.pub_right = self.create_publisher(JointTrajectory, cfg.right_command_topic, RELIABLE_QOS)
+        self._endpoints = [
+            ("publisher", self.pub_left), ("publisher", self.pub_right),
+            ("subscription", self.create_subscription(JointTrajectory, cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)),
+            ("subscription", self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state,
+                                                      JOINT_STATE_IN_QOS)),
+            ("timer", self.create_timer(self.dt, self._tick))]
+        with self._lock:
+            self.core = core
         self.get_logger().info(
             f"executor: {cfg.control_hz:g} Hz, merge={cfg.merge_strategy} (m={cfg.ensembling_m}), limits from "
             f"{urdf}, chunks on {cfg.chunk_topic} -> {cfg.left_command_topic}, {cfg.right_command_topic}")
-        if cfg.autostart:
-            self.trigger_configure()
-            self.trigger_activate()
-        else:
-            self.get_logger().info("autostart=false: not commanding until configured and activated")
+
+    def _teardown(self) -> None:
+        with self._lock:
+            self.core = None
+        for kind, entity in self._endpoints:
+            {"publisher": self.destroy_publisher, "subscription": self.destroy_subscription,
+             "timer": self.destroy_timer}[kind](entity)
+        self._endpoints = []
 
     def _scaled_limits(self, velocity_scale: float) -> tuple[JointLimits, JointLimits]:
         """(the URDF's limits with velocity_scale, the same in policy units): what the executor clamps to."""
@@ -133,22 +168,38 @@ class ExecutorNode(LifecycleNode):
         return robot, robot.in_policy_units(self.mapping)
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """velocity_scale (0, 1] applies from the next tick; everything else is read-only (declare_config)."""
+        """velocity_scale (0, 1] applies from the next tick; the read-on-configure ones only while unconfigured;
+        the start-up ones are read-only (declare_config)."""
+        refused = refuse_unless_unconfigured(params, CONFIGURE_PARAMETERS, self.core is not None, self.get_name())
+        if refused is not None:
+            return refused
         for p in params:
             if p.name != "velocity_scale":
                 continue
             value = p.value
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
                 return SetParametersResult(successful=False, reason=f"velocity_scale must be in (0, 1], got {value!r}")
-            robot, policy = self._scaled_limits(float(value))
             with self._lock:
-                self.robot_limits, self.limits = robot, policy
-                self.core.limits = policy
+                if self.core is not None:
+                    self.robot_limits, self.limits = self._scaled_limits(float(value))
+                    self.core.limits = self.limits
                 self.cfg.velocity_scale = float(value)
             self.get_logger().info(f"velocity_scale {float(value):g}: limits updated")
         return SetParametersResult(successful=True)
 
-    # ---- lifecycle (everything is built in __init__: configure only confirms) -----------------------------
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()   # a configure that failed half-way must not leave topics behind
+        try:
+            self._build()
+        except (ValueError, FileNotFoundError) as exc:  # rclpy would end in Unconfigured without a word
+            self._configure_error = str(exc)
+            self.get_logger().error(f"configure failed: {exc}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        self._configure_error = ""
+        return TransitionCallbackReturn.SUCCESS
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._lock:
             self.core.restart_from_measured()
@@ -165,6 +216,19 @@ class ExecutorNode(LifecycleNode):
         self.get_logger().info("inactive: holding, not commanding")
         return super().on_deactivate(state)
 
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.get_logger().info("unconfigured: parameters may be changed, configure reads them again")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: stop commanding, release everything, back to Unconfigured (logged, not silent)."""
+        self.get_logger().error(f"lifecycle error in state {state.label!r}: not commanding, released")
+        with self._lock:
+            self.active = False
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.active:
             self.on_deactivate(state)
@@ -178,6 +242,8 @@ class ExecutorNode(LifecycleNode):
             self.log.warn("joint_state", f"ignoring joint_states: {exc}")
             return
         with self._lock:
+            if self.core is None:   # a message in flight across cleanup
+                return
             believed = self.core.on_state(self.mapping.from_robot(q), now_sec(self))
         if not believed:
             self.log.warn("joint_state_jump", "joint_states jumped beyond state_jump_tolerance: not believed until "
@@ -191,6 +257,8 @@ class ExecutorNode(LifecycleNode):
         try:
             names, times, positions = trajectory_to_arrays(msg)
             with self._lock:
+                if self.core is None:
+                    return
                 self.core.on_chunk(names, times, positions, stamp, now)
         except (ChunkRejected, ValueError) as exc:  # ValueError: ragged message from trajectory_to_arrays
             self.rejected.inc(exc.reason if isinstance(exc, ChunkRejected) else "malformed")
@@ -205,7 +273,7 @@ class ExecutorNode(LifecycleNode):
             self.period_ms.add((wall - self._last_tick_wall) * 1e3)
         self._last_tick_wall = wall
         with self._lock:
-            if self.active:
+            if self.active and self.core is not None:
                 self._control(wall)
 
     def _control(self, wall: float) -> None:
@@ -239,14 +307,17 @@ class ExecutorNode(LifecycleNode):
         self.commands += 1
 
     def _report_control(self) -> tuple[int, str, dict[str, Any]]:
+        core = self.core
+        if core is None:
+            return Diagnostics.WARN, "unconfigured (lifecycle): not commanding", {"active": False}
         per = self.period_ms.values()
         kv: dict[str, Any] = {"commands": self.commands, "hold_ticks": self.hold_ticks,
-                              "holding": self.core.holding, "hold_reason": self.core.hold_reason,
-                              "path_violations": self.core.path_violations,
+                              "holding": core.holding, "hold_reason": core.hold_reason,
+                              "path_violations": core.path_violations,
                               "clamped_values": self.clamped,
                               "rate_limited_values": self.rate_limited, "target_period_ms": self.dt * 1e3}
         kv.update({f"hold_ticks[{k}]": v for k, v in self.hold_reasons.counts.items()})
-        err = self.core.tracking_error()
+        err = core.tracking_error()
         if err is not None:
             kv["tracking_error_max"] = float(err.max())
         if per.size:
@@ -256,8 +327,8 @@ class ExecutorNode(LifecycleNode):
         kv.update({f"joint_state_errors[{k}]": v for k, v in self.state_errors.counts.items()})
         state_age = time.monotonic() - self._last_state_wall if self._last_state_wall is not None else float("inf")
         kv["joint_states_age_s"] = state_age
-        kv["time_jumps_back"] = self.core.time_jumps
-        kv["joint_state_jumps_ignored"] = self.core.state_jumps_ignored
+        kv["time_jumps_back"] = core.time_jumps
+        kv["joint_state_jumps_ignored"] = core.state_jumps_ignored
         since_tick = time.perf_counter() - (self._last_tick_wall or self._started_wall)
         if since_tick > max(1.0, 20 * self.dt):
             clock = " (use_sim_time is set: is anything publishing /clock?)" if self.get_parameter("use_sim_time").value else ""
@@ -265,23 +336,26 @@ class ExecutorNode(LifecycleNode):
         kv["active"] = self.active
         if not self.active:
             return Diagnostics.WARN, "inactive (lifecycle): not commanding", kv
-        if self.core.last_command is None:
+        if core.last_command is None:
             return Diagnostics.WARN, f"no {self.cfg.joint_states_topic} yet: not commanding", kv
         if state_age > self.cfg.state_timeout:
             return Diagnostics.WARN, f"{self.cfg.joint_states_topic} silent for {state_age:.1f} s: holding", kv
-        if self.core.holding and self.core.last_violation and self.core.last_chunk_time is None:
-            return Diagnostics.WARN, f"holding after a path tolerance violation: {self.core.last_violation}", kv
-        if self.core.holding and self.core.timed_out(now_sec(self)):
+        if core.holding and core.last_violation and core.last_chunk_time is None:
+            return Diagnostics.WARN, f"holding after a path tolerance violation: {core.last_violation}", kv
+        if core.holding and core.timed_out(now_sec(self)):
             return Diagnostics.WARN, (f"input timed out: no chunk for {self.cfg.chunk_timeout:g} s after the last one "
                                       "ended; holding"), kv
-        if self.core.holding:
+        if core.holding:
             return Diagnostics.WARN, "holding: no chunk covers now", kv
         return Diagnostics.OK, "executing", kv
 
     def _report_chunks(self) -> tuple[int, str, dict[str, Any]]:
+        core = self.core
+        if core is None:
+            return Diagnostics.WARN, "unconfigured (lifecycle)", {}
         now = now_sec(self)
         kv: dict[str, Any] = {"chunk_rate_hz": self.chunks_ok.rate(now), "accepted": self.chunks_ok.total,
-                              "rejected": self.rejected.total(), "active_chunks": len(self.core.merger.chunks)}
+                              "rejected": self.rejected.total(), "active_chunks": len(core.merger.chunks)}
         kv.update({f"latency_ms_{k}": v for k, v in self.latency_ms.percentiles().items()})
         kv.update({f"chunk_age_ms_{k}": v for k, v in self.chunk_age_ms.percentiles().items()})
         kv.update({f"rejected[{k}]": v for k, v in self.rejected.counts.items()})

@@ -8,6 +8,7 @@ every other callback (fresh frames, instructions) for that long. The thread alwa
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import traceback
@@ -15,6 +16,7 @@ import time
 from typing import Any
 
 import numpy as np
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -29,7 +31,7 @@ from ki_vla_ros.msgs import chunk_to_trajectory, image_msg_to_rgb, joint_state_p
 from ki_vla.infer.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
 from ki_vla_ros.ros_util import (
     CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
-    Diagnostics, ThrottledLog, declare_config, now_sec, run_node, to_sec)
+    Diagnostics, ThrottledLog, declare_config, now_sec, read_config, refuse_unless_unconfigured, run_node, to_sec)
 from ki_vla_ros.stats import Counter, RateMeter, Window
 
 
@@ -42,6 +44,14 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# Read once at start-up (read-only): the instruction subscriptions live in every lifecycle state, the diagnostics
+# timer, the start-up walk. Everything else is read in each configure (cleanup -> set -> configure), so a new
+# checkpoint is `ros2 param set /policy_node model ...` between a cleanup and a configure.
+STARTUP_PARAMETERS = ("instruction_topic", "instruction_latched", "default_instruction", "autostart",
+                      "diagnostics_period")
+CONFIGURE_PARAMETERS = tuple(f.name for f in dataclasses.fields(PolicyNodeConfig) if f.name not in STARTUP_PARAMETERS)
+
+
 class PolicyNode(LifecycleNode):
     """Runs a KIPolicy on the newest complete, fresh observation and publishes each chunk."""
 
@@ -49,8 +59,11 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("policy_node", **kwargs)
-        self.cfg = declare_config(self, PolicyNodeConfig)
+        self.cfg = declare_config(self, PolicyNodeConfig, on_configure=CONFIGURE_PARAMETERS)
         self.mapping = JointMapping.from_lists(self.cfg.joint_scale, self.cfg.joint_offset, NUM_JOINTS)
+        self.add_on_set_parameters_callback(
+            lambda params: refuse_unless_unconfigured(params, CONFIGURE_PARAMETERS, self.policy is not None,
+                                                      self.get_name()) or SetParametersResult(successful=True))
         self.log = ThrottledLog(self)
         self.policy: Any = None
         self.assembler: ObservationAssembler | None = None
@@ -103,7 +116,8 @@ class PolicyNode(LifecycleNode):
         from ki_vla.infer.engine import make_predictor
         from ki_vla.model.policy import KIPolicy
 
-        cfg = self.cfg
+        self.cfg = cfg = read_config(self, PolicyNodeConfig)
+        self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
         try:
             if cfg.torch_threads > 0:
                 import torch

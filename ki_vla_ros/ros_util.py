@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 
@@ -42,7 +43,8 @@ LATCHED_INSTRUCTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, r
                                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
-def declare_config(node: Node, cls: type[T], live: tuple[str, ...] = ()) -> T:
+def declare_config(node: Node, cls: type[T], live: tuple[str, ...] = (),
+                   on_configure: tuple[str, ...] = ()) -> T:
     """Declare one parameter per field of dataclass `cls` (default = the field default) and return the
     config filled with the node's values (from --params-file, -p overrides, or defaults).
 
@@ -50,19 +52,48 @@ def declare_config(node: Node, cls: type[T], live: tuple[str, ...] = ()) -> T:
     `joint_scale: [1, 1, ...]` work as users expect; a value that cannot be coerced raises ValueError naming
     the parameter.
 
-    They are read once, so they are declared read-only: `ros2 param set /executor_node chunk_timeout 1.0` must
-    fail and say so, not report success and change nothing (a safety trap on the node that moves the robot). The
-    fields in `live` are the exception: the node applies them at run time (its own on-set callback validates them).
+    Three kinds, each said in the parameter's description: `live` fields the node applies at run time (its own
+    on-set callback validates them); `on_configure` fields a lifecycle node reads again in each configure (it
+    refuses a change unless unconfigured: `refuse_unless_unconfigured`); the rest are read once, so they are
+    declared read-only: `ros2 param set /executor_node diagnostics_period 1.0` must fail and say so, not report
+    success and change nothing (a safety trap on the node that moves the robot).
     """
-    values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        applied = "applied live" if f.name in live else "read at start-up (restart to change)"
-        descriptor = ParameterDescriptor(dynamic_typing=True, read_only=f.name not in live,
+        if f.name in live:
+            applied = "applied live"
+        elif f.name in on_configure:
+            applied = "read on configure (change it while unconfigured: cleanup, set, configure)"
+        else:
+            applied = "read at start-up (restart to change)"
+        descriptor = ParameterDescriptor(dynamic_typing=True, read_only=f.name not in live + on_configure,
                                          description=f"{cls.__name__}.{f.name}: {applied}")
-        value = node.declare_parameter(f.name, default, descriptor).value
-        values[f.name] = _coerce(f.name, value, default)
-    return cls(**values)
+        node.declare_parameter(f.name, _default(f), descriptor)
+    return read_config(node, cls)
+
+
+def read_config(node: Node, cls: type[T]) -> T:
+    """`cls` filled with the node's current (declared) parameter values, coerced and validated field by field."""
+    return cls(**{f.name: _coerce(f.name, node.get_parameter(f.name).value, _default(f))
+                  for f in dataclasses.fields(cls)})
+
+
+def refuse_unless_unconfigured(params: list[Parameter], names: tuple[str, ...], configured: bool,
+                               node_name: str) -> SetParametersResult | None:
+    """The refusal for a change of an `on_configure` parameter while the node is configured, else None.
+
+    Why refuse rather than accept: the value would only take effect at the next configure, so accepting it on a
+    node that is commanding would report a change that has not happened (ros2_controllers reads its parameters in
+    on_configure the same way)."""
+    changed = [p.name for p in params if p.name in names]
+    if configured and changed:
+        return SetParametersResult(successful=False, reason=(
+            f"{', '.join(changed)}: read on configure; deactivate and cleanup /{node_name} first, set it, then "
+            "configure (ros2 lifecycle set)"))
+    return None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

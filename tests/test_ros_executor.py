@@ -223,32 +223,80 @@ def test_diagnostics_say_why_a_sim_time_graph_without_clock_is_silent():
         assert "not ticking" in message()
 
 
-def test_live_parameters_apply_or_are_refused_never_silently_ignored():
-    """Parameters are read at start-up, except velocity_scale, which applies live: `ros2 param set /executor_node
-    chunk_timeout 1.0` must fail and say why (over the real parameter service, from another node), never report
-    success and change nothing; velocity_scale 0.2 changes the rate limit; an out-of-range value is refused."""
+def _param_client(h, node_name):
     from rcl_interfaces.srv import SetParameters
 
+    client = h.node(f"param_client_{node_name}").create_client(SetParameters, f"/{node_name}/set_parameters")
+    assert client.wait_for_service(timeout_sec=10.0)
+
+    def set_param(name, value):
+        future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
+        assert wait_for(future.done, 10.0)
+        return future.result().results[0]
+    return set_param
+
+
+def test_live_parameters_apply_or_are_refused_never_silently_ignored():
+    """velocity_scale applies live; the others are refused with the reason while configured (`ros2 param set
+    /executor_node chunk_timeout 1.0` over the real parameter service must fail and say how, never report success
+    and change nothing); the start-up ones are read-only; an out-of-range value is refused."""
     with ros_harness() as h:
         ex = h.add(ExecutorNode(context=h.context, parameter_overrides=[Parameter("urdf_path", value=str(URDF))]))
-        client = h.node("param_client").create_client(SetParameters, "/executor_node/set_parameters")
-        assert client.wait_for_service(timeout_sec=10.0)
-
-        def set_param(name, value):
-            future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
-            assert wait_for(future.done, 10.0)
-            return future.result().results[0]
-
+        set_param = _param_client(h, "executor_node")
         full = ex.core.limits.velocity.copy()
         result = set_param("chunk_timeout", 1.0)
-        assert not result.successful and "read" in result.reason.lower()
+        assert not result.successful and "cleanup" in result.reason and "configure" in result.reason
         assert ex.get_parameter("chunk_timeout").value == 0.5 and ex.core.chunk_timeout == 0.5
-        assert "restart" in ex.describe_parameter("chunk_timeout").description
+        assert "configure" in ex.describe_parameter("chunk_timeout").description
+        assert not set_param("diagnostics_period", 0.1).successful
+        assert "restart" in ex.describe_parameter("diagnostics_period").description
         assert set_param("velocity_scale", 0.2).successful
         np.testing.assert_allclose(ex.core.limits.velocity, 0.2 * full)
         bad = set_param("velocity_scale", 3.0)
         assert not bad.successful and "(0, 1]" in bad.reason
         np.testing.assert_allclose(ex.core.limits.velocity, 0.2 * full)
+
+
+def test_cleanup_set_configure_rereads_parameters_and_a_bad_value_fails_the_transition():
+    """ros2_controllers' way: parameters are read in on_configure. Unconfigured, the executor has no topics (it
+    cannot command); a bad value fails configure with the reason logged and leaves it unconfigured; fixed, the next
+    configure uses the new values (topic and timeout), and the old command topic is released."""
+    from lifecycle_msgs.srv import GetState
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    with ros_harness() as h:
+        ex, test, left, right, diags, js_pub, chunk_pub = executor_rig(h, "executor_reconfigure_test")
+        set_param = _param_client(h, "executor_node")
+        get_state = test.create_client(GetState, "/executor_node/get_state")
+        assert get_state.wait_for_service(timeout_sec=10.0)
+
+        def state():
+            future = get_state.call_async(GetState.Request())
+            assert wait_for(future.done, 10.0)
+            return future.result().current_state.label
+
+        test.create_timer(DT, lambda: js_pub.publish(make_joint_state(JOINT_NAMES, home(), now_sec(test))))
+        assert wait_for(lambda: len(left) > 5, 10.0)
+        assert ex.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert ex.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert state() == "unconfigured" and ex.core is None
+        assert wait_for(lambda: test.count_subscribers("/joint_states") == 0, 5.0)
+        assert set_param("control_hz", -5.0).successful            # accepted while unconfigured...
+        assert ex.trigger_configure() == TransitionCallbackReturn.FAILURE   # ...and refused by configure
+        assert state() == "unconfigured" and ex.core is None
+        assert "control_hz" in ex._configure_error
+        moved = Collector(test, JointTrajectory, "/left_arm/commands", RELIABLE_QOS)
+        assert set_param("control_hz", 50.0).successful
+        assert set_param("chunk_timeout", 1.5).successful
+        assert set_param("left_command_topic", "/left_arm/commands").successful
+        assert ex.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert ex.core.chunk_timeout == 1.5
+        assert ex.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        assert state() == "active"
+        n = len(left)
+        assert wait_for(lambda: len(moved) > 5, 10.0), "not commanding on the new topic"
+        time.sleep(0.2)
+        assert len(left) == n, "still commanding on the old topic"
 
 
 def test_lifecycle_active_means_may_command_and_deactivate_holds_at_once():

@@ -174,3 +174,23 @@ def test_say_delivers_an_instruction_from_another_process():
         assert wait_for(lambda: node._pending_instruction == "transfer the red cube", 10.0)
         bad = subprocess.run([*cmd, "   "], capture_output=True, text=True, timeout=60, env=os.environ)
         assert bad.returncode == 2 and "empty instruction" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_configure_reads_the_parameters_again_and_refuses_changes_while_configured():
+    """A new checkpoint without restarting the node: cleanup, `ros2 param set model`, configure. A change while
+    configured is refused with how to do it (it would only take effect at the next configure); a bad model path
+    fails configure with the reason and the node stays unconfigured."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    with ros_harness() as h:
+        node = policy_node(h, model="/nonexistent/checkpoint")
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE and node.policy is None
+        assert node.set_parameters([Parameter("model", value=str(ROOT / "config/model/tiny.yaml"))])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node.policy is not None
+        refused = node.set_parameters([Parameter("max_image_age", value=0.5)])[0]
+        assert not refused.successful and "cleanup" in refused.reason
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.set_parameters([Parameter("max_image_age", value=0.5)])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.cfg.max_image_age == 0.5 and node.assembler.max_image_age == 0.5
+        assert not node.set_parameters([Parameter("instruction_topic", value="other")])[0].successful  # start-up
