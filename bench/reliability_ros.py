@@ -101,7 +101,8 @@ class Graph:
     def start(self, name: str) -> None:
         self.starts[name] += 1
         log = self.work / f"{name}.{self.starts[name]}.log"
-        self.running[name] = procs.start(self.specs[name].argv, log, env={**procs.ros_env(), "OMP_NUM_THREADS": "1"})
+        env = {**procs.ros_env(images=name != "executor_node"), "OMP_NUM_THREADS": "1"}   # as under `up`
+        self.running[name] = procs.start(self.specs[name].argv, log, env=env)
 
     def start_all(self) -> None:
         for name in self.specs:

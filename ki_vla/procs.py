@@ -92,8 +92,22 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
 
-def ros_env() -> dict[str, str]:
-    """The environment for graph processes: Fast DDS's LARGE_DATA transport (camera images across processes)
-    unless the user chose a transport, unbuffered Python output for the logs."""
-    return {**os.environ, "FASTDDS_BUILTIN_TRANSPORTS": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA"),
-            "PYTHONUNBUFFERED": "1"}
+TRANSPORT_VAR = "FASTDDS_BUILTIN_TRANSPORTS"
+
+
+def transport_env(images: bool, base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default os.environ) with Fast DDS's LARGE_DATA builtin transports for a process that moves camera
+    images, unless the user chose a transport (kept as is, for every process). A process without images keeps
+    the default transports: LARGE_DATA sends user data only over SHM / TCP, so a node on another host on default
+    settings (UDP) would discover it and receive nothing (Fast DDS docs, "LARGE_DATA"; one host here, not
+    measured across two)."""
+    env = dict(os.environ if base is None else base)
+    if images and TRANSPORT_VAR not in env:
+        env[TRANSPORT_VAR] = "LARGE_DATA"
+    return env
+
+
+def ros_env(images: bool = True) -> dict[str, str]:
+    """The environment for a graph process (`transport_env`), with unbuffered Python output for the logs.
+    images=False for a launcher (`ki-vla-ros up`) that picks each child's transport itself."""
+    return {**transport_env(images), "PYTHONUNBUFFERED": "1"}

@@ -55,14 +55,13 @@ class Supervisor:
     def run(self, duration: float = 0.0) -> int:
         old_int = signal.signal(signal.SIGINT, self._signal)
         old_term = signal.signal(signal.SIGTERM, self._signal)
-        env = graph_env()
         rc = 0
         try:
             for p in self.plan.processes:
                 print(f"[ki-vla-ros] starting {p.name}: {p.describe()}", flush=True)
                 # Own process group: the terminal's Ctrl-C reaches only us, and we stop children in order.
                 # die_with_parent: if we are killed outright, the nodes still stop.
-                self.procs.append((p.name, subprocess.Popen(p.argv, env=env, start_new_session=True,
+                self.procs.append((p.name, subprocess.Popen(p.argv, env=graph_env(p.name), start_new_session=True,
                                                             preexec_fn=procs.die_with_parent)))
             deadline = time.monotonic() + duration if duration > 0 else None
             while not self._stop:

@@ -17,10 +17,15 @@ from pathlib import Path
 import yaml
 
 from ki_vla.paths import require
+from ki_vla.procs import transport_env
 from ki_vla_ros.config import read_parameter_file
 
 CORE_NODES = ("camera_node", "policy_node", "executor_node")
-LARGE_DATA_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
+# The processes that send or receive camera images. Only they get Fast DDS's LARGE_DATA builtin transports (user
+# data over SHM / TCP, UDP for discovery only): the executor and robot_state_publisher keep the default ones (SHM +
+# UDP), so on one host they still reach every node over SHM, and across hosts they speak UDP, which is what a robot
+# PC's controller_manager on default settings speaks (ki_vla.procs.graph_transport_env).
+IMAGE_NODES = ("sim_node", "camera_node", "policy_node")
 
 
 @dataclass
@@ -115,10 +120,8 @@ def build_plan(config: str | Path, model: str | None = None, device: str | None 
     return plan
 
 
-def graph_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for the graph: Fast DDS LARGE_DATA transport unless the user chose one (ARCHITECTURE.md:
-    the default transport delays small messages to ~70 ms and drops some while 640x480 frames flow)."""
-    env = dict(os.environ if base is None else base)
-    for k, v in LARGE_DATA_ENV.items():
-        env.setdefault(k, v)
-    return env
+def graph_env(name: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for process `name` of the graph: LARGE_DATA where images flow (ARCHITECTURE.md: the default
+    transport delays small messages to ~70 ms and drops some while 640x480 frames flow), unless the user chose a
+    transport, which then holds for every process."""
+    return transport_env(name in IMAGE_NODES, os.environ if base is None else base)

@@ -13,11 +13,19 @@ import os
 
 import yaml
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable, Shutdown
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = "ki_vla_ros"
+
+
+def _transport(name: str) -> dict:
+    """What `up` adds to node `name`'s environment: Fast DDS's LARGE_DATA builtin transports where camera images
+    flow (ki_vla_ros.graph.IMAGE_NODES); a transport the user exported holds for every node."""
+    from ki_vla_ros.graph import graph_env
+
+    return {k: v for k, v in graph_env(name).items() if os.environ.get(k) != v}
 
 
 def _path(p: str) -> str:
@@ -53,7 +61,7 @@ def _nodes(context, *args, **kwargs):
         policy_overrides["device"] = device
     def core(name: str, overrides: dict) -> Node:
         return Node(package=PACKAGE, executable=name, name=name, output="screen", parameters=[config, overrides],
-                    on_exit=Shutdown(reason=f"{name} exited"))
+                    additional_env=_transport(name), on_exit=Shutdown(reason=f"{name} exited"))
 
     actions = [
         core("camera_node", common),
@@ -68,7 +76,8 @@ def _nodes(context, *args, **kwargs):
         if sim_installed:
             # The sim is the clock (it publishes /clock): it never follows one, as under `up`.
             actions.insert(0, Node(package=PACKAGE, executable="sim_node", name="sim_node", output="screen",
-                                   parameters=[config], on_exit=Shutdown(reason="sim_node exited")))
+                                   parameters=[config], additional_env=_transport("sim_node"),
+                                   on_exit=Shutdown(reason="sim_node exited")))
         else:
             actions.insert(0, LogInfo(msg="sim:=true but ki_vla_ros.sim_node is not installed: no sim started"))
     return actions
@@ -83,8 +92,5 @@ def generate_launch_description():
         DeclareLaunchArgument("device", default_value="", description="auto | cpu | cuda; empty = config's"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
         DeclareLaunchArgument("sim", default_value="false", description="also start the MuJoCo sim node"),
-        # Large camera frames across processes need Fast DDS's LARGE_DATA builtin transport (ARCHITECTURE.md).
-        SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS",
-                               os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")),
         OpaqueFunction(function=_nodes),
     ])

@@ -73,8 +73,6 @@ def run_launch(monkeypatch, **overrides):
     entities = ld.args[0]
     declared = {e.args[0] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
     assert declared == {"config", "model", "device", "use_sim_time", "sim"}
-    env = [e for e in entities if type(e).__name__ == "SetEnvironmentVariable"]
-    assert env and env[0].args[0] == "FASTDDS_BUILTIN_TRANSPORTS"
     opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
     return opaque[0].kwargs["function"](context=None)
 
@@ -173,3 +171,22 @@ def test_launch_resolves_relative_paths_like_up(monkeypatch, tmp_path):
     plan = build_plan(CONFIG, model="checkpoints/run3")
     argv = next(p.argv for p in plan.processes if p.name == "policy_node")
     assert f"model:={run}" in argv
+
+
+def test_large_data_transport_only_where_images_flow(monkeypatch):
+    """LARGE_DATA (user data over SHM/TCP only) for the nodes that move images; the executor keeps the default
+    transports (it must reach a robot PC's controllers over UDP); a transport the user exported holds for all.
+    `up` and the launch file agree."""
+    from ki_vla_ros.graph import graph_env
+
+    monkeypatch.delenv("FASTDDS_BUILTIN_TRANSPORTS", raising=False)
+    assert graph_env("camera_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+    assert graph_env("policy_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
+    assert "FASTDDS_BUILTIN_TRANSPORTS" not in graph_env("executor_node")
+    nodes = {n.kwargs["name"]: n.kwargs.get("additional_env", {})
+             for n in run_launch(monkeypatch, sim="true") if type(n).__name__ == "Node"}
+    assert nodes["executor_node"] == {} and nodes["robot_state_publisher"] == {}
+    assert nodes["camera_node"] == nodes["policy_node"] == {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
+    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
+    assert graph_env("executor_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"
+    assert graph_env("camera_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"

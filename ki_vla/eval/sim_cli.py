@@ -131,7 +131,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 *p("video_topic", f"/{pcfg.camera_names[0]}/image_raw"), *p("lockstep_kick", str(args.mode == "lockstep").lower())]
     graph_cmd = [sys.executable, "-m", "ki_vla_ros.cli", "up", "--config", str(params_file), "--sim"]
     start = time.perf_counter()
-    graph = procs.start(graph_cmd, graph_log, env)
+    graph = procs.start(graph_cmd, graph_log, ros_env(images=False))   # `up` sets each node's transport
     evaluator = procs.start(eval_cmd, eval_log, env)
     budget = args.startup_timeout + args.episodes * (4.0 * max_seconds + 20.0)
     bar = tqdm(total=args.episodes, desc=f"eval-sim {args.task}", unit="ep", disable=args.quiet)
