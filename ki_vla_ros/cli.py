@@ -1,5 +1,5 @@
 """`ki-vla-ros up`: the launch file's node graph for machines without `ros2 launch`; `ki-vla-ros say`: an
-instruction for it.
+instruction for it; `ki-vla-ros status`: what the running graph is doing (ki_vla_ros.status).
 
 Why one process per node (not one process with a MultiThreadedExecutor): the executor's 50 Hz timer must
 not share a Python interpreter (GIL, garbage collector pauses) with model inference and image decoding; a
@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument("text", help='the instruction, e.g. "transfer the red cube"')
     say.add_argument("--topic", default="/instruction", help="instruction topic (default %(default)s)")
     say.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a subscriber (default 5)")
+    st = sub.add_parser("status", help="the running graph: nodes, lifecycle states, topic rates, diagnostics")
+    st.add_argument("--window", type=float, default=2.0, help="seconds to count messages (default 2)")
+    st.add_argument("--discovery", type=float, default=1.0, help="seconds to discover the graph first (default 1)")
+    st.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
 
 
@@ -109,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
         code, message = say(args.text, args.topic, args.wait)
         print(f"ki-vla-ros say: {'error: ' if code == 2 else ''}{message}", file=sys.stderr if code else sys.stdout)
         return code
+    if args.command == "status":
+        from ki_vla_ros.status import format_status, graph_status, status_json
+
+        try:
+            st = graph_status(args.window, args.discovery)
+        except ValueError as exc:
+            print(f"ki-vla-ros status: error: {exc}", file=sys.stderr)
+            return 2
+        print(status_json(st) if args.json else format_status(st))
+        return 0 if st.nodes else 1
     try:
         plan = build_plan(args.config, model=args.model, device=args.device, sim=args.sim,
                           use_sim_time=args.use_sim_time)

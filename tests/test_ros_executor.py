@@ -344,3 +344,32 @@ def test_topics_are_relative_so_a_namespace_separates_two_robots():
         test.create_timer(DT, lambda: pub.publish(make_joint_state(JOINT_NAMES, home(), now_sec(test))))
         assert wait_for(lambda: len(mine) > 5, 10.0)
         assert len(root) == 0
+
+
+def test_status_shows_nodes_lifecycle_rates_and_diagnostics():
+    """`ki-vla-ros status` from another process: the executor, its lifecycle state, the /joint_states rate the test
+    publishes (50 Hz, counted within a wide band: the suite runs on loaded CI machines) and its diagnostics."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    with ros_harness() as h:
+        ex, test, left, right, diags, js_pub, chunk_pub = executor_rig(h, "executor_status_test", diagnostics_period=0.2)
+        test.create_timer(DT, lambda: js_pub.publish(make_joint_state(JOINT_NAMES, home(), now_sec(test))))
+        res = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--json", "--window", "2"],
+                             capture_output=True, text=True, timeout=60, env=os.environ)
+        assert res.returncode == 0, res.stderr
+        st = json.loads(res.stdout)
+        nodes = {n["name"]: n for n in st["nodes"]}
+        assert nodes["/executor_node"]["lifecycle"] == "active"
+        assert any(d["name"] == "executor_node: control" for d in nodes["/executor_node"]["diagnostics"])
+        topics = {t["name"]: t for t in st["topics"]}
+        assert 10.0 < topics["/joint_states"]["rate_hz"] < 80.0
+        assert topics["/left_arm_controller/joint_trajectory"]["publishers"] == 1
+        table = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--window", "0.5"],
+                               capture_output=True, text=True, timeout=60, env=os.environ)
+        assert "/executor_node" in table.stdout and "Hz" in table.stdout
+    bad = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--window", "0"],
+                         capture_output=True, text=True, timeout=60, env=os.environ)
+    assert bad.returncode == 2 and "window" in bad.stderr
