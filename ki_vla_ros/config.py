@@ -65,6 +65,26 @@ class PolicyNodeConfig:
     diagnostics_period: float = 1.0
 
 
+# How the executor commands each arm, and so which ros2_control controller the robot runs (README, "Commanding the
+# arms"): "trajectory" = JointTrajectoryController (trajectory_msgs/JointTrajectory, joint names, look-ahead points);
+# "position" = a streaming position controller (forward_command_controller's position_controllers/
+# JointGroupPositionController: std_msgs/Float64MultiArray, one value per joint in the controller's joint order).
+COMMAND_INTERFACES = ("trajectory", "position")
+
+
+def check_command_interface(interface: str, topics: tuple[str, ...]) -> None:
+    """ValueError for an unknown interface or a topic left at the other interface's name (a JTC topic in position
+    mode would be a silent no-op on the robot: nobody listens there with that type)."""
+    if interface not in COMMAND_INTERFACES:
+        raise ValueError(f"command_interface must be one of {list(COMMAND_INTERFACES)}, got {interface!r}")
+    wrong = [t for t in topics if (interface == "position") == t.endswith("joint_trajectory")]
+    if wrong:
+        hint = ("the position controllers' topics, e.g. left_arm_controller/commands" if interface == "position"
+                else "the JointTrajectoryControllers' topics, e.g. left_arm_controller/joint_trajectory")
+        raise ValueError(f"command_interface {interface!r} but command topics {wrong}: set left_command_topic / "
+                         f"right_command_topic to {hint}")
+
+
 @dataclass
 class ExecutorNodeConfig:
     """executor_node: chunks -> per-arm JointTrajectory commands at the control rate."""
@@ -73,6 +93,7 @@ class ExecutorNodeConfig:
     joint_states_topic: str = "joint_states"
     left_command_topic: str = "left_arm_controller/joint_trajectory"
     right_command_topic: str = "right_arm_controller/joint_trajectory"
+    command_interface: str = "trajectory"        # trajectory | position (COMMAND_INTERFACES)
     urdf_path: str = "urdf/aloha_vx300s.urdf"
     control_hz: float = CONTROL_HZ
     merge_strategy: str = "latest"               # latest | temporal_ensembling (ki_vla.infer.chunking.MERGERS)
@@ -125,6 +146,7 @@ class SimNodeConfig:
     joint_states_topic: str = "joint_states"
     left_command_topic: str = "left_arm_controller/joint_trajectory"
     right_command_topic: str = "right_arm_controller/joint_trajectory"
+    command_interface: str = "trajectory"        # the controllers the sim models: trajectory | position
     step_topic: str = "sim/step"
     reset_topic: str = "sim/reset"
     status_topic: str = "sim/status"
@@ -146,6 +168,7 @@ class SimNodeConfig:
             raise ValueError(f"target must be '', 'red' or 'blue', got {self.target!r}")
         if self.target and self.task != "transfer_color":
             raise ValueError("target only applies to task transfer_color")
+        check_command_interface(self.command_interface, (self.left_command_topic, self.right_command_topic))
         if self.camera_hz < 0 or (self.camera_hz > 0 and abs(self.control_hz / self.camera_hz
                                                              - round(self.control_hz / self.camera_hz)) > 1e-6):
             raise ValueError(f"camera_hz ({self.camera_hz}) must divide control_hz ({self.control_hz}) or be 0")

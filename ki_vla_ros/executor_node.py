@@ -22,13 +22,14 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.infer.chunking import ChunkExecutor, make_merger
 from ki_vla.infer.safety import ChunkCheck, ChunkRejected, JointLimits, JointMapping
 from ki_vla.joints import JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS
 from ki_vla.paths import require
-from ki_vla_ros.config import ExecutorNodeConfig
+from ki_vla_ros.config import ExecutorNodeConfig, check_command_interface
 from ki_vla_ros.msgs import command_trajectory, joint_state_positions, trajectory_to_arrays
 from ki_vla_ros.ros_util import (
     JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, now_sec, read_config,
@@ -123,6 +124,7 @@ class ExecutorNode(LifecycleNode):
         self.cfg = cfg = read_config(self, ExecutorNodeConfig)
         if cfg.control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {cfg.control_hz}")
+        check_command_interface(cfg.command_interface, (cfg.left_command_topic, cfg.right_command_topic))
         urdf = require(cfg.urdf_path)
         self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
         # The URDF's limits are in the robot's units; the executor works in the policy's (then maps each command).
@@ -137,8 +139,9 @@ class ExecutorNode(LifecycleNode):
         core = ChunkExecutor(merger, self.limits, self.dt, cfg.chunk_timeout, cfg.lookahead_points, check,
                              state_timeout=cfg.state_timeout, path_tolerance=np.asarray(cfg.path_tolerance),
                              state_jump_tolerance=cfg.state_jump_tolerance, state_confirm=cfg.state_confirm)
-        self.pub_left = self.create_publisher(JointTrajectory, cfg.left_command_topic, RELIABLE_QOS)
-        self.pub_right = self.create_publisher(JointTrajectory, cfg.right_command_topic, RELIABLE_QOS)
+        command_type = JointTrajectory if cfg.command_interface == "trajectory" else Float64MultiArray
+        self.pub_left = self.create_publisher(command_type, cfg.left_command_topic, RELIABLE_QOS)
+        self.pub_right = self.create_publisher(command_type, cfg.right_command_topic, RELIABLE_QOS)
         self._endpoints = [
             ("publisher", self.pub_left), ("publisher", self.pub_right),
             ("subscription", self.create_subscription(JointTrajectory, cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)),
@@ -149,7 +152,8 @@ class ExecutorNode(LifecycleNode):
             self.core = core
         self.get_logger().info(
             f"executor: {cfg.control_hz:g} Hz, merge={cfg.merge_strategy} (m={cfg.ensembling_m}), limits from "
-            f"{urdf}, chunks on {cfg.chunk_topic} -> {cfg.left_command_topic}, {cfg.right_command_topic}")
+            f"{urdf}, chunks on {cfg.chunk_topic} -> {cfg.command_interface} commands on {cfg.left_command_topic}, "
+            f"{cfg.right_command_topic}")
 
     def _teardown(self) -> None:
         with self._lock:
@@ -301,9 +305,15 @@ class ExecutorNode(LifecycleNode):
         self.tick_ms.add((time.perf_counter() - wall) * 1e3)
 
     def _publish(self, positions: np.ndarray) -> None:
+        """(lookahead, 14) -> each arm's command: a JointTrajectory with every look-ahead point, or the next
+        position alone for a streaming position controller (it holds each value until the next)."""
         robot = self.mapping.to_robot(positions)
-        self.pub_left.publish(command_trajectory(LEFT_JOINTS, robot[:, self.left_idx], self.dt))
-        self.pub_right.publish(command_trajectory(RIGHT_JOINTS, robot[:, self.right_idx], self.dt))
+        if self.cfg.command_interface == "position":
+            self.pub_left.publish(Float64MultiArray(data=[float(x) for x in robot[0, self.left_idx]]))
+            self.pub_right.publish(Float64MultiArray(data=[float(x) for x in robot[0, self.right_idx]]))
+        else:
+            self.pub_left.publish(command_trajectory(LEFT_JOINTS, robot[:, self.left_idx], self.dt))
+            self.pub_right.publish(command_trajectory(RIGHT_JOINTS, robot[:, self.right_idx], self.dt))
         self.commands += 1
 
     def _report_control(self) -> tuple[int, str, dict[str, Any]]:

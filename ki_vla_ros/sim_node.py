@@ -3,7 +3,8 @@
 Publishes `/<cam>/image_raw` (sensor_msgs/Image rgb8), `/joint_states` (the 14 joints of
 ki_vla.joints), `/clock` (sim time, for nodes run with use_sim_time), the episode's instruction
 (latched) and a JSON status per tick (reward, success: what evaluators need). Subscribes to the two
-arm controller topics with JointTrajectoryController semantics (ki_vla.sim.trajectory), plus
+arm controller topics as the controllers `command_interface` names would: JointTrajectoryController
+(ki_vla.sim.trajectory) or a streaming position controller (Float64MultiArray, held until the next), plus
 `/sim/step` (std_msgs/UInt32: advance N ticks) and `/sim/reset` (std_msgs/Int64: new episode with
 that seed, negative = next seed).
 
@@ -27,11 +28,13 @@ import time
 from collections import deque
 from typing import Any
 
+import numpy as np
+
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Header, Int64, String, UInt32
+from std_msgs.msg import Float64MultiArray, Header, Int64, String, UInt32
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.joints import JOINT_NAMES
@@ -81,8 +84,9 @@ class SimNode(Node):
         self.instruction_pub = (self.create_publisher(String, self.cfg.instruction_topic, LATCHED_QOS)
                                 if self.cfg.instruction_topic else None)
         self.clock_pub = self.create_publisher(Clock, self.cfg.clock_topic, CLOCK_QOS) if self.cfg.publish_clock else None
+        command_type = JointTrajectory if self.cfg.command_interface == "trajectory" else Float64MultiArray
         for arm, topic in (("left", self.cfg.left_command_topic), ("right", self.cfg.right_command_topic)):
-            self.create_subscription(JointTrajectory, topic, lambda m, a=arm: self._on_trajectory(a, m), RELIABLE_QOS)
+            self.create_subscription(command_type, topic, lambda m, a=arm: self._on_command(a, m), RELIABLE_QOS)
         self.create_subscription(UInt32, self.cfg.step_topic, self._on_step, RELIABLE_QOS)
         self.create_subscription(Int64, self.cfg.reset_topic, self._on_reset, RELIABLE_QOS)
 
@@ -92,7 +96,7 @@ class SimNode(Node):
         # ticks once, however the two topics interleave on the wire: bit-reproducible runs.
         self._cond = threading.Condition()
         self._events: deque[tuple[str, Any, Any]] = deque()
-        self._unpaired: dict[str, deque[JointTrajectory]] = {"left": deque(), "right": deque()}
+        self._unpaired: dict[str, deque[Any]] = {"left": deque(), "right": deque()}
         self._stop = threading.Event()
         # Counters for diagnostics (written by the worker only).
         self.ticks = 0
@@ -112,7 +116,7 @@ class SimNode(Node):
             f"/clock {'on' if self.cfg.publish_clock else 'off'}")
 
     # ------------------------------------------------------------------ callbacks (queue only)
-    def _on_trajectory(self, arm: str, msg: JointTrajectory) -> None:
+    def _on_command(self, arm: str, msg: JointTrajectory | Float64MultiArray) -> None:
         with self._cond:
             if self.cfg.mode == "lockstep" and self.cfg.lockstep_on_command:
                 self._unpaired[arm].append(msg)
@@ -183,14 +187,20 @@ class SimNode(Node):
                         return
                     self._tick()
 
-    def _command(self, arm: str, msg: JointTrajectory) -> None:
+    def _command(self, arm: str, msg: JointTrajectory | Float64MultiArray) -> None:
+        """Apply one arm command the way its controller would: a JointTrajectoryController's trajectory, or a
+        position controller's Float64MultiArray (the arm's joints in order, held until the next)."""
         try:
-            names, times, positions = trajectory_to_arrays(msg)
-            if not self.robot.command(arm, names, times, positions, to_sec(msg.header.stamp)):
+            if isinstance(msg, Float64MultiArray):
+                accepted = self.robot.command_position(arm, np.asarray(msg.data, dtype=np.float64))
+            else:
+                names, times, positions = trajectory_to_arrays(msg)
+                accepted = self.robot.command(arm, names, times, positions, to_sec(msg.header.stamp))
+            if not accepted:
                 self.settle_ignored += 1
         except ValueError as exc:
             self.rejected += 1
-            self.log.warn(f"reject-{arm}", f"{arm} arm: rejected trajectory: {exc}")
+            self.log.warn(f"reject-{arm}", f"{arm} arm: rejected {self.cfg.command_interface} command: {exc}")
 
     def _tick(self) -> None:
         self._publish(self.robot.tick())
@@ -257,7 +267,7 @@ class SimNode(Node):
         if not self._worker.is_alive():
             return Diagnostics.ERROR, "sim worker thread stopped", kv
         if self.rejected:
-            return Diagnostics.WARN, f"{self.rejected} trajectory command(s) rejected", kv
+            return Diagnostics.WARN, f"{self.rejected} arm command(s) rejected", kv
         return Diagnostics.OK, f"{self.cfg.mode}, {self.ticks} ticks", kv
 
     def destroy_node(self) -> None:

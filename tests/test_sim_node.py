@@ -200,3 +200,35 @@ def test_scripted_recorder_joins_a_sim_that_is_already_up(tmp_path):
         rec._worker.join(timeout=120.0)
         assert not rec._worker.is_alive() and rec.error == ""
     assert (tmp_path / "bags" / "episode_000000" / "metadata.yaml").is_file()
+
+
+def test_position_controller_interface_executor_drives_the_sim():
+    """command_interface=position (ALOHA's streaming JointGroupPositionController): the executor publishes one
+    Float64MultiArray per arm and tick, the sim holds each until the next and ticks on each pair; a message with
+    the wrong number of joints is rejected and counted, never applied; JTC topic names in position mode are refused
+    at start (a silent no-op on a robot)."""
+    from std_msgs.msg import Float64MultiArray
+
+    from ki_vla_ros.executor_node import ExecutorNode
+
+    topics = dict(left_command_topic="left_arm_controller/commands", right_command_topic="right_arm_controller/commands",
+                  command_interface="position")
+    with ros_harness() as h:
+        sim = h.add(SimNode(context=h.context, parameter_overrides=_params(mode="lockstep", camera_hz=0.0, **topics)))
+        ex = h.add(ExecutorNode(context=h.context, parameter_overrides=_params(use_sim_time=True, **topics)))
+        t = h.node("sim_position_kick")
+        cmds = Collector(t, Float64MultiArray, "/left_arm_controller/commands", RELIABLE_QOS)
+        step = t.create_publisher(UInt32, "/sim/step", RELIABLE_QOS)
+        bad = t.create_publisher(Float64MultiArray, "/left_arm_controller/commands", RELIABLE_QOS)
+        assert wait_for(lambda: step.get_subscription_count() >= 1, 10.0)
+        assert wait_for(lambda: getattr(ex.core, "measured", None) is not None, 10.0)
+        step.publish(UInt32(data=1))
+        assert wait_for(lambda: sim.ticks >= 60, 20.0), (sim.ticks, ex.commands)
+        assert sim.rejected == 0 and len(cmds) and len(cmds.msgs[-1].data) == len(LEFT_JOINTS)
+        np.testing.assert_allclose(cmds.msgs[-1].data, sim.env.state()[:7], atol=0.05)   # holding home
+        bad.publish(Float64MultiArray(data=[0.0] * 3))
+        assert wait_for(lambda: sim.rejected >= 1, 10.0)
+        with pytest.raises(ValueError, match="command topics"):
+            SimNode(context=h.context, parameter_overrides=_params(command_interface="position"))
+        with pytest.raises(ValueError, match="command_interface"):
+            ExecutorNode(context=h.context, parameter_overrides=_params(command_interface="effort"))

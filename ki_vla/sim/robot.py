@@ -88,6 +88,23 @@ class SimRobot:
         self.controllers[arm].set_trajectory(joint_names, times, positions, stamp, self.clock)
         return True
 
+    def command_position(self, arm: str, positions: np.ndarray) -> bool:
+        """One streaming position command for `arm` (a JointGroupPositionController's Float64MultiArray: the arm's
+        joints in its controller's order, held until the next). Raises ValueError; False while settling."""
+        if arm not in self.controllers:
+            raise ValueError(f"arm must be 'left' or 'right', got {arm!r}")
+        ctrl = self.controllers[arm]
+        q = np.asarray(positions, dtype=np.float64).reshape(-1)
+        if q.shape != (len(ctrl.joint_names),) or not np.all(np.isfinite(q)):
+            ctrl.rejected += 1
+            raise ValueError(f"expected {len(ctrl.joint_names)} finite positions ({', '.join(ctrl.joint_names)}), "
+                             f"got {q.tolist()[:16]}")
+        if self.clock < self._settle_until - 1e-9:
+            return False
+        ctrl.hold(q)
+        ctrl.accepted += 1
+        return True
+
     def setpoint(self, t: float) -> np.ndarray:
         """14-D command at robot time t (our joint order)."""
         return np.concatenate([self.controllers["left"].command(t), self.controllers["right"].command(t)])
