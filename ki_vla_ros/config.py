@@ -77,7 +77,8 @@ def check_command_interface(interface: str, topics: tuple[str, ...]) -> None:
     mode would be a silent no-op on the robot: nobody listens there with that type)."""
     if interface not in COMMAND_INTERFACES:
         raise ValueError(f"command_interface must be one of {list(COMMAND_INTERFACES)}, got {interface!r}")
-    wrong = [t for t in topics if (interface == "position") == t.endswith("joint_trajectory")]
+    other = "joint_trajectory" if interface == "position" else "commands"
+    wrong = [t for t in topics if t.rstrip("/").endswith(other)]
     if wrong:
         hint = ("the position controllers' topics, e.g. left_arm_controller/commands" if interface == "position"
                 else "the JointTrajectoryControllers' topics, e.g. left_arm_controller/joint_trajectory")

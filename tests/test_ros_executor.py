@@ -285,10 +285,10 @@ def test_cleanup_set_configure_rereads_parameters_and_a_bad_value_fails_the_tran
         assert ex.trigger_configure() == TransitionCallbackReturn.FAILURE   # ...and refused by configure
         assert state() == "unconfigured" and ex.core is None
         assert "control_hz" in ex._configure_error
-        moved = Collector(test, JointTrajectory, "/left_arm/commands", RELIABLE_QOS)
+        moved = Collector(test, JointTrajectory, "/left_arm/joint_trajectory", RELIABLE_QOS)
         assert set_param("control_hz", 50.0).successful
         assert set_param("chunk_timeout", 1.5).successful
-        assert set_param("left_command_topic", "/left_arm/commands").successful
+        assert set_param("left_command_topic", "/left_arm/joint_trajectory").successful
         assert ex.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert ex.core.chunk_timeout == 1.5
         assert ex.trigger_activate() == TransitionCallbackReturn.SUCCESS
