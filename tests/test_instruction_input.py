@@ -146,3 +146,26 @@ def test_engine_serves_instruction_film_like_the_reference():
         batch = _batch(policy, [text])
         torch.testing.assert_close(engine.sample_actions(batch, noise=noise), policy.sample_actions(batch, noise=noise),
                                    atol=1e-5, rtol=0)
+
+
+def test_keypoint_grad_lets_the_flow_loss_train_the_keypoint_stem_only():
+    """`expert.keypoint_grad`: the flow loss reaches the (from-scratch) keypoint stem, still not the backbone's
+    pretrained parts (the token embeddings stay insulated); without it, KI keeps the stem out of the flow loss."""
+    base = _policy()
+    for keypoint_grad in (False, True):
+        cfg = dataclasses.replace(base.cfg, expert=dataclasses.replace(base.cfg.expert, keypoint_grad=keypoint_grad))
+        torch.manual_seed(0)
+        policy = KIPolicy(cfg)
+        open_time_gates(policy)
+        batch = {**policy.example_batch(2), **{k: v for k, v in _batch(policy, ["a", "b"]).items()
+                                               if k in ("instruction_ids", "instruction_valid")}}
+        policy.zero_grad()
+        policy.compute_loss(batch)["flow"].backward()
+        stem = policy.backbone.keypoints.stem[0].weight.grad
+        assert (stem is not None and stem.abs().sum() > 0) == keypoint_grad
+        emb = policy.backbone.language_model.embed_tokens.weight.grad
+        assert emb is None or emb.abs().sum() == 0
+    with pytest.raises(ValueError, match="keypoint_grad"):
+        PolicyConfig.from_dict({**base.cfg.to_dict(), "expert": {**dataclasses.asdict(base.cfg.expert),
+                                                                  "keypoint_input": False, "instruction_film": False,
+                                                                  "keypoint_grad": True}})
