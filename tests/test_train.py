@@ -265,6 +265,30 @@ def test_ranks_read_disjoint_samples_that_mix_episodes(dataset, tmp_path):
     assert episodes == {0, 1}  # both episodes of the fixture within the first global batches
 
 
+def test_start_frames_are_oversampled_and_the_order_stays_a_function_of_the_seed(dataset, tmp_path):
+    """start_frames / start_repeat: each episode's first frames appear start_repeat times per epoch, every other
+    frame once; the schedule still walks whole epochs and two schedules from one seed agree (exact resume)."""
+    from collections import Counter
+
+    from ki_vla.train.trainer import StepSchedule
+
+    trainer = Trainer(config(dataset, tmp_path / "start", max_steps=2, save_every=2, start_frames=3, start_repeat=4))
+    ds = trainer.dataset
+    order = ds.block_order(0, 0, start_frames=3, start_repeat=4)
+    counts = Counter(order)
+    assert len(order) == len(ds) + ds.num_episodes * 3 * 3
+    for ep in range(ds.num_episodes):
+        frames = list(ds.episode_range(ep))
+        assert all(counts[i] == 4 for i in frames[:3]) and all(counts[i] == 1 for i in frames[3:])
+    a, b = (StepSchedule(ds, seed=0, batch_size=2, accum=1, world_size=1, start_frames=3, start_repeat=4)
+            for _ in range(2))
+    steps = len(order) // 2
+    assert [a.indices(s, 0, 0) for s in range(steps + 3)] == [b.indices(s, 0, 0) for s in range(steps + 3)]
+    assert Counter(i for s in range(steps) for i in a.indices(s, 0, 0)) == counts   # one epoch = the order
+    with pytest.raises(ValueError, match="start_repeat"):
+        ds.block_order(0, 0, start_frames=3, start_repeat=0)
+
+
 def test_validation_holds_out_the_last_episodes_and_logs_their_loss(dataset, tmp_path):
     trainer = Trainer(config(dataset, tmp_path / "val", max_steps=4, save_every=4, val_episodes=1, val_every=2,
                              val_batches=2, batch_size=2))

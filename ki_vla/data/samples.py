@@ -153,15 +153,23 @@ class ChunkDataset(Dataset):
                 chunks.append(actions[start + idx])
         return np.stack(chunks).astype(np.float32)
 
-    def block_order(self, seed: int, epoch: int = 0, episodes_per_block: int | None = None) -> list[int]:
-        """A cache-friendly shuffled permutation of all sample indices (see the module docstring)."""
+    def block_order(self, seed: int, epoch: int = 0, episodes_per_block: int | None = None,
+                    start_frames: int = 0, start_repeat: int = 1) -> list[int]:
+        """A cache-friendly shuffled permutation of all sample indices (see the module docstring), in which the
+        first `start_frames` frames of every episode appear `start_repeat` times (train config `start_frames`):
+        the frames before the arm moves are the only ones whose chunk must come from the images alone."""
+        if start_frames < 0 or start_repeat < 1:
+            raise ValueError(f"start_frames must be >= 0 and start_repeat >= 1, got {start_frames}, {start_repeat}")
         k = episodes_per_block or self.cache_episodes
         rng = np.random.default_rng([int(seed), int(epoch)])
         episodes = rng.permutation(self.num_episodes)
         order: list[int] = []
         for b in range(0, len(episodes), k):
-            block = np.concatenate([np.asarray(self.episode_range(int(e))) for e in episodes[b : b + k]])
-            order.extend(rng.permutation(block).tolist())
+            parts = []
+            for e in episodes[b : b + k]:
+                frames = np.asarray(self.episode_range(int(e)))
+                parts += [frames] + [frames[:start_frames]] * (start_repeat - 1)
+            order.extend(rng.permutation(np.concatenate(parts)).tolist())
         return order
 
 

@@ -65,9 +65,11 @@ class StepSchedule:
     own placement for co-training); global position p = step * global_batch walks through the epochs.
     """
 
-    def __init__(self, dataset: Any, seed: int, batch_size: int, accum: int, world_size: int) -> None:
+    def __init__(self, dataset: Any, seed: int, batch_size: int, accum: int, world_size: int,
+                 start_frames: int = 0, start_repeat: int = 1) -> None:
         self.dataset, self.seed = dataset, seed
         self.batch_size, self.accum, self.world = batch_size, accum, world_size
+        self.start_frames, self.start_repeat = start_frames, start_repeat
         self._epoch, self._order = -1, []
 
     @property
@@ -80,12 +82,13 @@ class StepSchedule:
                 self.dataset.set_epoch(epoch)
                 self._order = list(range(len(self.dataset)))
             else:
-                self._order = self.dataset.block_order(self.seed, epoch)
+                self._order = self.dataset.block_order(self.seed, epoch, start_frames=self.start_frames,
+                                                       start_repeat=self.start_repeat)
             self._epoch = epoch
         return self._order
 
     def indices(self, step: int, rank: int, micro: int) -> list[int]:
-        n = len(self.dataset)
+        n = len(self._order_for(max(self._epoch, 0)))   # every epoch's order has the same length
         start = step * self.global_batch + (micro * self.world + rank) * self.batch_size
         out = []
         for p in range(start, start + self.batch_size):
@@ -159,7 +162,10 @@ class Trainer:
         self.dataset: Any = robot
         if cfg.vlm_ratio > 0:
             self.dataset = MixtureDataset(robot, VLMDataset(cfg.vlm_dataset), cfg.vlm_ratio, seed=cfg.seed)
-        self.schedule = StepSchedule(self.dataset, cfg.seed, cfg.batch_size, cfg.grad_accum_steps, self.env.world_size)
+        if cfg.start_frames and isinstance(self.dataset, MixtureDataset):
+            raise ValueError("start_frames / start_repeat apply to robot data alone, not with vlm_ratio > 0")
+        self.schedule = StepSchedule(self.dataset, cfg.seed, cfg.batch_size, cfg.grad_accum_steps, self.env.world_size,
+                                     cfg.start_frames, cfg.start_repeat)
         self.augment = ImageAugment(cfg.image_shift, cfg.image_rotate, cfg.color_jitter)
 
         self.policy.backbone.gradient_checkpointing = cfg.gradient_checkpointing
