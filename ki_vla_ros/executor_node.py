@@ -81,7 +81,7 @@ class ExecutorNode(LifecycleNode):
         self._lock = threading.Lock()
         self.cfg = declare_config(self, ExecutorNodeConfig, live=LIVE_PARAMETERS, on_configure=CONFIGURE_PARAMETERS)
         self.core: ChunkExecutor | None = None
-        self._endpoints: list[Any] = []     # subscriptions, publishers and the control timer of this configure
+        self._endpoints: list[tuple[Any, Any]] = []   # (destroy, entity) of this configure's topics and timer
         self.log = ThrottledLog(self)
         self.left_idx = [JOINT_NAMES.index(j) for j in LEFT_JOINTS]
         self.right_idx = [JOINT_NAMES.index(j) for j in RIGHT_JOINTS]
@@ -143,11 +143,12 @@ class ExecutorNode(LifecycleNode):
         self.pub_left = self.create_publisher(command_type, cfg.left_command_topic, RELIABLE_QOS)
         self.pub_right = self.create_publisher(command_type, cfg.right_command_topic, RELIABLE_QOS)
         self._endpoints = [
-            ("publisher", self.pub_left), ("publisher", self.pub_right),
-            ("subscription", self.create_subscription(JointTrajectory, cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)),
-            ("subscription", self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state,
-                                                      JOINT_STATE_IN_QOS)),
-            ("timer", self.create_timer(self.dt, self._tick))]
+            (self.destroy_publisher, self.pub_left), (self.destroy_publisher, self.pub_right),
+            (self.destroy_subscription,
+             self.create_subscription(JointTrajectory, cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)),
+            (self.destroy_subscription,
+             self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state, JOINT_STATE_IN_QOS)),
+            (self.destroy_timer, self.create_timer(self.dt, self._tick))]
         with self._lock:
             self.core = core
         self.get_logger().info(
@@ -158,9 +159,8 @@ class ExecutorNode(LifecycleNode):
     def _teardown(self) -> None:
         with self._lock:
             self.core = None
-        for kind, entity in self._endpoints:
-            {"publisher": self.destroy_publisher, "subscription": self.destroy_subscription,
-             "timer": self.destroy_timer}[kind](entity)
+        for destroy, entity in self._endpoints:
+            destroy(entity)
         self._endpoints = []
 
     def _scaled_limits(self, velocity_scale: float) -> tuple[JointLimits, JointLimits]:

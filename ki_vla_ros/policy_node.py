@@ -60,12 +60,12 @@ class PolicyNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("policy_node", **kwargs)
         self.cfg = declare_config(self, PolicyNodeConfig, on_configure=CONFIGURE_PARAMETERS)
-        self.mapping = JointMapping.from_lists(self.cfg.joint_scale, self.cfg.joint_offset, NUM_JOINTS)
+        self.mapping: JointMapping | None = None   # built with the rest in configure
+        self.log = ThrottledLog(self)
+        self.policy: Any = None
         self.add_on_set_parameters_callback(
             lambda params: refuse_unless_unconfigured(params, CONFIGURE_PARAMETERS, self.policy is not None,
                                                       self.get_name()) or SetParametersResult(successful=True))
-        self.log = ThrottledLog(self)
-        self.policy: Any = None
         self.assembler: ObservationAssembler | None = None
         self.chunk_pub: Any = None
         self._subs: list[Any] = []

@@ -18,6 +18,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 # Infrastructure topics every graph has: their rates say nothing about the robot.
 SKIP_TOPICS = ("/parameter_events", "/rosout")
 LEVELS = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
+LIFECYCLE_TIMEOUT = 2.0   # s after the window to wait for get_state answers
 PROBE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
@@ -77,8 +78,8 @@ def graph_status(window: float = 2.0, discovery: float = 1.0) -> GraphStatus:
 
         spin_for(discovery)
         me = node.get_fully_qualified_name()
-        names = sorted(f"{ns.rstrip('/')}/{n}" for n, ns in node.get_node_names_and_namespaces()
-                       if f"{ns.rstrip('/')}/{n}" != me)
+        # A set: a node that just went away (or two with one name) is listed twice by discovery.
+        names = sorted({f"{ns.rstrip('/')}/{n}" for n, ns in node.get_node_names_and_namespaces()} - {me})
         services = {s for s, _ in node.get_service_names_and_types()}
         counts: dict[str, int] = {}
         topics = []
@@ -108,6 +109,10 @@ def graph_status(window: float = 2.0, discovery: float = 1.0) -> GraphStatus:
         t0 = time.monotonic()
         spin_for(window)
         elapsed = time.monotonic() - t0
+        # A loaded node may answer get_state after the window: give the answers a little longer (rates are done).
+        deadline = time.monotonic() + LIFECYCLE_TIMEOUT
+        while not all(f.done() for f in futures.values()) and time.monotonic() < deadline:
+            ex.spin_once(timeout_sec=0.05)
         nodes = []
         for name in names:
             f = futures.get(name)
