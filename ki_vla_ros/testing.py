@@ -22,9 +22,9 @@ from rclpy.node import Node
 class RosHarness:
     """A private context plus a background executor; add nodes, wait for conditions, tear down."""
 
-    def __init__(self) -> None:
+    def __init__(self, domain_id: int | None = None) -> None:
         self.context = Context()
-        rclpy.init(context=self.context)
+        rclpy.init(context=self.context, domain_id=domain_id)
         # Single-threaded on purpose: rclpy's MultiThreadedExecutor driven by spin_once delivered timers at
         # a few Hz instead of 50 on this project's 2-core CI; node logic that must not block (inference)
         # runs in the node's own thread anyway.
@@ -69,9 +69,13 @@ class RosHarness:
 
 
 @contextmanager
-def ros_harness() -> Iterator[RosHarness]:
-    """A RosHarness that is always closed; raises at exit if any callback raised (nodes must not)."""
-    h = RosHarness()
+def ros_harness(domain_id: int | None = None) -> Iterator[RosHarness]:
+    """A RosHarness that is always closed; raises at exit if any callback raised (nodes must not).
+
+    `domain_id` isolates a test whose other process inspects the whole graph: participants of earlier tests in this
+    process outlive their shut-down contexts for a while, and a graph tool run then saw their nodes and counted every
+    message twice (measured: 100 Hz on a 50 Hz topic with one publisher)."""
+    h = RosHarness(domain_id)
     try:
         yield h
     finally:
