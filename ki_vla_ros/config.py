@@ -9,6 +9,7 @@ dataclass can be loaded from the YAML without ROS (tests, the CLI, offline tools
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 from ki_vla.configs import build, load_yaml
 from ki_vla.infer.safety import path_tolerances
-from ki_vla.joints import CONTROL_HZ, JOINT_NAMES, NUM_JOINTS
+from ki_vla.joints import CONTROL_HZ, JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS, RobotLayout
 
 DEFAULT_CONFIG = "config/bimanual.yaml"
 
@@ -48,6 +49,8 @@ class PolicyNodeConfig:
     engine_text_tokens: int = 0                  # the engine's prompt budget (0 = the model's max_text_tokens)
     camera_topic: str = "ki_vla/camera/{name}"  # camera names come from the model's config
     joint_states_topic: str = "joint_states"
+    # The robot's joint names in policy order, "namespace/joint" for per-arm stacks: the executor's (RobotLayout).
+    joint_names: list[str] = field(default_factory=lambda: list(JOINT_NAMES))
     instruction_topic: str = "instruction"
     chunk_topic: str = "ki_vla/action_chunk"
     max_image_age: float = 0.25                  # s; older frames make the observation stale
@@ -72,7 +75,7 @@ class PolicyNodeConfig:
 COMMAND_INTERFACES = ("trajectory", "position")
 
 
-def check_command_interface(interface: str, topics: tuple[str, ...]) -> None:
+def check_command_interface(interface: str, topics: Sequence[str]) -> None:
     """ValueError for an unknown interface or a topic left at the other interface's name (a JTC topic in position
     mode would be a silent no-op on the robot: nobody listens there with that type)."""
     if interface not in COMMAND_INTERFACES:
@@ -82,20 +85,41 @@ def check_command_interface(interface: str, topics: tuple[str, ...]) -> None:
     if wrong:
         hint = ("the position controllers' topics, e.g. left_arm_controller/commands" if interface == "position"
                 else "the JointTrajectoryControllers' topics, e.g. left_arm_controller/joint_trajectory")
-        raise ValueError(f"command_interface {interface!r} but command topics {wrong}: set left_command_topic / "
-                         f"right_command_topic to {hint}")
+        raise ValueError(f"command_interface {interface!r} but command_topics {wrong}: set command_topics to {hint}")
 
 
 @dataclass
-class ExecutorNodeConfig:
-    """executor_node: chunks -> per-arm JointTrajectory commands at the control rate."""
+class RobotInterfaceConfig:
+    """The robot side shared by the executor and the sim that stands in for the robot (ki_vla.joints.RobotLayout):
+    joint names as /joint_states and the controllers call them (policy order; "namespace/joint" for a per-arm
+    ros2_control stack), one command topic per controller with its joints, and the controllers' kind."""
+
+    joint_states_topic: str = "joint_states"
+    joint_names: list[str] = field(default_factory=lambda: list(JOINT_NAMES))
+    command_topics: list[str] = field(default_factory=lambda: ["left_arm_controller/joint_trajectory",
+                                                               "right_arm_controller/joint_trajectory"])
+    command_joints: list[str] = field(default_factory=lambda: [",".join(LEFT_JOINTS), ",".join(RIGHT_JOINTS)])
+    command_interface: str = "trajectory"        # trajectory | position (COMMAND_INTERFACES)
+    # robot units = joint_scale * policy units + joint_offset per joint (ki_vla.infer.safety.JointMapping); the sim
+    # applies it too, so it speaks the robot's units like the robot it stands in for
+    joint_scale: list[float] = field(default_factory=lambda: [1.0] * NUM_JOINTS)
+    joint_offset: list[float] = field(default_factory=lambda: [0.0] * NUM_JOINTS)
+
+    def layout(self) -> RobotLayout:
+        """The validated layout (ValueError with the reason)."""
+        check_command_interface(self.command_interface, self.command_topics)
+        return RobotLayout.from_parameters(self.joint_names, self.command_topics, self.command_joints)
+
+
+@dataclass
+class ExecutorNodeConfig(RobotInterfaceConfig):
+    """executor_node: chunks -> one command per controller at the control rate."""
 
     chunk_topic: str = "ki_vla/action_chunk"
-    joint_states_topic: str = "joint_states"
-    left_command_topic: str = "left_arm_controller/joint_trajectory"
-    right_command_topic: str = "right_arm_controller/joint_trajectory"
-    command_interface: str = "trajectory"        # trajectory | position (COMMAND_INTERFACES)
     urdf_path: str = "urdf/aloha_vx300s.urdf"
+    # The URDF joint whose limits (robot units) bound each policy joint, policy order; empty = the policy's names.
+    # A gripper commanded in finger metres reads the finger joint's limits (config/vx300s.yaml).
+    urdf_joints: list[str] = field(default_factory=list)
     control_hz: float = CONTROL_HZ
     merge_strategy: str = "latest"               # latest | temporal_ensembling (ki_vla.infer.chunking.MERGERS)
     ensembling_m: float = 0.01
@@ -110,6 +134,7 @@ class ExecutorNodeConfig:
     state_jump_tolerance: float = 0.2            # rad: a /joint_states sample this far from the last is doubted...
     state_confirm: int = 3                       # ...until this many consecutive samples agree (40 ms late at 50 Hz)
     lookahead_points: int = 1                    # trajectory points per command (1 = next tick only)
+    lookahead_velocities: bool = True            # with >= 2 points: velocities too (JTC's cubic interpolation)
     velocity_scale: float = 1.0                  # fraction of the URDF velocity limits allowed
     max_points: int = 1000
     jump_velocity_factor: float = 3.0
@@ -120,8 +145,6 @@ class ExecutorNodeConfig:
     hold_before_first_chunk: bool = True         # command the measured position until the first chunk
     realtime_priority: int = 0                   # >0: SCHED_FIFO priority for the control thread (needs
                                                  # CAP_SYS_NICE / rtprio limits; falls back to nice -10)
-    joint_scale: list[float] = field(default_factory=lambda: [1.0] * NUM_JOINTS)
-    joint_offset: list[float] = field(default_factory=lambda: [0.0] * NUM_JOINTS)
     diagnostics_period: float = 1.0
 
 
@@ -129,8 +152,8 @@ SIM_MODES = ("realtime", "lockstep")
 
 
 @dataclass
-class SimNodeConfig:
-    """sim_node parameters (every name is one)."""
+class SimNodeConfig(RobotInterfaceConfig):
+    """sim_node parameters (every name is one); the robot interface it models is the executor's."""
 
     task: str = "transfer_cube"                  # transfer_cube | insertion | transfer_color
     seed: int = 0                                # first episode's seed
@@ -144,10 +167,6 @@ class SimNodeConfig:
     camera_hz: float = 25.0                      # must divide control_hz; 0 = no cameras published
     camera_topic: str = "{name}/image_raw"
     camera_frame_id: str = "{name}_optical_frame"
-    joint_states_topic: str = "joint_states"
-    left_command_topic: str = "left_arm_controller/joint_trajectory"
-    right_command_topic: str = "right_arm_controller/joint_trajectory"
-    command_interface: str = "trajectory"        # the controllers the sim models: trajectory | position
     step_topic: str = "sim/step"
     reset_topic: str = "sim/reset"
     status_topic: str = "sim/status"
@@ -156,6 +175,9 @@ class SimNodeConfig:
     clock_topic: str = "/clock"
     idle_republish_period: float = 0.5           # lockstep: re-send the last observation while idle (s, 0 = off)
     reset_settle: float = 0.1                    # s after a reset: hold home, ignore commands (ki_vla.sim.robot)
+    # JointTrajectoryControllers start new trajectories from their last setpoint ("command": JTC with
+    # interpolate_from_desired_state: true) or from the measured position ("measured": JTC's default; ki_vla.sim.robot)
+    jtc_origin: str = "command"
     diagnostics_period: float = 1.0
 
     def validate(self) -> None:
@@ -169,7 +191,7 @@ class SimNodeConfig:
             raise ValueError(f"target must be '', 'red' or 'blue', got {self.target!r}")
         if self.target and self.task != "transfer_color":
             raise ValueError("target only applies to task transfer_color")
-        check_command_interface(self.command_interface, (self.left_command_topic, self.right_command_topic))
+        self.layout()
         if self.camera_hz < 0 or (self.camera_hz > 0 and abs(self.control_hz / self.camera_hz
                                                              - round(self.control_hz / self.camera_hz)) > 1e-6):
             raise ValueError(f"camera_hz ({self.camera_hz}) must divide control_hz ({self.control_hz}) or be 0")

@@ -1,13 +1,13 @@
-"""executor_node: action chunks -> per-arm JointTrajectory commands at the control rate.
+"""executor_node: action chunks -> one command per ros2_control controller at the control rate.
 
 Why a node of its own: the control loop must tick at 50 Hz whatever the policy does (slow inference, a
 crash, a GPU hiccup), so it lives in its own process with nothing heavy beside it. It is a lifecycle node and
 *active* means "may command the robot": inactive, it publishes nothing; deactivating holds at once (one command at
 the last commanded position, the plan dropped); activating starts again from the measured position.
 `autostart` (default) walks configure + activate at start for graphs without a lifecycle manager. The logic (validation,
-merging by timestamp, limits, hold and resume) is ki_vla.infer.chunking.ChunkExecutor; this file is the
-ROS wiring: subscriptions, timer, per-arm messages with ros2_control JointTrajectoryController semantics,
-and diagnostics.
+merging by timestamp, limits, hold and resume) is ki_vla.infer.chunking.ChunkExecutor; which joints go to which
+controller, and where /joint_states come from, is ki_vla.joints.RobotLayout (parameters joint_names, command_topics,
+command_joints); this file is the ROS wiring: subscriptions, timer, one message per controller, diagnostics.
 """
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.infer.chunking import ChunkExecutor, make_merger
 from ki_vla.infer.safety import ChunkCheck, ChunkRejected, JointLimits, JointMapping
-from ki_vla.joints import JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS
+from ki_vla.joints import JOINT_NAMES, NUM_JOINTS, RobotLayout, state_topic
 from ki_vla.paths import require
-from ki_vla_ros.config import ExecutorNodeConfig, check_command_interface
-from ki_vla_ros.msgs import command_trajectory, joint_state_positions, trajectory_to_arrays
+from ki_vla_ros.config import ExecutorNodeConfig
+from ki_vla_ros.msgs import JointStateJoiner, command_trajectory, trajectory_to_arrays
 from ki_vla_ros.ros_util import (
     JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, now_sec, read_config,
     refuse_unless_unconfigured, run_node, to_sec)
@@ -83,8 +83,9 @@ class ExecutorNode(LifecycleNode):
         self.core: ChunkExecutor | None = None
         self._endpoints: list[tuple[Any, Any]] = []   # (destroy, entity) of this configure's topics and timer
         self.log = ThrottledLog(self)
-        self.left_idx = [JOINT_NAMES.index(j) for j in LEFT_JOINTS]
-        self.right_idx = [JOINT_NAMES.index(j) for j in RIGHT_JOINTS]
+        self.layout: RobotLayout | None = None
+        self._publishers: list[Any] = []              # one per layout group
+        self.state_topics: list[str] = []
         self._reset_counters()
         if self.cfg.realtime_priority > 0:
             self.get_logger().info(raise_priority(self.cfg.realtime_priority))
@@ -124,11 +125,17 @@ class ExecutorNode(LifecycleNode):
         self.cfg = cfg = read_config(self, ExecutorNodeConfig)
         if cfg.control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {cfg.control_hz}")
-        check_command_interface(cfg.command_interface, (cfg.left_command_topic, cfg.right_command_topic))
+        layout = cfg.layout()
         urdf = require(cfg.urdf_path)
         self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
         # The URDF's limits are in the robot's units; the executor works in the policy's (then maps each command).
-        self._urdf_limits = JointLimits.from_urdf(urdf, JOINT_NAMES)   # parsed once; velocity_scale may change live
+        # parsed once per configure (velocity_scale may change live); named by the policy's joints whatever URDF joint
+        # they were read from (urdf_joints), so messages and the gripper rules keep the policy's names
+        if cfg.urdf_joints and len(cfg.urdf_joints) != NUM_JOINTS:
+            raise ValueError(f"urdf_joints must name {NUM_JOINTS} URDF joints (policy order) or be empty, "
+                             f"got {len(cfg.urdf_joints)}")
+        read = JointLimits.from_urdf(urdf, list(cfg.urdf_joints) or JOINT_NAMES)
+        self._urdf_limits = JointLimits(JOINT_NAMES, read.lower, read.upper, read.velocity)
         self.robot_limits, self.limits = self._scaled_limits(cfg.velocity_scale)
         self.dt = 1.0 / cfg.control_hz
         check = ChunkCheck(max_points=cfg.max_points, jump_velocity_factor=cfg.jump_velocity_factor,
@@ -140,21 +147,27 @@ class ExecutorNode(LifecycleNode):
                              state_timeout=cfg.state_timeout, path_tolerance=np.asarray(cfg.path_tolerance),
                              state_jump_tolerance=cfg.state_jump_tolerance, state_confirm=cfg.state_confirm)
         command_type = JointTrajectory if cfg.command_interface == "trajectory" else Float64MultiArray
-        self.pub_left = self.create_publisher(command_type, cfg.left_command_topic, RELIABLE_QOS)
-        self.pub_right = self.create_publisher(command_type, cfg.right_command_topic, RELIABLE_QOS)
+        self._publishers = [self.create_publisher(command_type, g.topic, RELIABLE_QOS) for g in layout.groups]
+        # Each namespace's joint_states fill their joints of one vector; a state counts only once every source has
+        # reported within state_timeout (one silent arm must not look like a fresh robot).
+        self._joiner = JointStateJoiner(layout.state_sources, cfg.state_timeout)
+        self.state_topics = [state_topic(ns, cfg.joint_states_topic) for ns, _, _ in layout.state_sources]
+        state_subs = [self.create_subscription(JointState, topic, lambda m, k=k: self._on_joint_state(m, k),
+                                               JOINT_STATE_IN_QOS)
+                      for k, topic in enumerate(self.state_topics)]
         self._endpoints = [
-            (self.destroy_publisher, self.pub_left), (self.destroy_publisher, self.pub_right),
+            *((self.destroy_publisher, p) for p in self._publishers),
             (self.destroy_subscription,
              self.create_subscription(JointTrajectory, cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)),
-            (self.destroy_subscription,
-             self.create_subscription(JointState, cfg.joint_states_topic, self._on_joint_state, JOINT_STATE_IN_QOS)),
+            *((self.destroy_subscription, sub) for sub in state_subs),
             (self.destroy_timer, self.create_timer(self.dt, self._tick))]
         with self._lock:
+            self.layout = layout
             self.core = core
         self.get_logger().info(
             f"executor: {cfg.control_hz:g} Hz, merge={cfg.merge_strategy} (m={cfg.ensembling_m}), limits from "
-            f"{urdf}, chunks on {cfg.chunk_topic} -> {cfg.command_interface} commands on {cfg.left_command_topic}, "
-            f"{cfg.right_command_topic}")
+            f"{urdf}, chunks on {cfg.chunk_topic} -> {cfg.command_interface} commands on "
+            f"{', '.join(g.topic for g in layout.groups)}; joint states from {', '.join(self.state_topics)}")
 
     def _teardown(self) -> None:
         with self._lock:
@@ -238,17 +251,19 @@ class ExecutorNode(LifecycleNode):
             self.on_deactivate(state)
         return TransitionCallbackReturn.SUCCESS
 
-    def _on_joint_state(self, msg: JointState) -> None:
-        try:
-            q = joint_state_positions(msg, JOINT_NAMES)
-        except ValueError as exc:
-            self.state_errors.inc("invalid")
-            self.log.warn("joint_state", f"ignoring joint_states: {exc}")
-            return
+    def _on_joint_state(self, msg: JointState, source: int) -> None:
         with self._lock:
             if self.core is None:   # a message in flight across cleanup
                 return
-            believed = self.core.on_state(self.mapping.from_robot(q), now_sec(self))
+            try:
+                joined = self._joiner.update(source, msg, time.monotonic())
+            except ValueError as exc:
+                self.state_errors.inc("invalid")
+                self.log.warn(f"joint_state{source}", f"ignoring {self.state_topics[source]}: {exc}")
+                return
+            if joined is None:
+                return   # another source's joint_states are missing or stale: nothing to believe yet
+            believed = self.core.on_state(self.mapping.from_robot(joined[0]), now_sec(self))
         if not believed:
             self.log.warn("joint_state_jump", "joint_states jumped beyond state_jump_tolerance: not believed until "
                                               f"{self.cfg.state_confirm} samples agree")
@@ -285,12 +300,12 @@ class ExecutorNode(LifecycleNode):
         violations = self.core.path_violations
         cmd = self.core.tick(now)
         if cmd is None:
-            self.log.warn("no_state", f"waiting for {self.cfg.joint_states_topic} before commanding anything")
+            self.log.warn("no_state", f"waiting for {' + '.join(self.state_topics)} before commanding anything")
             return
         if self.core.path_violations > violations:
             self.log.warn("path_tolerance", f"path tolerance exceeded: {self.core.last_violation}")
         if cmd.hold_reason == "stale_state":
-            self.log.warn("stale_state", f"no {self.cfg.joint_states_topic} for more than "
+            self.log.warn("stale_state", f"no {' + '.join(self.state_topics)} for more than "
                           f"{self.cfg.state_timeout:g} s: holding the last command")
         if cmd.holding:
             self.hold_ticks += 1
@@ -305,15 +320,15 @@ class ExecutorNode(LifecycleNode):
         self.tick_ms.add((time.perf_counter() - wall) * 1e3)
 
     def _publish(self, positions: np.ndarray) -> None:
-        """(lookahead, 14) -> each arm's command: a JointTrajectory with every look-ahead point, or the next
+        """(lookahead, 14) -> each controller's command: a JointTrajectory with every look-ahead point, or the next
         position alone for a streaming position controller (it holds each value until the next)."""
         robot = self.mapping.to_robot(positions)
-        if self.cfg.command_interface == "position":
-            self.pub_left.publish(Float64MultiArray(data=[float(x) for x in robot[0, self.left_idx]]))
-            self.pub_right.publish(Float64MultiArray(data=[float(x) for x in robot[0, self.right_idx]]))
-        else:
-            self.pub_left.publish(command_trajectory(LEFT_JOINTS, robot[:, self.left_idx], self.dt))
-            self.pub_right.publish(command_trajectory(RIGHT_JOINTS, robot[:, self.right_idx], self.dt))
+        for group, pub in zip(self.layout.groups, self._publishers):
+            part = robot[:, list(group.indices)]
+            if self.cfg.command_interface == "position":
+                pub.publish(Float64MultiArray(data=[float(x) for x in part[0]]))
+            else:
+                pub.publish(command_trajectory(group.joint_names, part, self.dt, self.cfg.lookahead_velocities))
         self.commands += 1
 
     def _report_control(self) -> tuple[int, str, dict[str, Any]]:
@@ -347,9 +362,9 @@ class ExecutorNode(LifecycleNode):
         if not self.active:
             return Diagnostics.WARN, "inactive (lifecycle): not commanding", kv
         if core.last_command is None:
-            return Diagnostics.WARN, f"no {self.cfg.joint_states_topic} yet: not commanding", kv
+            return Diagnostics.WARN, f"no {' + '.join(self.state_topics)} yet: not commanding", kv
         if state_age > self.cfg.state_timeout:
-            return Diagnostics.WARN, f"{self.cfg.joint_states_topic} silent for {state_age:.1f} s: holding", kv
+            return Diagnostics.WARN, f"{' + '.join(self.state_topics)} silent for {state_age:.1f} s: holding", kv
         if core.holding and core.last_violation and core.last_chunk_time is None:
             return Diagnostics.WARN, f"holding after a path tolerance violation: {core.last_violation}", kv
         if core.holding and core.timed_out(now_sec(self)):

@@ -14,6 +14,7 @@ from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ki_vla.data.images import ImageDecodeError, compressed_to_rgb, raw_to_rgb, rgb_to_raw
+from ki_vla.joints import StateSource
 from ki_vla_ros.ros_util import duration_to_sec, to_duration_msg, to_time_msg
 
 try:  # system ROS 2 only
@@ -68,6 +69,30 @@ def joint_state_positions(msg: JointState, names: tuple[str, ...] | list[str]) -
     return q
 
 
+class JointStateJoiner:
+    """One policy-order joint vector from the joint_states of several sources (ki_vla.joints.state_sources: one per
+    namespace of a per-arm ros2_control stack). Only a complete and fresh vector is returned: one arm's silent
+    driver must read as missing state, not as that arm standing still."""
+
+    def __init__(self, sources: tuple[StateSource, ...], timeout: float) -> None:
+        self.sources = sources
+        self.timeout = float(timeout)
+        self._q = np.full(sum(len(idx) for _, _, idx in sources), np.nan)
+        self._seen = [-np.inf] * len(sources)     # receive time of each source's last message
+        self._stamps = [0.0] * len(sources)
+
+    def update(self, source: int, msg: JointState, now: float) -> tuple[np.ndarray, float] | None:
+        """(positions, the oldest source's stamp) once every source is fresher than `timeout` s, else None.
+        Raises ValueError for a message that lacks a joint or carries NaN (joint_state_positions)."""
+        _, names, indices = self.sources[source]
+        self._q[list(indices)] = joint_state_positions(msg, names)
+        self._seen[source] = now
+        self._stamps[source] = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if any(now - t > self.timeout for t in self._seen):
+            return None
+        return self._q.copy(), min(self._stamps)
+
+
 def make_joint_state(names: tuple[str, ...] | list[str], q: np.ndarray, stamp: float) -> JointState:
     msg = JointState(name=list(names), position=[float(x) for x in q])
     msg.header.stamp = to_time_msg(stamp)
@@ -97,11 +122,24 @@ def trajectory_to_arrays(msg: JointTrajectory) -> tuple[list[str], np.ndarray, n
     return names, times, positions
 
 
-def command_trajectory(names: tuple[str, ...] | list[str], positions: np.ndarray, dt: float) -> JointTrajectory:
+def command_trajectory(names: tuple[str, ...] | list[str], positions: np.ndarray, dt: float,
+                       velocities: bool = False) -> JointTrajectory:
     """A ros2_control JointTrajectoryController command: stamp 0 (start now), point k at (k + 1) * dt,
-    strictly increasing; positions (K, J)."""
+    strictly increasing; positions (K, J).
+
+    `velocities` (K >= 2): each point also carries the path's velocity (central differences), so JTC interpolates
+    with cubic splines instead of straight segments whose velocity jumps at every point; the last point's velocity is
+    0, which JTC's default `allow_nonzero_velocity_at_trajectory_end: false` requires and which makes a stream that
+    stops end at rest on its last point."""
+    pos = np.atleast_2d(positions)
+    vel = None
+    if velocities and len(pos) >= 2:
+        vel = np.gradient(pos, dt, axis=0)
+        vel[-1] = 0.0
     msg = JointTrajectory(joint_names=list(names))
-    for k, row in enumerate(np.atleast_2d(positions)):
-        msg.points.append(JointTrajectoryPoint(positions=[float(x) for x in row],
-                                               time_from_start=to_duration_msg((k + 1) * dt)))
+    for k, row in enumerate(pos):
+        point = JointTrajectoryPoint(positions=[float(x) for x in row], time_from_start=to_duration_msg((k + 1) * dt))
+        if vel is not None:
+            point.velocities = [float(x) for x in vel[k]]
+        msg.points.append(point)
     return msg

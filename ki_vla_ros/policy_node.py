@@ -24,10 +24,10 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.data.images import ImageDecodeError
 from ki_vla.infer.safety import JointMapping
-from ki_vla.joints import JOINT_NAMES, NUM_JOINTS
+from ki_vla.joints import JOINT_NAMES, NUM_JOINTS, state_sources, state_topic
 from ki_vla.paths import require
 from ki_vla_ros.config import PolicyNodeConfig
-from ki_vla_ros.msgs import chunk_to_trajectory, image_msg_to_rgb, joint_state_positions
+from ki_vla_ros.msgs import JointStateJoiner, chunk_to_trajectory, image_msg_to_rgb
 from ki_vla.infer.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
 from ki_vla_ros.ros_util import (
     CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
@@ -61,6 +61,8 @@ class PolicyNode(LifecycleNode):
         super().__init__("policy_node", **kwargs)
         self.cfg = declare_config(self, PolicyNodeConfig, on_configure=CONFIGURE_PARAMETERS)
         self.mapping: JointMapping | None = None   # built with the rest in configure
+        self._joiner: JointStateJoiner | None = None
+        self.state_topics: list[str] = []
         self.log = ThrottledLog(self)
         self.policy: Any = None
         self.add_on_set_parameters_callback(
@@ -118,6 +120,8 @@ class PolicyNode(LifecycleNode):
 
         self.cfg = cfg = read_config(self, PolicyNodeConfig)
         self.mapping = JointMapping.from_lists(cfg.joint_scale, cfg.joint_offset, NUM_JOINTS)
+        # The executor's joint_names (ki_vla.joints.RobotLayout): one joint_states topic per namespace.
+        self._joiner = JointStateJoiner(state_sources(cfg.joint_names), cfg.max_state_age)
         try:
             if cfg.torch_threads > 0:
                 import torch
@@ -156,8 +160,9 @@ class PolicyNode(LifecycleNode):
             topic = cfg.camera_topic.format(name=name)
             self._subs.append(self.create_subscription(
                 Image, topic, lambda m, n=name: self._on_image(n, m), CAMERA_OUT_QOS))
-        self._subs.append(self.create_subscription(JointState, cfg.joint_states_topic, self._on_state,
-                                                   JOINT_STATE_IN_QOS))
+        self.state_topics = [state_topic(ns, cfg.joint_states_topic) for ns, _, _ in self._joiner.sources]
+        self._subs.extend(self.create_subscription(JointState, topic, lambda m, k=k: self._on_state(m, k),
+                                                   JOINT_STATE_IN_QOS) for k, topic in enumerate(self.state_topics))
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -242,16 +247,18 @@ class PolicyNode(LifecycleNode):
         self.assembler.set_image(name, stamp, decode)
         self._wake.set()
 
-    def _on_state(self, msg: JointState) -> None:
+    def _on_state(self, msg: JointState, source: int) -> None:
         if self.assembler is None:
             return
         try:
-            q = joint_state_positions(msg, JOINT_NAMES)
+            joined = self._joiner.update(source, msg, time.monotonic())
         except ValueError as exc:
             self.input_errors.inc("joint_states")
-            self.log.warn("joint_states", f"ignoring joint_states: {exc}")
+            self.log.warn(f"joint_states{source}", f"ignoring {self.state_topics[source]}: {exc}")
             return
-        stamp = to_sec(msg.header.stamp)
+        if joined is None:   # another namespace's joint_states are missing or older than max_state_age
+            return
+        q, stamp = joined
         if stamp == 0.0:
             stamp = now_sec(self)
         self.assembler.set_state(stamp, self.mapping.from_robot(q))

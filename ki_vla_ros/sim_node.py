@@ -37,7 +37,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, Header, Int64, String, UInt32
 from trajectory_msgs.msg import JointTrajectory
 
-from ki_vla.joints import JOINT_NAMES
+from ki_vla.infer.safety import JointMapping
+from ki_vla.joints import NUM_JOINTS, state_topic
 from ki_vla.sim.robot import SimRobot, TickResult
 from ki_vla.sim.scenes import BimanualSim
 from ki_vla_ros.config import SimNodeConfig
@@ -67,36 +68,42 @@ class SimNode(Node):
         super().__init__("sim_node", **kwargs)
         self.cfg = declare_config(self, SimNodeConfig)
         self.cfg.validate()
+        self.layout = self.cfg.layout()
+        self.mapping = JointMapping.from_lists(self.cfg.joint_scale, self.cfg.joint_offset, NUM_JOINTS)
         cams = tuple(self.cfg.camera_names) if self.cfg.camera_hz > 0 else ()
         self.env = BimanualSim(self.cfg.task, seed=self.cfg.seed, cameras=cams,
                                image_size=(self.cfg.image_height, self.cfg.image_width), control_hz=self.cfg.control_hz)
         clock_start = 0.0 if self.cfg.publish_clock else self.get_clock().now().nanoseconds * 1e-9
         self.robot = SimRobot(self.env, camera_every=self.cfg.camera_every or 1, clock_start=clock_start,
-                              reset_settle=self.cfg.reset_settle)
+                              reset_settle=self.cfg.reset_settle,
+                              groups={g.topic: (g.joint_names, g.indices) for g in self.layout.groups},
+                              jtc_origin=self.cfg.jtc_origin)
         self.log = ThrottledLog(self)
 
         image_qos = REALTIME_IMAGE_QOS if self.cfg.mode == "realtime" else IMAGE_QOS
         self.frames_published = 0
         self.image_pubs = {c: self.create_publisher(Image, self.cfg.camera_topic.format(name=c), image_qos)
                            for c in cams}
-        self.joint_pub = self.create_publisher(JointState, self.cfg.joint_states_topic, RELIABLE_QOS)
+        # One joint_states per namespace of the layout, with the names the robot's broadcaster would use.
+        self.joint_pubs = [(self.create_publisher(JointState, state_topic(ns, self.cfg.joint_states_topic), RELIABLE_QOS),
+                            names, list(idx)) for ns, names, idx in self.layout.state_sources]
         self.status_pub = self.create_publisher(String, self.cfg.status_topic, RELIABLE_QOS)
         self.instruction_pub = (self.create_publisher(String, self.cfg.instruction_topic, LATCHED_QOS)
                                 if self.cfg.instruction_topic else None)
         self.clock_pub = self.create_publisher(Clock, self.cfg.clock_topic, CLOCK_QOS) if self.cfg.publish_clock else None
         command_type = JointTrajectory if self.cfg.command_interface == "trajectory" else Float64MultiArray
-        for arm, topic in (("left", self.cfg.left_command_topic), ("right", self.cfg.right_command_topic)):
-            self.create_subscription(command_type, topic, lambda m, a=arm: self._on_command(a, m), RELIABLE_QOS)
+        for g in self.layout.groups:
+            self.create_subscription(command_type, g.topic, lambda m, t=g.topic: self._on_command(t, m), RELIABLE_QOS)
         self.create_subscription(UInt32, self.cfg.step_topic, self._on_step, RELIABLE_QOS)
         self.create_subscription(Int64, self.cfg.reset_topic, self._on_reset, RELIABLE_QOS)
 
-        # Requests from callbacks to the worker thread, in arrival order: ("traj", arm, msg),
-        # ("pair", left_msg, right_msg), ("steps", n, None), ("reset", seed, None). In lockstep with
-        # lockstep_on_command, the k-th left command is paired with the k-th right command and the pair
-        # ticks once, however the two topics interleave on the wire: bit-reproducible runs.
+        # Requests from callbacks to the worker thread, in arrival order: ("traj", controller topic, msg),
+        # ("group", {topic: msg}, None), ("steps", n, None), ("reset", seed, None). In lockstep with
+        # lockstep_on_command, the k-th commands of all controllers form a group that ticks once, however the
+        # topics interleave on the wire: bit-reproducible runs.
         self._cond = threading.Condition()
         self._events: deque[tuple[str, Any, Any]] = deque()
-        self._unpaired: dict[str, deque[Any]] = {"left": deque(), "right": deque()}
+        self._unpaired: dict[str, deque[Any]] = {g.topic: deque() for g in self.layout.groups}
         self._stop = threading.Event()
         # Counters for diagnostics (written by the worker only).
         self.ticks = 0
@@ -116,14 +123,14 @@ class SimNode(Node):
             f"/clock {'on' if self.cfg.publish_clock else 'off'}")
 
     # ------------------------------------------------------------------ callbacks (queue only)
-    def _on_command(self, arm: str, msg: JointTrajectory | Float64MultiArray) -> None:
+    def _on_command(self, topic: str, msg: JointTrajectory | Float64MultiArray) -> None:
         with self._cond:
             if self.cfg.mode == "lockstep" and self.cfg.lockstep_on_command:
-                self._unpaired[arm].append(msg)
-                if self._unpaired["left"] and self._unpaired["right"]:
-                    self._events.append(("pair", self._unpaired["left"].popleft(), self._unpaired["right"].popleft()))
+                self._unpaired[topic].append(msg)
+                if all(self._unpaired.values()):
+                    self._events.append(("group", {t: q.popleft() for t, q in self._unpaired.items()}, None))
             else:
-                self._events.append(("traj", arm, msg))
+                self._events.append(("traj", topic, msg))
             self._cond.notify()
 
     def _on_step(self, msg: UInt32) -> None:
@@ -131,9 +138,9 @@ class SimNode(Node):
             self.log.warn("step-realtime", f"ignoring {self.cfg.step_topic}: the sim runs in realtime mode")
             return
         with self._cond:
-            # Commands still waiting for their partner arm take effect before the explicit ticks.
-            for arm, queue in self._unpaired.items():
-                self._events.extend(("traj", arm, m) for m in queue)
+            # Commands still waiting for the other controllers' take effect before the explicit ticks.
+            for topic, queue in self._unpaired.items():
+                self._events.extend(("traj", topic, m) for m in queue)
                 queue.clear()
             self._events.append(("steps", int(msg.data), None))
             self._cond.notify()
@@ -168,7 +175,7 @@ class SimNode(Node):
         return events
 
     def _process(self, events: list[tuple[str, Any, Any]]) -> None:
-        """Apply events in order; "pair" and "steps" events tick (lockstep only)."""
+        """Apply events in order; "group" and "steps" events tick (lockstep only)."""
         for kind, a, b in events:
             if self._stop.is_set():
                 return
@@ -177,9 +184,9 @@ class SimNode(Node):
                 self._publish(self.robot.reset(seed=seed, target=self.cfg.target or None), reset=True)
             elif kind == "traj":
                 self._command(a, b)
-            elif kind == "pair":
-                self._command("left", a)
-                self._command("right", b)
+            elif kind == "group":
+                for topic, msg in a.items():
+                    self._command(topic, msg)
                 self._tick()
             elif kind == "steps":
                 for _ in range(a):
@@ -187,20 +194,35 @@ class SimNode(Node):
                         return
                     self._tick()
 
-    def _command(self, arm: str, msg: JointTrajectory | Float64MultiArray) -> None:
-        """Apply one arm command the way its controller would: a JointTrajectoryController's trajectory, or a
-        position controller's Float64MultiArray (the arm's joints in order, held until the next)."""
+    def _command(self, topic: str, msg: JointTrajectory | Float64MultiArray) -> None:
+        """Apply one controller's command the way it would: a JointTrajectoryController's trajectory, or a
+        position controller's Float64MultiArray (its joints in order, held until the next)."""
         try:
             if isinstance(msg, Float64MultiArray):
-                accepted = self.robot.command_position(arm, np.asarray(msg.data, dtype=np.float64))
+                accepted = self.robot.command_position(topic, self._from_robot(topic, np.asarray(msg.data, dtype=np.float64)))
             else:
                 names, times, positions = trajectory_to_arrays(msg)
-                accepted = self.robot.command(arm, names, times, positions, to_sec(msg.header.stamp))
+                positions = self._from_robot(topic, positions, names)
+                accepted = self.robot.command(topic, names, times, positions, to_sec(msg.header.stamp))
             if not accepted:
                 self.settle_ignored += 1
         except ValueError as exc:
             self.rejected += 1
-            self.log.warn(f"reject-{arm}", f"{arm} arm: rejected {self.cfg.command_interface} command: {exc}")
+            self.log.warn(f"reject-{topic}", f"{topic}: rejected {self.cfg.command_interface} command: {exc}")
+
+    def _from_robot(self, topic: str, positions: np.ndarray, names: list[str] | None = None) -> np.ndarray:
+        """One controller's command in the robot's units -> the sim's (policy units), column by column: by `names`
+        for a JointTrajectory (JTC takes its joints in any order), else in the group's order. A command of the wrong
+        shape or joints passes unchanged: the controller refuses it with the reason."""
+        joint_names, idx = self.robot.groups[topic]
+        if positions.ndim not in (1, 2) or positions.shape[-1] != len(idx):
+            return positions
+        if names is not None:
+            if sorted(names) != sorted(joint_names):
+                return positions
+            where = dict(zip(joint_names, idx))
+            idx = tuple(where[n] for n in names)
+        return (positions - self.mapping.offset[list(idx)]) / self.mapping.scale[list(idx)]
 
     def _tick(self) -> None:
         self._publish(self.robot.tick())
@@ -243,10 +265,12 @@ class SimNode(Node):
             header = Header(stamp=stamp, frame_id=self.cfg.camera_frame_id.format(name=cam))
             self.image_pubs[cam].publish(rgb_to_image_msg(img, header))
             self.frames_published += 1
-        js = JointState(name=list(JOINT_NAMES), position=[float(x) for x in r.state],
-                        velocity=[float(x) for x in r.velocity])
-        js.header.stamp = stamp
-        self.joint_pub.publish(js)
+        state, velocity = self.mapping.to_robot(r.state), self.mapping.scale * r.velocity
+        for pub, names, idx in self.joint_pubs:
+            js = JointState(name=list(names), position=[float(x) for x in state[idx]],
+                            velocity=[float(x) for x in velocity[idx]])
+            js.header.stamp = stamp
+            pub.publish(js)
         if reset and self.instruction_pub is not None:
             self.instruction_pub.publish(String(data=self.env.instruction))
         if not republish:

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -45,6 +46,11 @@ def check_jtc_message(msg, names):
     times = [duration_to_sec(p.time_from_start) for p in msg.points]
     assert times[0] > 0 and all(b > a for a, b in zip(times, times[1:]))
     assert all(len(p.positions) == 7 for p in msg.points)
+    if len(msg.points) >= 2:   # look-ahead: the path's velocities for JTC's splines, at rest on the last point
+        pos = np.array([p.positions for p in msg.points])
+        vel = np.array([p.velocities for p in msg.points])
+        np.testing.assert_allclose(vel[:-1], np.gradient(pos, times[1] - times[0], axis=0)[:-1], atol=1e-6)
+        assert np.all(vel[-1] == 0.0)
 
 
 def executor_rig(h, name: str, **params):
@@ -289,7 +295,7 @@ def test_cleanup_set_configure_rereads_parameters_and_a_bad_value_fails_the_tran
         moved = Collector(test, JointTrajectory, "/left_arm/joint_trajectory", RELIABLE_QOS)
         assert set_param("control_hz", 50.0).successful
         assert set_param("chunk_timeout", 1.5).successful
-        assert set_param("left_command_topic", "/left_arm/joint_trajectory").successful
+        assert set_param("command_topics", ["/left_arm/joint_trajectory", "right_arm_controller/joint_trajectory"]).successful
         assert ex.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert ex.core.chunk_timeout == 1.5
         assert ex.trigger_activate() == TransitionCallbackReturn.SUCCESS
@@ -359,7 +365,7 @@ def test_status_shows_nodes_lifecycle_rates_and_diagnostics():
     with ros_harness(domain_id=domain) as h:
         ex, test, left, right, diags, js_pub, chunk_pub = executor_rig(h, "executor_status_test", diagnostics_period=0.2)
         test.create_timer(DT, lambda: js_pub.publish(make_joint_state(JOINT_NAMES, home(), now_sec(test))))
-        res = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--json", "--window", "2"],
+        res = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--json", "--window", "2", "--discovery", "3"],
                              capture_output=True, text=True, timeout=60, env={**os.environ, "ROS_DOMAIN_ID": str(domain)})
         assert res.returncode == 0, res.stderr
         st = json.loads(res.stdout)
@@ -377,3 +383,26 @@ def test_status_shows_nodes_lifecycle_rates_and_diagnostics():
     bad = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--window", "0"],
                          capture_output=True, text=True, timeout=60, env=os.environ)
     assert bad.returncode == 2 and "window" in bad.stderr
+
+
+def test_joint_states_of_two_namespaces_join_into_one_fresh_vector():
+    """Per-arm ros2_control stacks publish follower_left/joint_states and follower_right/joint_states with the same
+    unprefixed names: the joiner fills each arm's joints from its own topic, and returns nothing until both are fresh
+    (one silent arm must read as missing state, never as that arm standing still)."""
+    from ki_vla.joints import state_sources
+    from ki_vla_ros.msgs import JointStateJoiner
+
+    arm = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "left_finger"]
+    sources = state_sources([f"follower_left/{j}" for j in arm] + [f"follower_right/{j}" for j in arm])
+    assert [ns for ns, _, _ in sources] == ["follower_left", "follower_right"]
+    joiner = JointStateJoiner(sources, timeout=0.1)
+    left, right = np.arange(7.0), 10 + np.arange(7.0)
+    assert joiner.update(0, make_joint_state(arm[::-1], left[::-1], 1.0), now=0.0) is None   # right never seen
+    q, stamp = joiner.update(1, make_joint_state(arm, right, 2.0), now=0.05)
+    np.testing.assert_array_equal(q, np.concatenate([left, right]))
+    assert stamp == 1.0                                                         # the older source's stamp
+    assert joiner.update(1, make_joint_state(arm, right, 3.0), now=0.2) is None  # left is 0.2 s old now
+    with pytest.raises(ValueError, match="lacks"):
+        joiner.update(0, make_joint_state(arm[:6], left[:6], 3.0), now=0.2)
+    with pytest.raises(ValueError, match="unique"):
+        state_sources(["follower_left/waist"] * 14)

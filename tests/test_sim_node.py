@@ -211,7 +211,7 @@ def test_position_controller_interface_executor_drives_the_sim():
 
     from ki_vla_ros.executor_node import ExecutorNode
 
-    topics = dict(left_command_topic="left_arm_controller/commands", right_command_topic="right_arm_controller/commands",
+    topics = dict(command_topics=["left_arm_controller/commands", "right_arm_controller/commands"],
                   command_interface="position")
     with ros_harness() as h:
         sim = h.add(SimNode(context=h.context, parameter_overrides=_params(mode="lockstep", camera_hz=0.0, **topics)))
@@ -228,7 +228,56 @@ def test_position_controller_interface_executor_drives_the_sim():
         np.testing.assert_allclose(cmds.msgs[-1].data, sim.env.state()[:7], atol=0.05)   # holding home
         bad.publish(Float64MultiArray(data=[0.0] * 3))
         assert wait_for(lambda: sim.rejected >= 1, 10.0)
-        with pytest.raises(ValueError, match="command topics"):
+        with pytest.raises(ValueError, match="command_topics"):
             SimNode(context=h.context, parameter_overrides=_params(command_interface="position"))
         with pytest.raises(ValueError, match="command_interface"):
             ExecutorNode(context=h.context, parameter_overrides=_params(command_interface="effort"))
+
+
+def test_interbotix_layout_drives_the_sim_through_four_controllers_in_robot_units():
+    """config/vx300s.yaml (Interbotix's per-arm ros2_control: namespaces, unprefixed names, a 6-joint arm and a
+    1-joint gripper JTC per arm, the finger in metres) with the sim behind the same topics: joint states arrive per
+    namespace, the executor commands four controllers with look-ahead points, the gripper in metres within the
+    finger's limits, and a chunk moves the arm it names."""
+    import dataclasses
+
+    from ki_vla_ros.config import ExecutorNodeConfig, SimNodeConfig, read_parameter_file
+    from ki_vla_ros.executor_node import ExecutorNode
+    from ki_vla_ros.msgs import chunk_to_trajectory
+
+    params = read_parameter_file("config/vx300s.yaml")
+
+    def node_params(name: str, cls: type, **extra):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return _params(**{k: v for k, v in params[name].items() if k in fields}, **extra)
+
+    with ros_harness() as h:
+        sim = h.add(SimNode(context=h.context, parameter_overrides=node_params(
+            "sim_node", SimNodeConfig, mode="lockstep", camera_hz=0.0, jtc_origin="measured")))   # Interbotix's JTCs
+        ex = h.add(ExecutorNode(context=h.context, parameter_overrides=node_params(
+            "executor_node", ExecutorNodeConfig, use_sim_time=True)))
+        t = h.node("vx300s_layout_test")
+        left_js = Collector(t, JointState, "/follower_left/joint_states", RELIABLE_QOS)
+        grip = Collector(t, JointTrajectory, "/follower_right/gripper_controller/joint_trajectory", RELIABLE_QOS)
+        arm = Collector(t, JointTrajectory, "/follower_left/arm_controller/joint_trajectory", RELIABLE_QOS)
+        chunks = t.create_publisher(JointTrajectory, "/ki_vla/action_chunk", RELIABLE_QOS)
+        step = t.create_publisher(UInt32, "/sim/step", RELIABLE_QOS)
+        assert wait_for(lambda: step.get_subscription_count() >= 1 and len(left_js) > 0, 10.0)
+        assert wait_for(lambda: getattr(ex.core, "measured", None) is not None, 10.0)
+        step.publish(UInt32(data=1))
+        assert wait_for(lambda: sim.ticks >= 40, 20.0), (sim.ticks, ex.commands)
+        assert sim.rejected == 0
+        home = sim.env.state().copy()
+        js = left_js.msgs[-1]
+        assert list(js.name) == ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "left_finger"]
+        assert js.position[6] == pytest.approx(0.021 + 0.036 * home[6], abs=1e-6)   # the finger in metres
+        g = grip.msgs[-1]
+        assert list(g.joint_names) == ["left_finger"] and len(g.points) == 5
+        assert all(0.021 - 1e-9 <= p.positions[0] <= 0.057 + 1e-9 for p in g.points)
+        assert len(arm.msgs[-1].joint_names) == 6
+        # A chunk (policy names and units) that turns the right waist by 0.2 rad over one second.
+        actions = np.repeat(home[None], 50, axis=0)
+        actions[:, 7] += np.linspace(0.0, 0.2, 50)
+        chunks.publish(chunk_to_trajectory(actions, JOINT_NAMES, sim.robot.clock, DT))
+        assert wait_for(lambda: abs(sim.env.state()[7] - home[7] - 0.2) < 0.03, 20.0), sim.env.state()[7] - home[7]
+        assert abs(sim.env.state()[0] - home[0]) < 0.03 and sim.rejected == 0

@@ -1,4 +1,8 @@
-"""The sim as a ros2_control robot, minus ROS: two JointTrajectoryControllers driving `BimanualSim`.
+"""The sim as a ros2_control robot, minus ROS: one controller per joint group driving `BimanualSim`.
+
+The groups are a robot layout's controllers (ki_vla.joints.RobotLayout: by default one 7-joint controller per arm;
+an Interbotix layout has a 6-joint arm and a 1-joint gripper controller per arm, with unprefixed names), each a
+JointTrajectoryController or a streaming position controller.
 
 `SimRobot` is what `ki_vla_ros/sim_node.py` wires to topics. Keeping it here means the controller
 semantics, the clock and the camera schedule are tested without DDS, and the node stays wiring.
@@ -23,11 +27,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ki_vla.joints import LEFT_JOINTS, RIGHT_JOINTS
+from ki_vla.joints import LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS
 from ki_vla.sim.scenes import BimanualSim
 from ki_vla.sim.trajectory import TrajectoryFollower
 
-ARMS = {"left": LEFT_JOINTS, "right": RIGHT_JOINTS}
+# group name -> (joint names as its controller calls them, their indices in the 14-D state)
+Groups = dict[str, tuple[tuple[str, ...], tuple[int, ...]]]
+JTC_ORIGINS = ("command", "measured")
+ARMS: Groups = {"left": (LEFT_JOINTS, tuple(range(7))), "right": (RIGHT_JOINTS, tuple(range(7, NUM_JOINTS)))}
 
 
 @dataclass
@@ -42,13 +49,22 @@ class TickResult:
 
 
 class SimRobot:
-    """BimanualSim + per-arm JTC semantics + a monotonic clock + camera decimation.
+    """BimanualSim + per-group controller semantics + a monotonic clock + camera decimation.
 
     camera_every: render the cameras on every n-th tick (and at reset), e.g. 2 for 25 Hz at 50 Hz control.
+    groups: the controllers (default one per arm, "left" and "right"); together they must cover the 14 joints once.
+    jtc_origin: where a JointTrajectoryController starts a new trajectory. "command" (JTC with
+      `interpolate_from_desired_state: true`): from its last setpoint, and physics follows each tick's end setpoint.
+      "measured" (JTC's default): from the measured position, and the controller updates at every physics substep,
+      so a 50 Hz stream of one-point commands to a lagging arm becomes the sawtooth reference a real JTC produces
+      (the arm under-tracks: tests/test_sim_robot.py measures it).
     """
 
     def __init__(self, env: BimanualSim, camera_every: int = 1, clock_start: float = 0.0,
-                 reset_settle: float = 0.0) -> None:
+                 reset_settle: float = 0.0, groups: Groups | None = None, jtc_origin: str = "command") -> None:
+        if jtc_origin not in JTC_ORIGINS:
+            raise ValueError(f"jtc_origin must be one of {list(JTC_ORIGINS)}, got {jtc_origin!r}")
+        self.jtc_origin = jtc_origin
         if camera_every < 1:
             raise ValueError(f"camera_every must be >= 1, got {camera_every}")
         if not reset_settle >= 0:
@@ -59,9 +75,12 @@ class SimRobot:
         self.clock = float(clock_start)
         self.episode_start = self.clock
         self._settle_until = -np.inf
+        self.groups = dict(ARMS if groups is None else groups)
+        covered = sorted(i for _, idx in self.groups.values() for i in idx)
+        if covered != list(range(NUM_JOINTS)):
+            raise ValueError(f"controller groups must cover joints 0..{NUM_JOINTS - 1} once each, got {covered}")
         state = env.state()
-        self.controllers = {"left": TrajectoryFollower(LEFT_JOINTS, state[:7]),
-                            "right": TrajectoryFollower(RIGHT_JOINTS, state[7:])}
+        self.controllers = {g: TrajectoryFollower(names, state[list(idx)]) for g, (names, idx) in self.groups.items()}
 
     @property
     def dt(self) -> float:
@@ -72,27 +91,28 @@ class SimRobot:
         obs = self.env.reset(seed=seed, target=target, render=False)
         self.episode_start = self.clock
         self._settle_until = self.clock + self.reset_settle
-        for side, ctrl in self.controllers.items():
-            ctrl.hold(obs["state"][:7] if side == "left" else obs["state"][7:])
+        for g, ctrl in self.controllers.items():
+            ctrl.hold(obs["state"][list(self.groups[g][1])])
         return TickResult(self.clock, obs["state"], obs["velocity"], self.env.render(), self.env.step_count)
 
     def command(self, arm: str, joint_names: Sequence[str], times: np.ndarray, positions: np.ndarray,
                 stamp: float) -> bool:
-        """One JointTrajectory for `arm` ("left" | "right"); stamp 0 = start now. Raises ValueError.
+        """One JointTrajectory for controller group `arm`; stamp 0 = start now. Raises ValueError.
 
         Returns False when the command was ignored because the arms are settling after a reset."""
         if arm not in self.controllers:
-            raise ValueError(f"arm must be 'left' or 'right', got {arm!r}")
+            raise ValueError(f"controller must be one of {list(self.controllers)}, got {arm!r}")
         if self.clock < self._settle_until - 1e-9:
             return False
-        self.controllers[arm].set_trajectory(joint_names, times, positions, stamp, self.clock)
+        measured = self.env.state()[list(self.groups[arm][1])] if self.jtc_origin == "measured" else None
+        self.controllers[arm].set_trajectory(joint_names, times, positions, stamp, self.clock, origin=measured)
         return True
 
     def command_position(self, arm: str, positions: np.ndarray) -> bool:
         """One streaming position command for `arm` (a JointGroupPositionController's Float64MultiArray: the arm's
         joints in its controller's order, held until the next). Raises ValueError; False while settling."""
         if arm not in self.controllers:
-            raise ValueError(f"arm must be 'left' or 'right', got {arm!r}")
+            raise ValueError(f"controller must be one of {list(self.controllers)}, got {arm!r}")
         ctrl = self.controllers[arm]
         q = np.asarray(positions, dtype=np.float64).reshape(-1)
         if q.shape != (len(ctrl.joint_names),) or not np.all(np.isfinite(q)):
@@ -107,12 +127,20 @@ class SimRobot:
 
     def setpoint(self, t: float) -> np.ndarray:
         """14-D command at robot time t (our joint order)."""
-        return np.concatenate([self.controllers["left"].command(t), self.controllers["right"].command(t)])
+        q = np.empty(NUM_JOINTS)
+        for g, ctrl in self.controllers.items():
+            q[list(self.groups[g][1])] = ctrl.command(t)
+        return q
 
     def tick(self) -> TickResult:
         """Advance one control period; render if the camera schedule says so."""
         t_next = self.clock + self.dt
-        obs = self.env.step(self.setpoint(t_next), render=False)
+        if self.jtc_origin == "measured":   # the controller's setpoint at every substep, not only at the tick's end
+            h = self.dt / self.env.substeps
+            command = np.stack([self.setpoint(self.clock + (k + 1) * h) for k in range(self.env.substeps)])
+        else:
+            command = self.setpoint(t_next)
+        obs = self.env.step(command, render=False)
         # Sim time is the source of truth; avoid float drift over long runs.
         self.clock = self.episode_start + self.env.step_count * self.dt
         for ctrl in self.controllers.values():

@@ -422,16 +422,24 @@ class BimanualSim:
     def step(self, command: np.ndarray | list[float], render: bool = True) -> dict:
         """Apply a 14-D joint position command and advance one control tick; returns the observation.
 
-        Arm joints are clipped by the actuators' ctrlrange (the joint limits); grippers are clipped to
-        [0, 1]. render=False skips the cameras (the observation's "images" is then empty).
+        `command` (substeps, 14) gives each physics substep its own target instead: a ros2_control controller
+        updating faster than the commands arrive (SimRobot's JTC from the measured state). Arm joints are clipped by
+        the actuators' ctrlrange (the joint limits); grippers are clipped to [0, 1]. render=False skips the cameras
+        (the observation's "images" is then empty).
         """
         cmd = np.asarray(command, dtype=np.float64)
-        if cmd.shape != (NUM_JOINTS,):
-            raise ValueError(f"command must have shape ({NUM_JOINTS},) in JOINT_NAMES order, got {cmd.shape}")
+        if cmd.shape not in ((NUM_JOINTS,), (self.substeps, NUM_JOINTS)):
+            raise ValueError(f"command must have shape ({NUM_JOINTS},) in JOINT_NAMES order, or ({self.substeps}, "
+                             f"{NUM_JOINTS}) for one per substep, got {cmd.shape}")
         if not np.all(np.isfinite(cmd)):
             raise ValueError("command contains NaN or inf")
-        self._write_ctrl(cmd)
-        mujoco.mj_step(self.model, self.data, nstep=self.substeps)
+        if cmd.ndim == 1:
+            self._write_ctrl(cmd)
+            mujoco.mj_step(self.model, self.data, nstep=self.substeps)
+        else:
+            for row in cmd:
+                self._write_ctrl(row)
+                mujoco.mj_step(self.model, self.data)
         self.step_count += 1
         return self.observation(render=render)
 

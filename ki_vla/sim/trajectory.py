@@ -7,8 +7,9 @@ the JTC a real robot or Gazebo runs, so that the executor cannot tell the differ
   robot's: sim time when the sim publishes /clock).
 * Points are reached at `start + time_from_start`; between points positions are interpolated linearly
   (JTC's interpolation for position-only points); before the first point the setpoint moves linearly from
-  the setpoint in effect at `start` (JTC with `open_loop_control`), so a first point at
-  time_from_start 0 is applied at once; after the last point it is held.
+  the setpoint in effect at `start` (JTC with `interpolate_from_desired_state`, `open_loop_control` in older
+  releases) or from the measured position (JTC's default: `origin`), so a first point at time_from_start 0 is
+  applied at once; after the last point it is held.
 * A new trajectory replaces the current one from its start time on (until then the old one continues).
 * `joint_names` may come in any order but must be exactly the group's joints (JTC's default
   `allow_partial_joints_goal: false`); times must increase strictly; positions must be finite; a
@@ -57,17 +58,20 @@ class TrajectoryFollower:
         self._hold = p.copy()
 
     def set_trajectory(self, joint_names: Sequence[str], times: np.ndarray, positions: np.ndarray,
-                       stamp: float, now: float) -> None:
-        """Accept one JointTrajectory (already unpacked); raises ValueError if JTC would reject it."""
+                       stamp: float, now: float, origin: np.ndarray | None = None) -> None:
+        """Accept one JointTrajectory (already unpacked); raises ValueError if JTC would reject it.
+
+        `origin`: where the path to the first point starts; None = the setpoint in effect (JTC's
+        `interpolate_from_desired_state: true`), the measured position for JTC's default."""
         try:
-            self._set(joint_names, times, positions, stamp, now)
+            self._set(joint_names, times, positions, stamp, now, origin)
         except ValueError:
             self.rejected += 1
             raise
         self.accepted += 1
 
     def _set(self, joint_names: Sequence[str], times: np.ndarray, positions: np.ndarray,
-             stamp: float, now: float) -> None:
+             stamp: float, now: float, origin: np.ndarray | None) -> None:
         names = list(joint_names)
         if sorted(names) != sorted(self.joint_names):
             missing = sorted(set(self.joint_names) - set(names))
@@ -89,7 +93,8 @@ class TrajectoryFollower:
         if start + times[-1] < now:
             raise ValueError(f"trajectory ends at {start + times[-1]:.3f} s, before now ({now:.3f} s)")
         order = [names.index(n) for n in self.joint_names]
-        seg = _Segment(start=start, times=times, positions=positions[:, order], origin=self.command(start))
+        seg = _Segment(start=start, times=times, positions=positions[:, order],
+                       origin=self.command(start) if origin is None else np.asarray(origin, dtype=np.float64).copy())
         # A newer trajectory replaces everything that would start at or after its own start.
         self._segments = [s for s in self._segments if s.start < start] + [seg]
 
