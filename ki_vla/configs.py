@@ -133,4 +133,15 @@ def build(cls: type[T], data: dict[str, Any], where: str) -> T:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**{k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: check_range(coerce(v, hints[k], f"{where}.{k}"), fields[k], f"{where}.{k}") for k, v in data.items()})
+
+
+def check_range(value: Any, f: dataclasses.Field, where: str) -> Any:
+    """`value` unless the field declares a `range` (metadata {"range": (lo, hi)}) that it is outside of."""
+    bounds = f.metadata.get("range")
+    if bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = bounds
+        if not lo <= value <= hi:
+            raise ConfigError(f"{where}: {value!r} is outside its range [{lo}, {hi}]")
+    return value

@@ -24,6 +24,12 @@ DEFAULT_CONFIG = "config/bimanual.yaml"
 T = TypeVar("T")
 
 
+def between(lo: float, hi: float) -> dict[str, Any]:
+    """A field's allowed range: declared in the ROS parameter's descriptor (`ros2 param describe` shows it and
+    `ros2 param set` outside it fails) and checked when the config is read, from ROS or from YAML alike."""
+    return {"range": (lo, hi)}
+
+
 @dataclass
 class CameraNodeConfig:
     """camera_node: raw driver frames -> RGB frames at the model's size."""
@@ -32,10 +38,10 @@ class CameraNodeConfig:
     input_topic: str = "{name}/image_raw"       # "{name}" is replaced by each camera name
     transport: str = "raw"                       # "raw" (sensor_msgs/Image) or "compressed" (<input_topic>/compressed)
     output_topic: str = "ki_vla/camera/{name}"
-    image_size: int = 224                        # square side the model wants
+    image_size: int = field(default=224, metadata=between(8, 4096))                        # square side the model wants
     resize_mode: str = "pad"                     # crop | pad | stretch (ki_vla.data.images.resize_for_model)
     use_cv_bridge: bool = True                   # use ROS cv_bridge for raw frames when it is installed
-    diagnostics_period: float = 1.0
+    diagnostics_period: float = field(default=1.0, metadata=between(0.01, 60.0))
 
 
 @dataclass
@@ -46,26 +52,31 @@ class PolicyNodeConfig:
     device: str = "auto"                         # auto = cuda when available, else cpu
     engine: str = "auto"                         # auto (engine for expert variants, CUDA graphs on GPU) | on | off
     engine_fuse: str = "auto"                    # auto (fused norms/activations via torch.compile on GPU) | on | off
-    engine_text_tokens: int = 0                  # the engine's prompt budget (0 = the model's max_text_tokens)
+    # the engine's prompt budget (0 = the model's max_text_tokens)
+    engine_text_tokens: int = field(default=0, metadata=between(0, 100000))
     camera_topic: str = "ki_vla/camera/{name}"  # camera names come from the model's config
     joint_states_topic: str = "joint_states"
     # The robot's joint names in policy order, "namespace/joint" for per-arm stacks: the executor's (RobotLayout).
     joint_names: list[str] = field(default_factory=lambda: list(JOINT_NAMES))
     instruction_topic: str = "instruction"
     chunk_topic: str = "ki_vla/action_chunk"
-    max_image_age: float = 0.25                  # s; older frames make the observation stale
-    max_state_age: float = 0.1                   # s
-    max_future_stamp: float = 0.05               # s; inputs stamped further ahead of our clock are refused (skew)
-    max_instruction_chars: int = 512
+    # s; older frames make the observation stale
+    max_image_age: float = field(default=0.25, metadata=between(0.0, 60.0))
+    max_state_age: float = field(default=0.1, metadata=between(0.0, 60.0))                   # s
+    # s; inputs stamped further ahead of our clock are refused (skew)
+    max_future_stamp: float = field(default=0.05, metadata=between(0.0, 60.0))
+    max_instruction_chars: int = field(default=512, metadata=between(1, 100000))
     instruction_latched: bool = True             # also subscribe transient-local (gets a latched publisher's
                                                  # last value; volatile publishers then log a QoS notice)
     default_instruction: str = ""                # used until one arrives on the topic ("" = wait for one)
-    min_inference_period: float = 0.0            # s between inference starts; 0 = as fast as fresh data allows
+    # s between inference starts; 0 = as fast as fresh data allows
+    min_inference_period: float = field(default=0.0, metadata=between(0.0, 60.0))
     autostart: bool = True                       # configure + activate on start (no lifecycle manager needed)
-    torch_threads: int = 0                       # CPU threads for torch (0 = torch's default)
+    # CPU threads for torch (0 = torch's default)
+    torch_threads: int = field(default=0, metadata=between(0, 1024))
     joint_scale: list[float] = field(default_factory=lambda: [1.0] * NUM_JOINTS)
     joint_offset: list[float] = field(default_factory=lambda: [0.0] * NUM_JOINTS)
-    diagnostics_period: float = 1.0
+    diagnostics_period: float = field(default=1.0, metadata=between(0.01, 60.0))
 
 
 # How the executor commands each arm, and so which ros2_control controller the robot runs (README, "Commanding the
@@ -120,32 +131,38 @@ class ExecutorNodeConfig(RobotInterfaceConfig):
     # The URDF joint whose limits (robot units) bound each policy joint, policy order; empty = the policy's names.
     # A gripper commanded in finger metres reads the finger joint's limits (config/vx300s.yaml).
     urdf_joints: list[str] = field(default_factory=list)
-    control_hz: float = CONTROL_HZ
+    control_hz: float = field(default=CONTROL_HZ, metadata=between(1.0, 1000.0))
     merge_strategy: str = "latest"               # latest | temporal_ensembling (ki_vla.infer.chunking.MERGERS)
-    ensembling_m: float = 0.01
-    max_chunks: int = 64
-    chunk_timeout: float = 0.5                   # s after the newest chunk's last point -> input timed out
-                                                 # (chunks are followed to their end, then the command held)
-    state_timeout: float = 0.1                   # s without /joint_states -> stop advancing, hold the last command
+    ensembling_m: float = field(default=0.01, metadata=between(0.0, 10.0))
+    max_chunks: int = field(default=64, metadata=between(1, 1000))
+    # s after the newest chunk's last point -> input timed out (chunks are followed to their end, then the command held)
+    chunk_timeout: float = field(default=0.5, metadata=between(0.0, 60.0))
+    # s without /joint_states -> stop advancing, hold the last command
+    state_timeout: float = field(default=0.1, metadata=between(0.0, 10.0))
     # Per joint (JOINT_NAMES order), JointTrajectoryController semantics, 0 = unchecked: the measured position
     # farther than this from the command re-anchors the command there and holds (ki_vla.infer.chunking).
     path_tolerance: list[float] = field(default_factory=lambda: path_tolerances(JOINT_NAMES).tolist())
     autostart: bool = True                       # configure + activate on start (active = may command the robot)
-    state_jump_tolerance: float = 0.2            # rad: a /joint_states sample this far from the last is doubted...
-    state_confirm: int = 3                       # ...until this many consecutive samples agree (40 ms late at 50 Hz)
-    lookahead_points: int = 1                    # trajectory points per command (1 = next tick only)
+    # rad: a /joint_states sample this far from the last is doubted...
+    state_jump_tolerance: float = field(default=0.2, metadata=between(0.0, 10.0))
+    # ...until this many consecutive samples agree (40 ms late at 50 Hz)
+    state_confirm: int = field(default=3, metadata=between(1, 100))
+    # trajectory points per command (1 = next tick only)
+    lookahead_points: int = field(default=1, metadata=between(1, 100))
     lookahead_velocities: bool = True            # with >= 2 points: velocities too (JTC's cubic interpolation)
-    velocity_scale: float = 1.0                  # fraction of the URDF velocity limits allowed
-    max_points: int = 1000
-    jump_velocity_factor: float = 3.0
-    max_start_deviation: float = 0.5
-    limit_tolerance: float = 0.2
-    gripper_limit_tolerance: float = 1.0         # joints named *gripper (ki_vla.infer.safety.ChunkCheck)
+    # fraction of the URDF velocity limits allowed
+    velocity_scale: float = field(default=1.0, metadata=between(0.0, 1.0))
+    max_points: int = field(default=1000, metadata=between(1, 100000))
+    jump_velocity_factor: float = field(default=3.0, metadata=between(1.0, 100.0))
+    max_start_deviation: float = field(default=0.5, metadata=between(0.0, 10.0))
+    limit_tolerance: float = field(default=0.2, metadata=between(0.0, 10.0))
+    # joints named *gripper (ki_vla.infer.safety.ChunkCheck)
+    gripper_limit_tolerance: float = field(default=1.0, metadata=between(0.0, 10.0))
     check_gripper_motion: bool = False           # jump / start-deviation checks on grippers too
     hold_before_first_chunk: bool = True         # command the measured position until the first chunk
-    realtime_priority: int = 0                   # >0: SCHED_FIFO priority for the control thread (needs
-                                                 # CAP_SYS_NICE / rtprio limits; falls back to nice -10)
-    diagnostics_period: float = 1.0
+    # >0: SCHED_FIFO priority for the control thread (needs CAP_SYS_NICE / rtprio limits; falls back to nice -10)
+    realtime_priority: int = field(default=0, metadata=between(0, 99))
+    diagnostics_period: float = field(default=1.0, metadata=between(0.01, 60.0))
 
 
 SIM_MODES = ("realtime", "lockstep")
@@ -160,11 +177,12 @@ class SimNodeConfig(RobotInterfaceConfig):
     target: str = ""                             # transfer_color: "red" | "blue" | "" (drawn per seed)
     mode: str = "realtime"                       # realtime | lockstep
     lockstep_on_command: bool = True             # lockstep: tick when both arms were commanded
-    control_hz: float = CONTROL_HZ
+    control_hz: float = field(default=CONTROL_HZ, metadata=between(1.0, 1000.0))
     camera_names: list[str] = field(default_factory=lambda: ["cam_high", "cam_left_wrist", "cam_right_wrist"])
-    image_height: int = 240
-    image_width: int = 320
-    camera_hz: float = 25.0                      # must divide control_hz; 0 = no cameras published
+    image_height: int = field(default=240, metadata=between(8, 4096))
+    image_width: int = field(default=320, metadata=between(8, 4096))
+    # must divide control_hz; 0 = no cameras published
+    camera_hz: float = field(default=25.0, metadata=between(0.0, 1000.0))
     camera_topic: str = "{name}/image_raw"
     camera_frame_id: str = "{name}_optical_frame"
     step_topic: str = "sim/step"
@@ -173,12 +191,14 @@ class SimNodeConfig(RobotInterfaceConfig):
     instruction_topic: str = "sim/instruction"  # "" = do not publish; "/instruction" feeds the policy directly
     publish_clock: bool = True
     clock_topic: str = "/clock"
-    idle_republish_period: float = 0.5           # lockstep: re-send the last observation while idle (s, 0 = off)
-    reset_settle: float = 0.1                    # s after a reset: hold home, ignore commands (ki_vla.sim.robot)
+    # lockstep: re-send the last observation while idle (s, 0 = off)
+    idle_republish_period: float = field(default=0.5, metadata=between(0.0, 60.0))
+    # s after a reset: hold home, ignore commands (ki_vla.sim.robot)
+    reset_settle: float = field(default=0.1, metadata=between(0.0, 10.0))
     # JointTrajectoryControllers start new trajectories from their last setpoint ("command": JTC with
     # interpolate_from_desired_state: true) or from the measured position ("measured": JTC's default; ki_vla.sim.robot)
     jtc_origin: str = "command"
-    diagnostics_period: float = 1.0
+    diagnostics_period: float = field(default=1.0, metadata=between(0.01, 60.0))
 
     def validate(self) -> None:
         from ki_vla.sim.scenes import TASKS  # imported here: MuJoCo is only needed where the sim runs

@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 
 from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+
+from ki_vla.configs import ConfigError, check_range
 
 T = TypeVar("T")
 
@@ -67,14 +69,37 @@ def declare_config(node: Node, cls: type[T], live: tuple[str, ...] = (),
             applied = "read at start-up (restart to change)"
         descriptor = ParameterDescriptor(dynamic_typing=True, read_only=f.name not in live + on_configure,
                                          description=f"{cls.__name__}.{f.name}: {applied}")
+        _describe_range(descriptor, f)
         node.declare_parameter(f.name, _default(f), descriptor)
     return read_config(node, cls)
 
 
 def read_config(node: Node, cls: type[T]) -> T:
-    """`cls` filled with the node's current (declared) parameter values, coerced and validated field by field."""
-    return cls(**{f.name: _coerce(f.name, node.get_parameter(f.name).value, _default(f))
-                  for f in dataclasses.fields(cls)})
+    """`cls` filled with the node's current (declared) parameter values, coerced and validated field by field
+    (ValueError naming the parameter, for a wrong type or a value outside the field's range)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        value = _coerce(f.name, node.get_parameter(f.name).value, _default(f))
+        try:
+            values[f.name] = check_range(value, f, f"parameter {f.name!r}")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return cls(**values)
+
+
+def _describe_range(descriptor: ParameterDescriptor, f: dataclasses.Field) -> None:
+    """The field's range (config.between) in the descriptor. Both range kinds where the bounds are whole numbers:
+    parameters are dynamically typed (`-p control_hz:=50` is an integer) and rclpy checks the range of the value's
+    own type only; read_config checks every value against the range anyway."""
+    bounds = f.metadata.get("range")
+    if bounds is None:
+        return
+    lo, hi = bounds
+    if isinstance(_default(f), float):
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    if float(lo).is_integer() and float(hi).is_integer():
+        descriptor.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+    descriptor.additional_constraints = f"in [{lo}, {hi}]"
 
 
 def refuse_unless_unconfigured(params: list[Parameter], names: tuple[str, ...], configured: bool,

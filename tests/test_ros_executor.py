@@ -12,6 +12,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.infer.safety import JointLimits
 from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS
+from ki_vla_ros.config import ExecutorNodeConfig
 from ki_vla_ros.executor_node import ExecutorNode
 from ki_vla_ros.msgs import chunk_to_trajectory, make_joint_state
 from ki_vla_ros.ros_util import RELIABLE_QOS, duration_to_sec, now_sec
@@ -259,9 +260,34 @@ def test_live_parameters_apply_or_are_refused_never_silently_ignored():
         assert "restart" in ex.describe_parameter("diagnostics_period").description
         assert set_param("velocity_scale", 0.2).successful
         np.testing.assert_allclose(ex.core.limits.velocity, 0.2 * full)
-        bad = set_param("velocity_scale", 3.0)
+        bad = set_param("velocity_scale", 3.0)              # outside the declared range: rclpy refuses it
+        assert not bad.successful and "range" in bad.reason.lower(), bad.reason
+        bad = set_param("velocity_scale", 0.0)              # in the range, refused by the node: (0, 1]
         assert not bad.successful and "(0, 1]" in bad.reason
         np.testing.assert_allclose(ex.core.limits.velocity, 0.2 * full)
+        d = ex.describe_parameter("control_hz")             # `ros2 param describe` shows the range
+        assert d.floating_point_range[0].to_value == 1000.0 and d.integer_range[0].from_value == 1
+        assert "in [1.0, 1000.0]" in d.additional_constraints
+
+
+def test_parameter_ranges_hold_for_yaml_files_and_start_up_values_alike(tmp_path):
+    """A value outside a parameter's range is one clear error wherever it comes from: a parameter file read without
+    ROS, or the node's start-up value (an integer for a float parameter included, which rclpy's own range check
+    skips)."""
+    from rclpy.exceptions import ParameterException
+
+    from ki_vla.configs import ConfigError
+    from ki_vla_ros.config import load_node_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("executor_node:\n  ros__parameters:\n    chunk_timeout: -1.0\n")
+    with pytest.raises(ConfigError, match=r"chunk_timeout.*outside its range \[0.0, 60.0\]"):
+        load_node_config(ExecutorNodeConfig, bad, "executor_node")
+    with ros_harness() as h:
+        for value in (5000.0, 5000):
+            with pytest.raises((ValueError, ParameterException), match="control_hz|range"):
+                ExecutorNode(context=h.context, parameter_overrides=[Parameter("urdf_path", value=str(URDF)),
+                                                                     Parameter("control_hz", value=value)])
 
 
 def test_cleanup_set_configure_rereads_parameters_and_a_bad_value_fails_the_transition():
