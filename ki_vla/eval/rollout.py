@@ -49,6 +49,12 @@ class RolloutConfig:
     # The first chunk against the scripted plan of the same scene (privileged, sim only): predicted before the arm
     # moves, when only the images say where the objects are, so it measures the image pathway by itself.
     first_chunk_error: bool = True
+    # Real-time chunking (ki_vla.infer.rtc): > 0 samples each chunk guided toward what the executor has committed
+    # to (its plan from now on; the first `latency_ticks` actions are executed before the chunk lands), with this
+    # guidance clip (beta). 0 = off. The first chunk, and any chunk asked while nothing covers now (start, a hold),
+    # is sampled unguided: there is nothing committed to agree with.
+    rtc_beta: float = 0.0
+    rtc_schedule: str = "exp"
 
     def __post_init__(self) -> None:
         from ki_vla.sim.scenes import TASKS
@@ -59,6 +65,8 @@ class RolloutConfig:
             raise ValueError(f"merge_strategy must be one of {STRATEGIES}, got {self.merge_strategy!r}")
         if self.replan_every < 1 or self.latency_ticks < 0:
             raise ValueError("replan_every must be >= 1 and latency_ticks >= 0")
+        if self.rtc_beta < 0:
+            raise ValueError(f"rtc_beta must be >= 0 (0 = off), got {self.rtc_beta}")
         if self.target is not None and self.task != "transfer_color":
             raise ValueError("target is only meaningful for transfer_color")
         object.__setattr__(self, "sim_image_size", tuple(int(v) for v in self.sim_image_size))
@@ -85,6 +93,9 @@ class RolloutResult:
     first_chunk_error: float | None = None
     first_chunk_end: list[float] | None = None  # the probe's last point and the plan's (scene dependence)
     plan_end: list[float] | None = None
+    # rad: max over joints of |merged target after - before| at each accepted chunk (the switch the robot feels)
+    switch_jumps: list[float] = field(default_factory=list)
+    jerk: float = 0.0   # rad/s^3: mean over ticks and joints of |third difference of the commands| / dt^3
 
 
 def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: Any,
@@ -102,6 +113,7 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
     max_ticks = int(round((cfg.max_seconds or sim.episode_steps * dt) / dt))
     cams = tuple(policy.cfg.camera_names)
     pending: list[tuple[int, float, np.ndarray]] = []  # (tick it arrives, observation stamp, chunk)
+    commands: list[np.ndarray] = []
     result = RolloutResult(seed=seed, success=False, max_reward=0, reward_fraction=0.0, duration_s=0.0,
                            instruction=sim.instruction, target=sim.target)
     for tick in range(max_ticks):
@@ -110,8 +122,9 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
         executor.on_state(state, now)
         if tick % cfg.replan_every == 0:
             images = sim.render(cams)
+            guide = _rtc_guide(executor, cfg, now, dt, policy.cfg.horizon) if cfg.rtc_beta > 0 else None
             chunk = policy.predict(Observation(images=images, state=state, instruction=sim.instruction, stamp=now),
-                                   generator=generator)
+                                   generator=generator, **({"guide": guide} if guide is not None else {}))
             pending.append((tick + cfg.latency_ticks, now, chunk))
             if tick == 0 and cfg.first_chunk_error:
                 import torch
@@ -129,15 +142,20 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
         for item in [p for p in pending if p[0] <= tick]:
             pending.remove(item)
             _, stamp, chunk = item
+            before = executor.merger.sample(now)
             try:
                 executor.on_chunk(JOINT_NAMES, np.arange(len(chunk)) * dt, chunk, stamp=stamp, now=now)
                 result.chunks += 1
+                after = executor.merger.sample(now)
+                if before is not None and after is not None:
+                    result.switch_jumps.append(float(np.abs(after - before).max()))
             except ChunkRejected as exc:
                 result.rejected_chunks += 1
                 result.rejected_by_reason[exc.reason] = result.rejected_by_reason.get(exc.reason, 0) + 1
                 result.last_rejection = str(exc)
         command = executor.tick(now)
         target = state if command is None else command.positions[0]
+        commands.append(np.asarray(target, dtype=np.float64))
         result.held_ticks += int(command is None or command.holding)
         obs = sim.step(target, render=False)
         reward = sim.reward()
@@ -150,6 +168,8 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
             break
     else:
         result.duration_s = max_ticks * dt
+    if len(commands) >= 4:
+        result.jerk = float(np.abs(np.diff(np.asarray(commands), n=3, axis=0)).mean() / dt ** 3)
     result.reward_fraction = result.max_reward / sim.max_reward
     result.wrong_cube_moved = bool(sim.wrong_cube_moved())
     return result
@@ -157,6 +177,19 @@ def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: An
 
 # ---- parallel workers: one policy and one sim per process ----------------------------------------------------
 _WORKER: dict[str, Any] = {}
+
+
+def _rtc_guide(executor: Any, cfg: RolloutConfig, now: float, dt: float, horizon: int) -> Any | None:
+    """The RTC guide for a chunk asked at `now`: the executor's committed plan from now on (None when nothing
+    covers now: the first chunk after start or a hold is sampled freely and the executor's ramp takes it in)."""
+    from ki_vla.infer.rtc import RTCGuide
+
+    plan = executor.merger.plan(now, horizon, dt)
+    if plan is None or executor.holding:
+        return None
+    delay = min(cfg.latency_ticks, horizon)
+    return RTCGuide(plan, delay=delay, exec_horizon=min(cfg.replan_every, horizon - delay), beta=cfg.rtc_beta,
+                    schedule=cfg.rtc_schedule)
 
 
 def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> None:
@@ -170,7 +203,8 @@ def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> N
 
     torch.set_num_threads(threads)
     try:
-        policy = make_predictor(KIPolicy.load(model, device=device))  # what policy_node serves: the engine
+        # What policy_node serves: the engine; RTC's guided sampling exists in the reference sampler only so far.
+        policy = make_predictor(KIPolicy.load(model, device=device), engine="off" if cfg.rtc_beta > 0 else "auto")
         _WORKER.update(
             policy=policy, cfg=cfg,
             sim=BimanualSim(cfg.task, cameras=tuple(policy.cfg.camera_names), image_size=cfg.sim_image_size),
@@ -229,7 +263,10 @@ def summarize(results: list[RolloutResult]) -> dict[str, Any]:
             "rejected_by_reason": {k: int(sum(r.rejected_by_reason.get(k, 0) for r in results))
                                    for k in sorted({k for r in results for k in r.rejected_by_reason})},
             "held_tick_fraction": float(np.mean([r.held_ticks / max(1.0, r.duration_s * CONTROL_HZ) for r in results]))
-            if n else 0.0}
+            if n else 0.0,
+            "switch_jump_mean": float(np.mean(jumps)) if (jumps := [j for r in results for j in r.switch_jumps]) else None,
+            "switch_jump_max": float(np.max(jumps)) if jumps else None,
+            "jerk_mean": float(np.mean([r.jerk for r in results])) if n else 0.0}
 
 
 def scene_dependence(results: list[RolloutResult], min_spread: float = 1e-2) -> dict[str, float | None]:

@@ -27,6 +27,10 @@ def add_rollout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replan-every", type=int, default=10, help="control ticks between policy calls")
     parser.add_argument("--latency-ticks", type=int, default=0, help="ticks an inference takes (0 = lockstep)")
     parser.add_argument("--ensembling-m", type=float, default=0.01, help="temporal ensembling weight exp(-m i)")
+    parser.add_argument("--rtc-beta", type=float, default=0.0,
+                        help="real-time chunking: guide each chunk toward the committed plan with this clip (paper 5, "
+                             "LeRobot 10; 0 = off; the reference sampler, not the engine)")
+    parser.add_argument("--rtc-schedule", choices=("exp", "linear"), default="exp", help="RTC prefix weights' decay")
     parser.add_argument("--target", choices=("red", "blue"), default=None,
                         help="transfer_color: name this cube in every episode (default: drawn per seed)")
     parser.add_argument("--max-seconds", type=float, default=None, help="sim seconds per episode (default: the task's)")
@@ -49,7 +53,7 @@ def rollout_config(args: argparse.Namespace):
     return RolloutConfig(task=args.task, merge_strategy=args.merger, replan_every=args.replan_every,
                          latency_ticks=args.latency_ticks, ensembling_m=args.ensembling_m,
                          sim_image_size=args.sim_image_size, target=args.target,
-                         max_seconds=args.max_seconds)
+                         max_seconds=args.max_seconds, rtc_beta=args.rtc_beta, rtc_schedule=args.rtc_schedule)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
                  f"correlation {summary['first_chunk_scene_corr']:.2f}")
     if args.task == "transfer_color":
         line += f", wrong cube moved {summary['wrong_cube_moved_rate']:.2f}"
+    if summary["switch_jump_mean"] is not None:
+        line += (f", chunk-switch jump mean {summary['switch_jump_mean']:.3f} / max {summary['switch_jump_max']:.3f} "
+                 f"rad, jerk {summary['jerk_mean']:.0f} rad/s^3")
     print(line)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

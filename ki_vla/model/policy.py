@@ -23,6 +23,7 @@ from torch import nn
 
 from ki_vla.atomic import atomic_dir
 from ki_vla.data.normalize import Normalizer
+from ki_vla.infer.rtc import RTCGuide, guided_step
 from ki_vla.model.attention import block_causal_mask, positions_from_valid, sdpa_mask
 from ki_vla.model.backbone import KV, VLMBackbone
 from ki_vla.model.config import PolicyConfig
@@ -256,11 +257,13 @@ class KIPolicy(nn.Module):
     @torch.no_grad()
     def sample_actions(self, batch: dict[str, torch.Tensor], num_steps: int | None = None,
                        noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                       use_cache: bool = True, normalized: bool = False) -> torch.Tensor:
+                       use_cache: bool = True, normalized: bool = False, guide: RTCGuide | None = None) -> torch.Tensor:
         """(B, horizon, action_dim) actions in real units (normalized ones with normalized=True).
 
         Expert variants: x_1 = noise, Euler steps dt = -1/num_steps to t = 0 (openpi). With use_cache=False
-        the prefix K/V are recomputed at every step (the reference the cache is tested against).
+        the prefix K/V are recomputed at every step (the reference the cache is tested against). `guide`:
+        real-time chunking, each step's velocity corrected toward the previous chunk (ki_vla.infer.rtc; one
+        backward through the expert per step).
         pi0_fast: greedy autoregressive FAST decoding with a K/V cache.
         """
         if self.expert is None:
@@ -277,16 +280,35 @@ class KIPolicy(nn.Module):
             batch = self._with_keypoints(batch)
             state = self.expert_context(batch)
             kv, valid = self.prefix_cache(batch) if use_cache else (None, None)
+            if guide is not None:
+                target, weights = self._guide_tensors(guide)
             dt = -1.0 / steps
             for i in range(steps):
                 t = torch.full((b,), 1.0 + i * dt, device=self.device)
                 if not use_cache:
                     kv, valid = self.prefix_cache(batch)
-                x = x + dt * self._expert_velocity(x, t, kv, valid, state).float() * dims
+                if guide is None:
+                    v = self._expert_velocity(x, t, kv, valid, state).float()
+                else:
+                    v = guided_step(lambda xg: self._expert_velocity(xg, t, kv, valid, state).float(), x,
+                                    1.0 + i * dt, target, weights, guide.beta)
+                x = x + dt * v * dims
             out = x[..., : self.cfg.action_dim]
         if normalized:
             return out
         return torch.from_numpy(self.processor.unnormalize_actions(out.cpu().numpy())).to(out.device)
+
+    def _guide_tensors(self, guide: RTCGuide) -> tuple[torch.Tensor, torch.Tensor]:
+        """The guide's target in the sampler's normalized, padded units (1, H, max_action_dim) and its weights on
+        the robot's action dims only (the padded dims stay zero)."""
+        cfg = self.cfg
+        if guide.target.shape != (cfg.horizon, cfg.action_dim):
+            raise ValueError(f"RTC target has shape {guide.target.shape}, expected ({cfg.horizon}, {cfg.action_dim})")
+        norm = self.processor.normalize_actions(np.asarray(guide.target, dtype=np.float32))
+        target = torch.zeros(1, cfg.horizon, cfg.max_action_dim, device=self.device)
+        target[0, :, : cfg.action_dim] = torch.as_tensor(norm, dtype=torch.float32, device=self.device)
+        w = torch.as_tensor(guide.weights(), dtype=torch.float32, device=self.device)
+        return target, w[None, :, None] * self.action_dim_mask(self.device)[None, None, :]
 
     def _decode_fast(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Greedy decoding restricted to FAST ids + end token; malformed sequences decode to a flagged fallback."""
@@ -325,12 +347,15 @@ class KIPolicy(nn.Module):
             chunks.append(chunk)
         return torch.from_numpy(np.stack(chunks).astype(np.float32)).to(emb.device)
 
-    def predict(self, obs: Observation, num_steps: int | None = None, generator: torch.Generator | None = None) -> np.ndarray:
-        """One observation -> (horizon, action_dim) float32 chunk in real units (the ROS policy node's call)."""
+    def predict(self, obs: Observation, num_steps: int | None = None, generator: torch.Generator | None = None,
+                guide: RTCGuide | None = None) -> np.ndarray:
+        """One observation -> (horizon, action_dim) float32 chunk in real units (the ROS policy node's call);
+        `guide`: real-time chunking against the previous chunk (sample_actions)."""
         obs.validate(self.cfg.camera_names, self.cfg.state_dim)
         batch = self.processor([{"images": obs.images, "state": obs.state, "instruction": obs.instruction}],
                                with_targets=False, device=self.device)
-        return self.sample_actions(batch, num_steps=num_steps, generator=generator)[0].cpu().numpy().astype(np.float32)
+        return self.sample_actions(batch, num_steps=num_steps, generator=generator,
+                                   guide=guide)[0].cpu().numpy().astype(np.float32)
 
     def warmup(self) -> None:
         """One inference on dummy input, so allocations and lazy inits happen before the first real request."""
