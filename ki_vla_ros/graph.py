@@ -21,11 +21,13 @@ from ki_vla.procs import transport_env
 from ki_vla_ros.config import read_parameter_file
 
 CORE_NODES = ("camera_node", "policy_node", "executor_node")
-# The processes that send or receive camera images. Only they get Fast DDS's LARGE_DATA builtin transports (user
-# data over SHM / TCP, UDP for discovery only): the executor and robot_state_publisher keep the default ones (SHM +
-# UDP), so on one host they still reach every node over SHM, and across hosts they speak UDP, which is what a robot
-# PC's controller_manager on default settings speaks (ki_vla.procs.graph_transport_env).
-IMAGE_NODES = ("sim_node", "camera_node", "policy_node")
+# The processes that get Fast DDS's LARGE_DATA builtin transports (user data over SHM / TCP, UDP for discovery
+# only): the ones that move camera images need it, and the executor must share it with them. Measured on one host
+# (2026-12-02): with LARGE_DATA on the image nodes only, the executor on the default transports never received the
+# sim's /clock or joint states (it sat "not ticking" and the realtime evaluation scored 0/50), and `ki-vla-ros status`
+# on default transports saw none of the LARGE_DATA nodes. A robot PC must therefore use the same transport as the
+# graph (README, multi-host).
+IMAGE_NODES = ("sim_node", "camera_node", "policy_node", "executor_node")
 
 
 @dataclass

@@ -173,20 +173,20 @@ def test_launch_resolves_relative_paths_like_up(monkeypatch, tmp_path):
     assert f"model:={run}" in argv
 
 
-def test_large_data_transport_only_where_images_flow(monkeypatch):
-    """LARGE_DATA (user data over SHM/TCP only) for the nodes that move images; the executor keeps the default
-    transports (it must reach a robot PC's controllers over UDP); a transport the user exported holds for all.
-    `up` and the launch file agree."""
+def test_large_data_transport_on_every_node_of_the_graph(monkeypatch):
+    """LARGE_DATA (user data over SHM/TCP only) for the nodes that move images and for the executor, which must share
+    their transport (on the default ones it received nothing from them: 0/50 in a realtime evaluation);
+    robot_state_publisher (TF only, read by nobody in the graph) keeps the default; a transport the user exported
+    holds for all. `up` and the launch file agree."""
     from ki_vla_ros.graph import graph_env
 
     monkeypatch.delenv("FASTDDS_BUILTIN_TRANSPORTS", raising=False)
-    assert graph_env("camera_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
-    assert graph_env("policy_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
-    assert "FASTDDS_BUILTIN_TRANSPORTS" not in graph_env("executor_node")
+    for name in ("camera_node", "policy_node", "executor_node", "sim_node"):
+        assert graph_env(name)["FASTDDS_BUILTIN_TRANSPORTS"] == "LARGE_DATA"
     nodes = {n.kwargs["name"]: n.kwargs.get("additional_env", {})
              for n in run_launch(monkeypatch, sim="true") if type(n).__name__ == "Node"}
-    assert nodes["executor_node"] == {} and nodes["robot_state_publisher"] == {}
-    assert nodes["camera_node"] == nodes["policy_node"] == {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
+    assert nodes["robot_state_publisher"] == {}
+    assert nodes["camera_node"] == nodes["policy_node"] == nodes["executor_node"] == {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
     monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
     assert graph_env("executor_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"
     assert graph_env("camera_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"
