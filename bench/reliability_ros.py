@@ -41,7 +41,7 @@ from ki_vla import procs  # noqa: E402
 from ki_vla.infer.safety import JointLimits, JointMapping  # noqa: E402
 from ki_vla.joints import JOINT_NAMES, NUM_JOINTS  # noqa: E402
 from ki_vla_ros import fuzz  # noqa: E402
-from ki_vla_ros.graph import NodeProcess, build_plan, ros_args  # noqa: E402
+from ki_vla_ros.graph import NodeProcess, build_plan, graph_env, ros_args  # noqa: E402
 from ki_vla_ros.ros_util import CAMERA_OUT_QOS, RELIABLE_QOS, to_sec  # noqa: E402
 from ki_vla_ros.testing import RosHarness, wait_for  # noqa: E402
 
@@ -101,7 +101,8 @@ class Graph:
     def start(self, name: str) -> None:
         self.starts[name] += 1
         log = self.work / f"{name}.{self.starts[name]}.log"
-        env = {**procs.ros_env(images=name != "executor_node"), "OMP_NUM_THREADS": "1"}   # as under `up`
+        # as under `up` (ki_vla_ros.graph.graph_env): every node of the graph on LARGE_DATA, like this fuzzer
+        env = {**graph_env(name, procs.ros_env()), "OMP_NUM_THREADS": "1"}
         self.running[name] = procs.start(self.specs[name].argv, log, env=env)
 
     def start_all(self) -> None:

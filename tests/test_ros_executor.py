@@ -314,10 +314,12 @@ def test_cleanup_set_configure_rereads_parameters_and_a_bad_value_fails_the_tran
         assert ex.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
         assert state() == "unconfigured" and ex.core is None
         assert wait_for(lambda: test.count_subscribers("/joint_states") == 0, 5.0)
-        assert set_param("control_hz", -5.0).successful            # accepted while unconfigured...
+        assert not set_param("control_hz", -5.0).successful        # outside its declared range: refused at once
+        assert set_param("urdf_path", "/nonexistent/robot.urdf").successful   # accepted while unconfigured...
         assert ex.trigger_configure() == TransitionCallbackReturn.FAILURE   # ...and refused by configure
         assert state() == "unconfigured" and ex.core is None
-        assert "control_hz" in ex._configure_error
+        assert "robot.urdf" in ex._configure_error
+        assert set_param("urdf_path", str(URDF)).successful
         moved = Collector(test, JointTrajectory, "/left_arm/joint_trajectory", RELIABLE_QOS)
         assert set_param("control_hz", 50.0).successful
         assert set_param("chunk_timeout", 1.5).successful
