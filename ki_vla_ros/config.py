@@ -153,11 +153,11 @@ class ExecutorNodeConfig(RobotInterfaceConfig):
     # fraction of the URDF velocity limits allowed
     velocity_scale: float = field(default=1.0, metadata=between(0.0, 1.0))
     max_points: int = field(default=1000, metadata=between(1, 100000))
-    jump_velocity_factor: float = field(default=3.0, metadata=between(1.0, 100.0))
-    max_start_deviation: float = field(default=0.5, metadata=between(0.0, 10.0))
-    limit_tolerance: float = field(default=0.2, metadata=between(0.0, 10.0))
+    jump_velocity_factor: float = field(default=3.0, metadata=between(1.0, 1e9))
+    max_start_deviation: float = field(default=0.5, metadata=between(0.0, 1e6))
+    limit_tolerance: float = field(default=0.2, metadata=between(0.0, 1e6))
     # joints named *gripper (ki_vla.infer.safety.ChunkCheck)
-    gripper_limit_tolerance: float = field(default=1.0, metadata=between(0.0, 10.0))
+    gripper_limit_tolerance: float = field(default=1.0, metadata=between(0.0, 1e6))
     check_gripper_motion: bool = False           # jump / start-deviation checks on grippers too
     hold_before_first_chunk: bool = True         # command the measured position until the first chunk
     # >0: SCHED_FIFO priority for the control thread (needs CAP_SYS_NICE / rtprio limits; falls back to nice -10)
