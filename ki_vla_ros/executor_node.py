@@ -255,20 +255,19 @@ class ExecutorNode(LifecycleNode):
         with self._lock:
             if self.core is None:   # a message in flight across cleanup
                 return
-            try:
-                joined = self._joiner.update(source, msg, time.monotonic())
-            except ValueError as exc:
-                self.state_errors.inc("invalid")
-                self.log.warn(f"joint_state{source}", f"ignoring {self.state_topics[source]}: {exc}")
-                return
+            joined = self._joiner.offer(source, msg, time.monotonic(), self._reject_state)
             if joined is None:
-                return   # another source's joint_states are missing or stale: nothing to believe yet
+                return   # invalid, or another source's joint_states are missing or stale: nothing to believe yet
             believed = self.core.on_state(self.mapping.from_robot(joined[0]), now_sec(self))
         if not believed:
             self.log.warn("joint_state_jump", "joint_states jumped beyond state_jump_tolerance: not believed until "
                                               f"{self.cfg.state_confirm} samples agree")
             return
         self._last_state_wall = time.monotonic()
+
+    def _reject_state(self, source: int, exc: ValueError) -> None:
+        self.state_errors.inc("invalid")
+        self.log.warn(f"joint_state{source}", f"ignoring {self.state_topics[source]}: {exc}")
 
     def _on_chunk(self, msg: JointTrajectory) -> None:
         now = now_sec(self)

@@ -7,6 +7,7 @@ compare the two where both exist).
 from __future__ import annotations
 
 import array
+from typing import Callable
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -91,6 +92,16 @@ class JointStateJoiner:
         if any(now - t > self.timeout for t in self._seen):
             return None
         return self._q.copy(), min(self._stamps)
+
+    def offer(self, source: int, msg: JointState, now: float,
+              reject: Callable[[int, ValueError], None]) -> tuple[np.ndarray, float] | None:
+        """`update` for a subscription callback: an invalid message goes to `reject(source, error)` (the node
+        counts and logs it and keeps running) and reads as no vector."""
+        try:
+            return self.update(source, msg, now)
+        except ValueError as exc:
+            reject(source, exc)
+            return None
 
 
 def make_joint_state(names: tuple[str, ...] | list[str], q: np.ndarray, stamp: float) -> JointState:

@@ -250,19 +250,18 @@ class PolicyNode(LifecycleNode):
     def _on_state(self, msg: JointState, source: int) -> None:
         if self.assembler is None:
             return
-        try:
-            joined = self._joiner.update(source, msg, time.monotonic())
-        except ValueError as exc:
-            self.input_errors.inc("joint_states")
-            self.log.warn(f"joint_states{source}", f"ignoring {self.state_topics[source]}: {exc}")
-            return
-        if joined is None:   # another namespace's joint_states are missing or older than max_state_age
+        joined = self._joiner.offer(source, msg, time.monotonic(), self._reject_state)
+        if joined is None:   # invalid, or another namespace's joint_states are missing or older than max_state_age
             return
         q, stamp = joined
         if stamp == 0.0:
             stamp = now_sec(self)
         self.assembler.set_state(stamp, self.mapping.from_robot(q))
         self._wake.set()
+
+    def _reject_state(self, source: int, exc: ValueError) -> None:
+        self.input_errors.inc("joint_states")
+        self.log.warn(f"joint_states{source}", f"ignoring {self.state_topics[source]}: {exc}")
 
     def _on_instruction(self, msg: String) -> None:
         try:

@@ -432,5 +432,8 @@ def test_joint_states_of_two_namespaces_join_into_one_fresh_vector():
     assert joiner.update(1, make_joint_state(arm, right, 3.0), now=0.2) is None  # left is 0.2 s old now
     with pytest.raises(ValueError, match="lacks"):
         joiner.update(0, make_joint_state(arm[:6], left[:6], 3.0), now=0.2)
+    rejected = []   # what a node's callback uses: the invalid message is reported, the node goes on
+    assert joiner.offer(0, make_joint_state(arm[:6], left[:6], 3.0), 0.2, lambda i, e: rejected.append((i, str(e)))) is None
+    assert rejected and rejected[0][0] == 0 and "lacks" in rejected[0][1]
     with pytest.raises(ValueError, match="unique"):
         state_sources(["follower_left/waist"] * 14)
