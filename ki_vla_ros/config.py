@@ -77,6 +77,19 @@ class PolicyNodeConfig:
     joint_scale: list[float] = field(default_factory=lambda: [1.0] * NUM_JOINTS)
     joint_offset: list[float] = field(default_factory=lambda: [0.0] * NUM_JOINTS)
     diagnostics_period: float = field(default=1.0, metadata=between(0.01, 60.0))
+    # Real-time chunking (ki_vla.infer.rtc; README "Real-time chunking"): > 0 guides every chunk toward the
+    # executor's published plan with this guidance clip (the paper's code 5, LeRobot 10); 0 = off. Pair it with the
+    # executor's merge_strategy rtc. The delay is the most control periods any of the last rtc_delay_window
+    # inferences took; before the next inference the node waits up to rtc_plan_timeout s for the plan that includes
+    # the chunk it just published (else it guides toward the newest plan it has).
+    rtc_beta: float = field(default=0.0, metadata=between(0.0, 1000.0))
+    rtc_method: str = "guided"                   # guided (the paper's, one backward per step) | inpaint (no gradients)
+    rtc_schedule: str = "exp"                    # prefix weights over the overlap: exp | linear
+    rtc_delay_window: int = field(default=8, metadata=between(1, 1000))
+    rtc_plan_timeout: float = field(default=0.05, metadata=between(0.0, 1.0))
+    plan_topic: str = "ki_vla/executor_plan"
+    # ms added to every inference (evaluation of latency: ki-vla eval-sim --inject-latency-ms); never on a robot
+    inject_latency_ms: float = field(default=0.0, metadata=between(0.0, 10000.0))
 
 
 # How the executor commands each arm, and so which ros2_control controller the robot runs (README, "Commanding the
@@ -132,7 +145,10 @@ class ExecutorNodeConfig(RobotInterfaceConfig):
     # A gripper commanded in finger metres reads the finger joint's limits (config/vx300s.yaml).
     urdf_joints: list[str] = field(default_factory=list)
     control_hz: float = field(default=CONTROL_HZ, metadata=between(1.0, 1000.0))
-    merge_strategy: str = "latest"               # latest | temporal_ensembling (ki_vla.infer.chunking.MERGERS)
+    merge_strategy: str = "latest"               # latest | temporal_ensembling | rtc (ki_vla.infer.chunking.MERGERS)
+    # What the executor has committed to, published at every accepted chunk (and empty when it holds): the policy's
+    # real-time chunking guides its next chunk toward it (policy_node rtc_beta). "" = not published.
+    plan_topic: str = "ki_vla/executor_plan"
     ensembling_m: float = field(default=0.01, metadata=between(0.0, 10.0))
     max_chunks: int = field(default=64, metadata=between(1, 1000))
     # s after the newest chunk's last point -> input timed out (chunks are followed to their end, then the command held)

@@ -22,8 +22,8 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
-from trajectory_msgs.msg import JointTrajectory
+from std_msgs.msg import Float64MultiArray, Header
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ki_vla.infer.chunking import ChunkExecutor, make_merger
 from ki_vla.infer.safety import ChunkCheck, ChunkRejected, JointLimits, JointMapping
@@ -33,7 +33,7 @@ from ki_vla_ros.config import ExecutorNodeConfig
 from ki_vla_ros.msgs import JointStateJoiner, command_trajectory, trajectory_to_arrays
 from ki_vla_ros.ros_util import (
     JOINT_STATE_IN_QOS, RELIABLE_QOS, Diagnostics, ThrottledLog, declare_config, now_sec, read_config,
-    refuse_unless_unconfigured, run_node, to_sec)
+    refuse_unless_unconfigured, run_node, to_duration_msg, to_sec, to_time_msg)
 from ki_vla_ros.stats import Counter, RateMeter, Window
 
 
@@ -155,8 +155,11 @@ class ExecutorNode(LifecycleNode):
         state_subs = [self.create_subscription(JointState, topic, lambda m, k=k: self._on_joint_state(m, k),
                                                JOINT_STATE_IN_QOS)
                       for k, topic in enumerate(self.state_topics)]
+        self._plan_pub = self.create_publisher(JointTrajectory, cfg.plan_topic, RELIABLE_QOS) if cfg.plan_topic else None
+        self._plan_holding = False   # an empty plan has been announced for the current hold
         self._endpoints = [
             *((self.destroy_publisher, p) for p in self._publishers),
+            *(((self.destroy_publisher, self._plan_pub),) if self._plan_pub is not None else ()),
             (self.destroy_subscription,
              self.create_subscription(JointTrajectory, cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)),
             *((self.destroy_subscription, sub) for sub in state_subs),
@@ -277,13 +280,34 @@ class ExecutorNode(LifecycleNode):
             with self._lock:
                 if self.core is None:
                     return
-                self.core.on_chunk(names, times, positions, stamp, now)
+                try:
+                    self.core.on_chunk(names, times, positions, stamp, now)
+                finally:   # accepted or not, the policy's real-time chunking waits for the plan this chunk leaves
+                    self._publish_plan(msg.header.stamp, now, len(times))
         except (ChunkRejected, ValueError) as exc:  # ValueError: ragged message from trajectory_to_arrays
             self.rejected.inc(exc.reason if isinstance(exc, ChunkRejected) else "malformed")
             self.log.warn("chunk", f"rejected action chunk: {exc}")
             return
         self.chunks_ok.tick(now)
         self.chunk_age_ms.add((now - stamp) * 1e3)
+
+    def _publish_plan(self, chunk_stamp: Any, now: float, points: int) -> None:
+        """What this executor has committed to from `now` (policy names and units): `points` targets one control
+        period apart, stamped with the chunk that produced it (time_from_start counts from that stamp); no points
+        while it holds. Called with the lock held."""
+        if self._plan_pub is None or self.core is None:
+            return
+        msg = JointTrajectory(joint_names=list(JOINT_NAMES))
+        msg.header.stamp = chunk_stamp
+        plan = None if self.core.holding and self.core.last_chunk_time is None else self.core.merger.plan(
+            now, max(points, 2), self.dt)
+        if plan is not None:
+            offset = now - to_sec(chunk_stamp)
+            for k, row in enumerate(plan):
+                msg.points.append(JointTrajectoryPoint(positions=row.tolist(),
+                                                       time_from_start=to_duration_msg(offset + k * self.dt)))
+        self._plan_holding = plan is None
+        self._plan_pub.publish(msg)
 
     def _tick(self) -> None:
         wall = time.perf_counter()
@@ -309,6 +333,9 @@ class ExecutorNode(LifecycleNode):
         if cmd.holding:
             self.hold_ticks += 1
             self.hold_reasons.inc(cmd.hold_reason)
+            if not self._plan_holding and self._plan_pub is not None:   # nothing committed: RTC's next chunk is free
+                self._plan_holding = True
+                self._plan_pub.publish(JointTrajectory(joint_names=list(JOINT_NAMES), header=Header(stamp=to_time_msg(now))))
             if not self.cfg.hold_before_first_chunk and self.core.last_chunk_time is None:
                 return
         for stamp in cmd.first_used:

@@ -23,11 +23,12 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.data.images import ImageDecodeError
+from ki_vla.infer.rtc import CommittedPlan
 from ki_vla.infer.safety import JointMapping
 from ki_vla.joints import JOINT_NAMES, NUM_JOINTS, state_sources, state_topic
 from ki_vla.paths import require
 from ki_vla_ros.config import PolicyNodeConfig
-from ki_vla_ros.msgs import JointStateJoiner, chunk_to_trajectory, image_msg_to_rgb
+from ki_vla_ros.msgs import JointStateJoiner, chunk_to_trajectory, image_msg_to_rgb, trajectory_to_arrays
 from ki_vla.infer.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
 from ki_vla_ros.ros_util import (
     CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
@@ -65,6 +66,7 @@ class PolicyNode(LifecycleNode):
         self.state_topics: list[str] = []
         self.log = ThrottledLog(self)
         self.policy: Any = None
+        self.rtc: CommittedPlan | None = None    # real-time chunking (rtc_beta > 0): the executor's plan, the delay
         self.add_on_set_parameters_callback(
             lambda params: refuse_unless_unconfigured(params, CONFIGURE_PARAMETERS, self.policy is not None,
                                                       self.get_name()) or SetParametersResult(successful=True))
@@ -156,6 +158,13 @@ class PolicyNode(LifecycleNode):
             except InstructionError as exc:
                 self.get_logger().warning(f"ignoring default_instruction: {exc}")
         self.chunk_pub = self.create_lifecycle_publisher(JointTrajectory, cfg.chunk_topic, RELIABLE_QOS)
+        self.rtc = None
+        if cfg.rtc_beta > 0:
+            if not cfg.plan_topic:
+                raise ValueError("rtc_beta > 0 needs plan_topic (the executor's committed plan)")
+            self.rtc = CommittedPlan(1.0 / pcfg.fps, pcfg.horizon, cfg.rtc_beta, cfg.rtc_schedule, cfg.rtc_method,
+                                     cfg.rtc_delay_window)
+            self._subs.append(self.create_subscription(JointTrajectory, cfg.plan_topic, self._on_plan, RELIABLE_QOS))
         for name in pcfg.camera_names:
             topic = cfg.camera_topic.format(name=name)
             self._subs.append(self.create_subscription(
@@ -203,6 +212,7 @@ class PolicyNode(LifecycleNode):
             self.chunk_pub = None
         self.policy = None
         self.assembler = None
+        self.rtc = None
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_thread()
@@ -263,6 +273,24 @@ class PolicyNode(LifecycleNode):
         self.input_errors.inc("joint_states")
         self.log.warn(f"joint_states{source}", f"ignoring {self.state_topics[source]}: {exc}")
 
+    def _on_plan(self, msg: JointTrajectory) -> None:
+        rtc = self.rtc
+        if rtc is None:
+            return
+        try:
+            names, times, positions = trajectory_to_arrays(msg)
+            if len(times) and list(names) != list(JOINT_NAMES):
+                raise ValueError(f"joint names {names} are not the policy's {list(JOINT_NAMES)}")
+            if not np.all(np.isfinite(positions)) or (len(times) > 1 and np.any(np.diff(times) <= 0)):
+                raise ValueError("non-finite positions or times not increasing")
+        except ValueError as exc:
+            self.input_errors.inc("plan")
+            self.log.warn("plan", f"ignoring the executor's plan on {self.cfg.plan_topic}: {exc}")
+            return
+        stamp = to_sec(msg.header.stamp)
+        spacing = float(np.mean(np.diff(times))) if len(times) > 1 else 0.0
+        rtc.set_plan(stamp, stamp + (float(times[0]) if len(times) else 0.0), spacing, positions if len(times) > 1 else None)
+
     def _on_instruction(self, msg: String) -> None:
         try:
             text = clean_instruction(msg.data, self.cfg.max_instruction_chars)
@@ -310,12 +338,16 @@ class PolicyNode(LifecycleNode):
                     self.log.warn(exc.reason, f"not running inference: {exc}")
                 continue
             last_start = time.monotonic()
+            rtc = self.rtc
             try:
-                chunk = np.asarray(policy.predict(obs), dtype=np.float64)
+                guide = rtc.guide(obs.stamp) if rtc is not None else None
+                chunk = np.asarray(policy.predict(obs, guide=guide), dtype=np.float64)
             except Exception as exc:  # a failing forward pass is reported, and the next one is tried
                 self.refused.inc("inference_error")
                 self.log.error("inference", f"inference failed: {exc!r}")
                 continue
+            if cfg.inject_latency_ms > 0 and self._stop.wait(cfg.inject_latency_ms / 1e3):
+                break
             self.infer_ms.add((time.monotonic() - last_start) * 1e3)
             expected = (policy.cfg.horizon, NUM_JOINTS)
             if chunk.shape != expected or not np.all(np.isfinite(chunk)):
@@ -324,10 +356,14 @@ class PolicyNode(LifecycleNode):
                 continue
             if self._stop.is_set():
                 break
-            self.chunk_pub.publish(chunk_to_trajectory(chunk, JOINT_NAMES, obs.stamp, 1.0 / policy.cfg.fps))
+            msg = chunk_to_trajectory(chunk, JOINT_NAMES, obs.stamp, 1.0 / policy.cfg.fps)
+            self.chunk_pub.publish(msg)
             now = now_sec(self)
             self.chunk_rate.tick(now)
             self.obs_age_ms.add((now - obs.stamp) * 1e3)
+            if rtc is not None:   # the next chunk is guided toward the plan that includes this one: wait for it
+                rtc.published(to_sec(msg.header.stamp), now - obs.stamp)
+                rtc.wait_for_plan(cfg.rtc_plan_timeout)
 
     def _report(self) -> tuple[int, str, dict[str, Any]]:
         now = now_sec(self)
@@ -341,6 +377,8 @@ class PolicyNode(LifecycleNode):
         kv.update({f"refused[{k}]": v for k, v in self.refused.counts.items()})
         kv.update({f"instructions[{k}]": v for k, v in self.instructions.counts.items()})
         kv.update({f"input_errors[{k}]": v for k, v in self.input_errors.counts.items()})
+        if self.rtc is not None:
+            kv.update(rtc_delay_ticks=self.rtc.delays.delay, rtc_guided=self.rtc.guided, rtc_unguided=self.rtc.unguided)
         if self._thread_error:
             return Diagnostics.ERROR, f"inference thread died: {self._thread_error}", kv
         if self.policy is None:

@@ -27,7 +27,8 @@ from trajectory_msgs.msg import JointTrajectory
 from ki_vla.atomic import write_json_atomic
 from ki_vla.eval.closed_loop import EpisodeResult, EpisodeTracker
 from ki_vla.eval.video import mp4_bytes
-from ki_vla_ros.msgs import image_msg_to_rgb
+from ki_vla.infer.chunking import Chunk
+from ki_vla_ros.msgs import image_msg_to_rgb, trajectory_to_arrays
 from ki_vla_ros.ros_util import CAMERA_IN_QOS, RELIABLE_QOS, declare_config, now_sec, run_node, to_sec
 
 
@@ -45,7 +46,8 @@ class SimEvaluatorConfig:
     step_topic: str = "/sim/step"
     lockstep_kick: bool = False              # lockstep sim: send one /sim/step after each reset to start the loop
     chunk_topic: str = "/ki_vla/action_chunk"
-    command_topic: str = "/left_arm_controller/joint_trajectory"
+    command_topic: str = "/left_arm_controller/joint_trajectory"   # its first points give the jerk
+    plan_topic: str = "/ki_vla/executor_plan"   # the executor's plan at each accepted chunk: the switch jumps
     executor_node: str = "executor_node"     # whose /diagnostics chunk counts (accepted / rejected) are read
     ready_timeout: float = 180.0             # wall seconds to wait for the first chunk (model load, warm-up)
 
@@ -68,6 +70,9 @@ class SimEvaluator(Node):
         self._frames: list[np.ndarray] = []
         self._frame_count = 0
         self._command_times: list[float] = []
+        self._commands: list[np.ndarray] = []
+        self._plan: Chunk | None = None   # the executor's newest plan
+        self._jumps: list[float] = []
         self._executor_counts = {"accepted": 0, "rejected": 0}
         self._counts_at_start = dict(self._executor_counts)
         self._started_wall = time.monotonic()
@@ -76,6 +81,8 @@ class SimEvaluator(Node):
         self.create_subscription(String, self.cfg.status_topic, self._on_status, RELIABLE_QOS)
         self.create_subscription(JointTrajectory, self.cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)
         self.create_subscription(JointTrajectory, self.cfg.command_topic, self._on_command, RELIABLE_QOS)
+        if self.cfg.plan_topic:
+            self.create_subscription(JointTrajectory, self.cfg.plan_topic, self._on_plan, RELIABLE_QOS)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
         if self.cfg.videos > 0:
             self.create_subscription(Image, self.cfg.video_topic, self._on_image, CAMERA_IN_QOS)
@@ -99,6 +106,28 @@ class SimEvaluator(Node):
         with self._lock:
             if self.tracker.running:
                 self._command_times.append(now_sec(self))
+                if msg.points:
+                    self._commands.append(np.asarray(msg.points[0].positions, dtype=np.float64))
+
+    def _on_plan(self, msg: JointTrajectory) -> None:
+        try:
+            _, times, positions = trajectory_to_arrays(msg)
+        except ValueError:
+            return
+        with self._lock:
+            if len(times) < 2:          # the executor holds: the next chunk starts from nothing committed
+                self._plan = None
+                return
+            try:
+                plan = Chunk(stamp=to_sec(msg.header.stamp) + float(times[0]), dt=float(np.mean(np.diff(times))),
+                             actions=positions)
+            except ValueError:          # times not increasing: not a plan this evaluator can read
+                return
+            if self._plan is not None and self.tracker.running:
+                before = self._plan.at(plan.stamp)
+                if before is not None and before.shape == positions[0].shape:
+                    self._jumps.append(float(np.abs(positions[0] - before).max()))
+            self._plan = plan
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -151,7 +180,8 @@ class SimEvaluator(Node):
     # ---- episodes ----------------------------------------------------------------------------------------
     def _start_episode(self) -> None:
         seed = self.tracker.start()
-        self._frames, self._frame_count, self._command_times = [], 0, []
+        self._frames, self._frame_count, self._command_times, self._commands, self._jumps = [], 0, [], [], []
+        self._plan = None
         self._counts_at_start = dict(self._executor_counts)
         self.reset_pub.publish(Int64(data=seed))
         if self.cfg.lockstep_kick:
@@ -162,6 +192,11 @@ class SimEvaluator(Node):
         times = self._command_times
         if len(times) >= 2 and times[-1] > times[0]:
             ep.command_rate_hz = (len(times) - 1) / (times[-1] - times[0])
+            if len(self._commands) >= 4 and len({c.shape for c in self._commands}) == 1:
+                dt = (times[-1] - times[0]) / (len(times) - 1)
+                ep.jerk = float(np.abs(np.diff(np.asarray(self._commands), n=3, axis=0)).mean() / dt ** 3)
+        if self._jumps:
+            ep.switch_jump_mean, ep.switch_jump_max = float(np.mean(self._jumps)), float(np.max(self._jumps))
         ep.accepted_chunks = self._executor_counts["accepted"] - self._counts_at_start["accepted"]
         ep.rejected_chunks = self._executor_counts["rejected"] - self._counts_at_start["rejected"]
         if ep.index < self.cfg.videos and self._frames:

@@ -31,7 +31,9 @@ LIMITS = JointLimits.from_urdf(ROOT / "urdf" / "aloha_vx300s.urdf", JOINT_NAMES)
 def graph_config(tmp_path: Path) -> Path:
     cfg = yaml.safe_load((ROOT / "config" / "bimanual.yaml").read_text())
     cfg["camera_node"]["ros__parameters"].update(image_size=32, transport="raw")
-    cfg["policy_node"]["ros__parameters"].update(device="cpu", max_image_age=1.0, max_state_age=1.0, torch_threads=1)
+    # Real-time chunking on: each chunk is guided toward the plan the executor publishes (the wiring under test).
+    cfg["policy_node"]["ros__parameters"].update(device="cpu", max_image_age=1.0, max_state_age=1.0, torch_threads=1,
+                                                 rtc_beta=5.0)
     # Accept the random model's chunks so the path camera -> command is exercised end to end; the clamp
     # and velocity limit (not the rejection thresholds) then keep the commands safe.
     cfg["executor_node"]["ros__parameters"].update(max_start_deviation=100.0, jump_velocity_factor=1e6,
@@ -63,6 +65,7 @@ def test_graph_across_processes(tmp_path):
             left = Collector(test, JointTrajectory, "/left_arm_controller/joint_trajectory", RELIABLE_QOS)
             right = Collector(test, JointTrajectory, "/right_arm_controller/joint_trajectory", RELIABLE_QOS)
             diags = Collector(test, DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+            plans = Collector(test, JointTrajectory, "/ki_vla/executor_plan", RELIABLE_QOS)
             cams = {c: test.create_publisher(Image, f"/{c}/image_raw", RELIABLE_QOS) for c in CAMS}
             js = test.create_publisher(JointState, "/joint_states", RELIABLE_QOS)
             instr = test.create_publisher(String, "/instruction", RELIABLE_QOS)
@@ -97,6 +100,13 @@ def test_graph_across_processes(tmp_path):
             assert np.all(np.abs(np.diff(q, axis=0)) <= LIMITS.velocity * 0.02 + 1e-6)
             kv = status(diags, "executor_node: chunks")
             assert float(kv["latency_ms_p50"]) > 0
+            # The executor's plan after each chunk, in the policy's names, stamped with the chunk it includes; the
+            # policy guided its chunks toward it, with a delay measured from its own latency.
+            full = [m for m in plans.msgs if m.points]
+            assert full and list(full[-1].joint_names) == list(JOINT_NAMES) and len(full[-1].points) >= 2
+            assert wait_for(lambda: int(status(diags, "policy_node: policy").get("rtc_guided", 0)) >= 1, 10.0), \
+                status(diags, "policy_node: policy")
+            assert int(status(diags, "policy_node: policy")["rtc_delay_ticks"]) >= 1
     finally:
         up.send_signal(signal.SIGINT)                    # what Ctrl-C does
         try:

@@ -88,15 +88,102 @@ def test_rtc_switches_chunks_far_more_smoothly_than_latest_for_a_random_policy()
 
             def predict(self, obs, generator=None, guide=None):
                 if guide is not None:
-                    guide = RTCGuide((guide.target - home) / SCALE, guide.delay, guide.exec_horizon, guide.beta)
+                    guide = RTCGuide((guide.target - home) / SCALE, guide.delay, guide.exec_horizon, guide.beta,
+                                     method=guide.method)
                 return home + SCALE * inner.predict(obs, generator=generator, guide=guide)
 
         policy = NearHome()
         for beta in (0.0, 5.0):
             cfg = RolloutConfig(replan_every=5, latency_ticks=2, max_seconds=0.6, rtc_beta=beta,
-                                first_chunk_error=False)
+                                merge_strategy="rtc" if beta else "latest", first_chunk_error=False)
             res = run_episode(policy, sim, cfg, seed=1000, limits=limits, generator=torch.Generator().manual_seed(0))
             assert len(res.switch_jumps) >= 4
             jumps[beta] = float(np.mean(res.switch_jumps))
     print("mean chunk-switch jump (rad), latest vs rtc:", jumps)
     assert jumps[5.0] < 0.25 * jumps[0.0], jumps
+
+
+def _tiny_policy():
+    from ki_vla.model.policy import KIPolicy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return KIPolicy.load("config/model/tiny.yaml")
+
+
+@pytest.mark.parametrize("method", ["guided", "inpaint"])
+def test_engine_samples_rtc_like_the_reference(method):
+    """The engine's guided and inpainting loops are the reference sampler's, step for step (same noise); inpainting
+    ends exactly on the committed actions."""
+    from ki_vla.infer.engine import EnginePredictor
+
+    policy = _tiny_policy()
+    engine = EnginePredictor(policy)
+    obs = Observation.blank(policy.cfg.camera_names, policy.cfg.image_size, policy.cfg.state_dim)
+    committed = policy.predict(obs, generator=torch.Generator().manual_seed(1))
+    guide = RTCGuide(committed, delay=5, exec_horizon=5, beta=5.0, method=method)
+    ref = policy.predict(obs, generator=torch.Generator().manual_seed(2), guide=guide)
+    fast = engine.predict(obs, generator=torch.Generator().manual_seed(2), guide=guide)
+    np.testing.assert_allclose(fast, ref, atol=1e-4)
+    free = engine.predict(obs, generator=torch.Generator().manual_seed(2))
+    assert np.abs(free[:5] - committed[:5]).mean() > 10 * np.abs(fast[:5] - committed[:5]).mean()
+    if method == "inpaint":
+        np.testing.assert_allclose(ref[:5], committed[:5], atol=1e-4)
+    with pytest.raises(ValueError, match="method"):
+        RTCGuide(committed, delay=5, exec_horizon=5, method="hard")
+
+
+def test_guide_from_plan_reads_the_plan_at_the_chunks_times():
+    from ki_vla.infer.rtc import guide_from_plan
+
+    plan = np.arange(20, dtype=np.float64)[:, None] * np.ones((1, 14))   # point j = j, at 1.0 + j * 0.02
+    g = guide_from_plan(1.0, 0.02, plan, stamp=1.05, dt=0.02, horizon=10, delay=3, exec_horizon=3, beta=5.0)
+    np.testing.assert_allclose(g.target[:, 0], 2.5 + np.arange(10))                # interpolated between points
+    g = guide_from_plan(1.0, 0.02, plan, stamp=1.3, dt=0.02, horizon=10, delay=3, exec_horizon=3, beta=5.0)
+    assert g.target[-1, 0] == 19.0 and g.delay == 3                                 # past its end: the last point
+    assert guide_from_plan(1.0, 0.02, plan, stamp=1.5, dt=0.02, horizon=10, delay=3, exec_horizon=3, beta=5.0) is None
+    assert guide_from_plan(1.0, 0.02, plan[:0], stamp=1.0, dt=0.02, horizon=10, delay=3, exec_horizon=3,
+                           beta=5.0) is None
+
+
+def test_committed_plan_measures_the_delay_and_frees_the_first_chunk():
+    """The delay is the most control periods recent inferences took (not a configured maximum); with no plan, or
+    after the executor announced a hold (an empty plan), the next chunk is unguided; the plan of the chunk just
+    published is awaited."""
+    from ki_vla.infer.rtc import CommittedPlan, DelayEstimator
+
+    est = DelayEstimator(dt=0.02, window=3)
+    assert est.delay == 0
+    for latency in (0.05, 0.03, 0.021, 0.019):
+        est.record(latency)
+    assert est.delay == 2                              # 0.05 s (3 periods) has left the window of 3
+    rtc = CommittedPlan(dt=0.02, horizon=10, beta=5.0, window=8)
+    assert rtc.guide(1.0) is None and rtc.unguided == 1             # the first chunk: nothing committed
+    rtc.published(1.0, latency_s=0.07)
+    assert not rtc.wait_for_plan(0.01)                              # the executor's plan has not come yet
+    rtc.set_plan(1.0, 1.07, 0.02, np.ones((10, 14)))
+    assert rtc.wait_for_plan(0.0)
+    g = rtc.guide(1.1)
+    assert g is not None and g.delay == 4 and g.exec_horizon == 4    # ceil(0.07 / 0.02)
+    rtc.set_plan(1.2, 1.2, 0.02, None)                              # the executor holds
+    assert rtc.guide(1.2) is None
+    with pytest.raises(ValueError):
+        CommittedPlan(dt=0.02, horizon=10, beta=5.0, method="hard")
+
+
+def test_rtc_merger_starts_a_chunk_from_standstill_at_its_first_action():
+    """Latency compensation skips the actions whose time passed during inference; from standstill none of them ran,
+    so the rtc merger starts the first chunk (and the first after a hold) at action 0, and keeps the timestamps of
+    chunks that arrive while one is executing."""
+    from ki_vla.infer.chunking import Chunk, make_merger
+
+    merger = make_merger("rtc")
+    first = np.linspace(0, 1, 50)[:, None] * np.ones((1, 14))
+    admitted = merger.admit(Chunk(stamp=1.0, dt=0.02, actions=first), now=1.1)
+    assert admitted.stamp == 1.1
+    merger.add(admitted)
+    np.testing.assert_allclose(merger.sample(1.1), first[0])
+    second = Chunk(stamp=1.2, dt=0.02, actions=first + 0.5)
+    assert merger.admit(second, now=1.26).stamp == 1.2                      # one is executing: timing kept
+    latest = make_merger("latest")
+    assert latest.admit(Chunk(stamp=1.0, dt=0.02, actions=first), now=1.1).stamp == 1.0

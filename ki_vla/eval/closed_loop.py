@@ -31,6 +31,11 @@ class EpisodeResult:
     rejected_chunks: int = 0
     video: str | None = None
     wrong_cube_moved: bool | None = None  # transfer_color: the cube the instruction does not name moved
+    # rad, max over joints of |the executor's plan after - before| at each accepted chunk (the switch the robot feels,
+    # from the executor's published plan); rad/s^3: mean |third difference| of the commanded positions / dt^3
+    switch_jump_mean: float = 0.0
+    switch_jump_max: float = 0.0
+    jerk: float = 0.0
 
 
 class EpisodeTracker:
@@ -123,6 +128,9 @@ def summarize(results: list[EpisodeResult], meta: dict[str, Any]) -> dict[str, A
         "mean_reward_fraction": float(np.mean([r.reward_fraction for r in results])) if n else math.nan,
         "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "latency_ms_p99": lat["p99"],
         "control_rate_hz": float(np.mean(rates)) if rates else math.nan,
+        "switch_jump_mean": float(np.mean([r.switch_jump_mean for r in results])) if n else math.nan,
+        "switch_jump_max": float(max(r.switch_jump_max for r in results)) if n else math.nan,
+        "jerk_mean": float(np.mean([r.jerk for r in results])) if n else math.nan,
         "executor_accepted_chunks": sum(r.accepted_chunks for r in results),
         "executor_rejected_chunks": sum(r.rejected_chunks for r in results),
         "wrong_cube_moved_rate": (float(np.mean([bool(r.wrong_cube_moved) for r in results]))
@@ -149,6 +157,11 @@ def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], t
         ["observation-to-chunk latency p50 / p90 / p99 (ms)",
          f"{fmt(metrics['latency_ms_p50'], 4)} / {fmt(metrics['latency_ms_p90'], 4)} / {fmt(metrics['latency_ms_p99'], 4)}"],
         ["executor command rate (Hz, sim time)", fmt(metrics["control_rate_hz"], 4)],
+        ["merge strategy / RTC beta / injected latency (ms)",
+         f"{metrics.get('merge_strategy')} / {metrics.get('rtc_beta', 0.0)} / {metrics.get('inject_latency_ms', 0.0)}"],
+        ["chunk-switch jump mean / max (rad, executor plan)",
+         f"{fmt(metrics.get('switch_jump_mean', math.nan), 3)} / {fmt(metrics.get('switch_jump_max', math.nan), 3)}"],
+        ["command jerk (rad/s^3, mean |third difference| / dt^3)", fmt(metrics.get("jerk_mean", math.nan), 4)],
         ["chunks accepted / rejected by the executor's safety checks",
          f"{metrics['executor_accepted_chunks']} / {metrics['executor_rejected_chunks']}"],
     ] + ([["episodes that moved the cube the instruction does not name", fmt(metrics["wrong_cube_moved_rate"], 3)]]

@@ -24,7 +24,7 @@ import numpy as np
 
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
 
-STRATEGIES = ("latest", "temporal_ensembling")
+STRATEGIES = ("latest", "temporal_ensembling", "rtc")   # ki_vla.infer.chunking.MERGERS
 # transfer_color: the other cube counts as moved when it left its start by more than this (metres, any axis).
 
 
@@ -55,6 +55,7 @@ class RolloutConfig:
     # is sampled unguided: there is nothing committed to agree with.
     rtc_beta: float = 0.0
     rtc_schedule: str = "exp"
+    rtc_method: str = "guided"   # guided | inpaint (ki_vla.infer.rtc)
 
     def __post_init__(self) -> None:
         from ki_vla.sim.scenes import TASKS
@@ -189,7 +190,7 @@ def _rtc_guide(executor: Any, cfg: RolloutConfig, now: float, dt: float, horizon
         return None
     delay = min(cfg.latency_ticks, horizon)
     return RTCGuide(plan, delay=delay, exec_horizon=min(cfg.replan_every, horizon - delay), beta=cfg.rtc_beta,
-                    schedule=cfg.rtc_schedule)
+                    schedule=cfg.rtc_schedule, method=cfg.rtc_method)
 
 
 def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> None:
@@ -203,8 +204,7 @@ def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> N
 
     torch.set_num_threads(threads)
     try:
-        # What policy_node serves: the engine; RTC's guided sampling exists in the reference sampler only so far.
-        policy = make_predictor(KIPolicy.load(model, device=device), engine="off" if cfg.rtc_beta > 0 else "auto")
+        policy = make_predictor(KIPolicy.load(model, device=device))   # what policy_node serves: the engine
         _WORKER.update(
             policy=policy, cfg=cfg,
             sim=BimanualSim(cfg.task, cameras=tuple(policy.cfg.camera_names), image_size=cfg.sim_image_size),

@@ -29,8 +29,10 @@ def add_rollout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ensembling-m", type=float, default=0.01, help="temporal ensembling weight exp(-m i)")
     parser.add_argument("--rtc-beta", type=float, default=0.0,
                         help="real-time chunking: guide each chunk toward the committed plan with this clip (paper 5, "
-                             "LeRobot 10; 0 = off; the reference sampler, not the engine)")
+                             "LeRobot 10; 0 = off); pair with --merger rtc")
     parser.add_argument("--rtc-schedule", choices=("exp", "linear"), default="exp", help="RTC prefix weights' decay")
+    parser.add_argument("--rtc-method", choices=("guided", "inpaint"), default="guided",
+                        help="RTC: guided (the paper's VJP per step) or inpaint (blend, no gradients)")
     parser.add_argument("--target", choices=("red", "blue"), default=None,
                         help="transfer_color: name this cube in every episode (default: drawn per seed)")
     parser.add_argument("--max-seconds", type=float, default=None, help="sim seconds per episode (default: the task's)")
@@ -53,7 +55,8 @@ def rollout_config(args: argparse.Namespace):
     return RolloutConfig(task=args.task, merge_strategy=args.merger, replan_every=args.replan_every,
                          latency_ticks=args.latency_ticks, ensembling_m=args.ensembling_m,
                          sim_image_size=args.sim_image_size, target=args.target,
-                         max_seconds=args.max_seconds, rtc_beta=args.rtc_beta, rtc_schedule=args.rtc_schedule)
+                         max_seconds=args.max_seconds, rtc_beta=args.rtc_beta, rtc_schedule=args.rtc_schedule,
+                         rtc_method=args.rtc_method)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -49,8 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="policy device: auto | cpu | cuda")
     parser.add_argument("--sim-image-size", type=_image_size, default=(120, 160), metavar="HxW",
                         help="camera images the sim renders (default 120x160; the camera node resizes for the model)")
-    parser.add_argument("--merger", choices=("temporal_ensembling", "latest"), default=None,
-                        help="the executor's merge strategy (default: the graph config's)")
+    parser.add_argument("--merger", choices=("temporal_ensembling", "latest", "rtc"), default=None,
+                        help="the executor's merge strategy (default: the graph config's); rtc also turns on the "
+                             "policy's real-time chunking (--rtc-beta, default 5)")
+    parser.add_argument("--rtc-beta", type=float, default=None,
+                        help="policy_node rtc_beta: guide chunks toward the executor's plan (paper 5, LeRobot 10; 0 = off)")
+    parser.add_argument("--rtc-method", choices=("guided", "inpaint"), default=None, help="policy_node rtc_method")
+    parser.add_argument("--inject-latency-ms", type=float, default=0.0,
+                        help="added to every inference (policy_node inject_latency_ms): success under latency")
     parser.add_argument("--min-inference-period", type=float, default=None,
                         help="policy_node min_inference_period in seconds (default: the graph config's)")
     parser.add_argument("--target", choices=("red", "blue"), default=None,
@@ -83,6 +89,19 @@ def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
     pol["model"] = str(model)
     if getattr(args, "merger", None):
         params["executor_node"]["ros__parameters"]["merge_strategy"] = args.merger
+    rtc_beta = getattr(args, "rtc_beta", None)
+    if rtc_beta is None and getattr(args, "merger", None) == "rtc":
+        rtc_beta = 5.0
+    if rtc_beta is not None:
+        if rtc_beta < 0:
+            raise ValueError(f"--rtc-beta must be >= 0, got {rtc_beta}")
+        pol["rtc_beta"] = float(rtc_beta)
+    if getattr(args, "rtc_method", None):
+        pol["rtc_method"] = args.rtc_method
+    latency = float(getattr(args, "inject_latency_ms", 0.0) or 0.0)
+    if not 0 <= latency <= 10000:
+        raise ValueError(f"--inject-latency-ms must be in [0, 10000], got {latency}")
+    pol["inject_latency_ms"] = latency
     if getattr(args, "min_inference_period", None) is not None:
         pol["min_inference_period"] = float(args.min_inference_period)
     if args.device:
@@ -160,7 +179,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             "seed": args.seed, "max_seconds": max_seconds, "target": getattr(args, "target", None), "sim_image_size": list(args.sim_image_size),
             "device": args.device or "auto", "torch": torch.__version__, "wall_seconds": time.perf_counter() - start,
             "merge_strategy": params["executor_node"]["ros__parameters"]["merge_strategy"],
-            "min_inference_period": params["policy_node"]["ros__parameters"]["min_inference_period"]}
+            "min_inference_period": params["policy_node"]["ros__parameters"]["min_inference_period"],
+            "rtc_beta": params["policy_node"]["ros__parameters"].get("rtc_beta", 0.0),
+            "inject_latency_ms": params["policy_node"]["ros__parameters"]["inject_latency_ms"]}
     metrics = summarize(results, meta)
     videos = {r.video: (work / r.video).read_bytes() for r in results if r.video and (work / r.video).exists()}
     write_report(str(report), metrics, videos, title=f"Closed-loop evaluation: {args.task}")

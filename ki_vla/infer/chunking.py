@@ -8,13 +8,13 @@ That is the latency compensation; it needs no knowledge of L, only a shared cloc
 Why a class hierarchy: temporal ensembling (ACT) and latest-chunk are two strategies among several;
 real-time chunking (Black et al. 2025) needs the actions the executor has committed to for the next
 inference window (`plan`) and its own merge rule. A new strategy subclasses `ChunkMerger` and registers
-in `MERGERS`; the executor only calls `add`, `sample`, `plan`, `prune`, `reset`.
+in `MERGERS`; the executor only calls `admit`, `add`, `sample`, `plan`, `prune`, `reset`.
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -73,6 +73,11 @@ class ChunkMerger(ABC):
             raise ValueError("max_chunks must be >= 1")
         self.max_chunks = max_chunks
         self._chunks: list[Chunk] = []  # sorted by stamp, oldest first
+
+    def admit(self, chunk: Chunk, now: float) -> Chunk:
+        """The chunk as this strategy will follow it, given that it arrives at `now` (before `add`): unchanged here;
+        RTCMerger re-times a chunk that arrives from standstill."""
+        return chunk
 
     def add(self, chunk: Chunk) -> None:
         """Insert by stamp (chunks may arrive out of order across processes); keep at most max_chunks."""
@@ -157,9 +162,27 @@ class LatestChunk(ChunkMerger):
         return None
 
 
+class RTCMerger(LatestChunk):
+    """Real-time chunking's executor side (ki_vla.infer.rtc). The policy samples each chunk so that its first actions
+    agree with what this executor has committed to (the plan the executor node publishes), so the newest chunk is
+    followed as is: no averaging, and the switch is smooth because the chunks agree there.
+
+    The first-chunk rule: a chunk that arrives while no chunk covers now (start, after a hold, a re-anchor or a reset)
+    starts at its first action now. Latency compensation would skip the actions whose time passed during inference,
+    but from standstill none of them ran: skipping them starts the arm mid-motion, the jump LeRobot's RTC showed at
+    start-up (#4223: 21 of 30 actions skipped after a slow warm-up). Chunks that arrive while one is executing keep
+    their timestamps (their skipped prefix is what the robot executed meanwhile, which is what RTC agreed on)."""
+
+    def admit(self, chunk: Chunk, now: float) -> Chunk:
+        if chunk.stamp >= now or any(c.covers(now) for c in self._chunks):
+            return chunk
+        return replace(chunk, stamp=now)
+
+
 MERGERS: dict[str, type[ChunkMerger]] = {
     "temporal_ensembling": TemporalEnsembling,
     "latest": LatestChunk,
+    "rtc": RTCMerger,
 }
 
 
@@ -309,6 +332,7 @@ class ChunkExecutor:
         chunk = Chunk(stamp=stamp + float(times[0]), dt=dt, actions=q)
         if chunk.end < now:
             raise ChunkRejected("expired", f"chunk ended {now - chunk.end:.3f} s ago (inference slower than the horizon)")
+        chunk = self.merger.admit(chunk, now)
         self.merger.add(chunk)
         self.last_chunk_time = now
         self.newest_end = chunk.end if self.newest_end is None else max(self.newest_end, chunk.end)

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ki_vla.infer.rtc import RTCGuide, guided_step, inpaint_step
 from ki_vla.model.attention import block_causal_mask, positions_from_valid
 from ki_vla.model.policy import KIPolicy
 from ki_vla.model.projections import merge_projections
@@ -62,6 +63,8 @@ class EngineBuffers:
     cos: torch.Tensor
     sin: torch.Tensor
     out: torch.Tensor
+    guide_target: torch.Tensor   # real-time chunking: the previous chunk, normalized and padded (KIPolicy.guide_tensors)
+    guide_weights: torch.Tensor  # its prefix weights on the robot's action dims
 
 
 class InferenceEngine:
@@ -130,6 +133,8 @@ class InferenceEngine:
             cos=torch.zeros(b, cfg.horizon, tc.head_dim, device=dev, dtype=dt),
             sin=torch.zeros(b, cfg.horizon, tc.head_dim, device=dev, dtype=dt),
             out=torch.zeros(b, cfg.horizon, cfg.action_dim, device=dev),
+            guide_target=torch.zeros(b, cfg.horizon, cfg.max_action_dim, device=dev),
+            guide_weights=torch.zeros(b, cfg.horizon, cfg.max_action_dim, device=dev),
         )
 
     # ---- the three stages: tensor ops on the static buffers only (capturable) ---------------------------
@@ -160,13 +165,24 @@ class InferenceEngine:
         buf.cos.copy_(cos)
         buf.sin.copy_(sin)
 
-    def _expert(self) -> None:
+    def _expert(self, method: str | None = None, beta: float = 0.0) -> None:
+        """The denoising loop; `method` "guided" / "inpaint": real-time chunking toward `guide_target` (the
+        reference's `sample_actions(guide=)`, step for step)."""
         buf, expert = self.buffers, self.policy.expert
         x = buf.noise
         dt = -1.0 / self.num_steps
-        for cond in self.conditioning:
-            v = expert(x, None, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True, conditioning=cond, state=buf.state)
-            x = x + dt * v.float() * buf.dims
+        for i, cond in enumerate(self.conditioning):
+            def velocity(xi: torch.Tensor, cond: torch.Tensor = cond) -> torch.Tensor:
+                return expert(xi, None, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True, conditioning=cond,
+                              state=buf.state).float()
+
+            if method == "guided":
+                v = guided_step(velocity, x, 1.0 + i * dt, buf.guide_target, buf.guide_weights, beta)
+            else:
+                v = velocity(x)
+            x = x + dt * v * buf.dims
+            if method == "inpaint":
+                x = inpaint_step(x, buf.noise, buf.guide_target, buf.guide_weights, 1.0 + (i + 1) * dt)
         buf.out.copy_(x[..., : self.cfg.action_dim])
 
     def _stage_fns(self) -> dict[str, Callable[[], None]]:
@@ -228,11 +244,20 @@ class InferenceEngine:
 
     @torch.no_grad()
     def sample_actions(self, batch: dict[str, torch.Tensor], noise: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None, normalized: bool = False) -> torch.Tensor:
-        """Same contract as KIPolicy.sample_actions for the engine's batch size."""
+                       generator: torch.Generator | None = None, normalized: bool = False,
+                       guide: RTCGuide | None = None) -> torch.Tensor:
+        """Same contract as KIPolicy.sample_actions for the engine's batch size. With a `guide` the denoising loop
+        runs eagerly (on a GPU too: only the unguided loop is a captured graph; vision and prefix stay captured)."""
         self.load(batch, noise, generator)
-        for name in STAGES:
+        for name in STAGES[:-1]:
             self.run_stage(name)
+        if guide is None:
+            self.run_stage("expert")
+        else:
+            target, weights = self.policy.guide_tensors(guide)
+            self.buffers.guide_target.copy_(target.expand_as(self.buffers.guide_target))
+            self.buffers.guide_weights.copy_(weights.expand_as(self.buffers.guide_weights))
+            self._expert(guide.method, guide.beta)
         out = self.buffers.out.clone()
         if normalized:
             return out
@@ -246,14 +271,15 @@ class EnginePredictor:
         self.engine = InferenceEngine(policy, batch_size=1, **engine_kwargs)
         self.cfg = self.engine.cfg
 
-    def predict(self, obs: Observation, generator: torch.Generator | None = None) -> np.ndarray:
-        """One observation -> (horizon, action_dim) float32 chunk in real units."""
+    def predict(self, obs: Observation, generator: torch.Generator | None = None,
+                guide: RTCGuide | None = None) -> np.ndarray:
+        """One observation -> (horizon, action_dim) float32 chunk in real units (KIPolicy.predict's contract)."""
         obs.validate(self.cfg.camera_names, self.cfg.state_dim)
         proc = self.engine.policy.processor
         batch = proc([{"images": obs.images, "state": obs.state, "instruction": obs.instruction}],
                      with_targets=False, device=self.engine.device)
         batch["images"] = batch["images"].to(self.engine.dtype)
-        return self.engine.sample_actions(batch, generator=generator)[0].cpu().numpy().astype(np.float32)
+        return self.engine.sample_actions(batch, generator=generator, guide=guide)[0].cpu().numpy().astype(np.float32)
 
     def warmup(self) -> None:
         self.predict(Observation.blank(self.cfg.camera_names, self.cfg.image_size, self.cfg.state_dim))

@@ -14,9 +14,21 @@ correction is subtracted from it (both move x toward the previous chunk).
 
 The prefix weights (paper, eq. 5): 1 for the `delay` committed actions, decaying (exp or linear) to 0 at
 `horizon - exec_horizon`, 0 after: the tail that only the new observation should decide.
+
+Two ways to apply them (`RTCGuide.method`): "guided" is the paper's (one backward through the expert per Euler step);
+"inpaint" is the cheap one without gradients: after each step, x is blended toward the previous chunk's point on the
+flow path, (1 - w) x + w (t' noise + (1 - t') target) at the step's new time t', so the committed rows end exactly at
+the previous chunk and the rest is free (the expert sees an inpainted input, and the join relies on it reacting).
+
+Where the previous chunk comes from in the ROS graph: the executor publishes what it has committed to (its plan, with
+the `rtc` merger; ki_vla.infer.chunking.RTCMerger), and `guide_from_plan` reads it at the observation's time. The
+delay is measured, not assumed: `DelayEstimator` counts the control periods recent inferences took.
 """
 from __future__ import annotations
 
+import math
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +36,7 @@ import numpy as np
 import torch
 
 SCHEDULES = ("exp", "linear")
+METHODS = ("guided", "inpaint")
 
 
 def prefix_weights(horizon: int, delay: int, exec_horizon: int, schedule: str = "exp") -> np.ndarray:
@@ -61,10 +74,16 @@ class RTCGuide:
     exec_horizon: int        # actions the new chunk executes before the next one replaces it
     beta: float = 5.0        # the guidance weight's clip (the paper's code: 5; LeRobot: 10)
     schedule: str = "exp"
+    method: str = "guided"   # guided (VJP per step) | inpaint (blend toward the previous chunk, no gradients)
 
     def __post_init__(self) -> None:
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.method not in METHODS:
+            raise ValueError(f"RTC method must be one of {METHODS}, got {self.method!r}")
+        self.target = np.asarray(self.target, dtype=np.float64)
+        if self.target.ndim != 2 or not np.all(np.isfinite(self.target)):
+            raise ValueError(f"RTC target must be a finite (horizon, action_dim) array, got shape {self.target.shape}")
 
     def weights(self) -> np.ndarray:
         return prefix_weights(len(self.target), self.delay, self.exec_horizon, self.schedule)
@@ -91,3 +110,112 @@ def guided_step(velocity: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
         w = weights if weights.dim() == 3 else weights[None, :, None]
         (correction,) = torch.autograd.grad(clean, xg, grad_outputs=(w * (target - clean)).detach())
     return v.detach() - guidance_weight(t, beta) * correction
+
+
+def inpaint_step(x: torch.Tensor, noise: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
+                 t_next: float) -> torch.Tensor:
+    """The "inpaint" method after an Euler step to flow time t_next: x blended toward the previous chunk's point on
+    the flow path from the same noise (weights (B, H, A), zero on padded dims; at t_next = 0 the rows of weight 1
+    are the target exactly)."""
+    on_path = t_next * noise + (1.0 - t_next) * target
+    return (1.0 - weights) * x + weights * on_path
+
+
+def guide_from_plan(plan_start: float, plan_dt: float, plan: np.ndarray, stamp: float, dt: float, horizon: int,
+                    delay: int, exec_horizon: int, beta: float, schedule: str = "exp",
+                    method: str = "guided") -> RTCGuide | None:
+    """The guide for a chunk whose point k is for time `stamp + k * dt`, from a committed plan (point j at
+    `plan_start + j * plan_dt`, linearly interpolated, the last point repeated past its end). None when there is
+    nothing to agree with: no plan (the executor is holding, or has not started), or a plan that ends before
+    `stamp` (the first chunk after a pause is sampled freely)."""
+    plan = np.asarray(plan, dtype=np.float64)
+    if plan.ndim != 2 or len(plan) == 0:
+        return None
+    end = plan_start + (len(plan) - 1) * plan_dt
+    if stamp > end + 1e-9:
+        return None
+    x = np.clip((stamp + np.arange(horizon) * dt - plan_start) / plan_dt, 0.0, len(plan) - 1.0)
+    i0 = np.floor(x).astype(int)
+    i1 = np.minimum(i0 + 1, len(plan) - 1)
+    frac = (x - i0)[:, None]
+    target = (1.0 - frac) * plan[i0] + frac * plan[i1]
+    delay = min(max(int(delay), 0), horizon)
+    return RTCGuide(target, delay=delay, exec_horizon=min(max(int(exec_horizon), 0), horizon - delay), beta=beta,
+                    schedule=schedule, method=method)
+
+
+class DelayEstimator:
+    """RTC's delay d: how many committed actions the robot executed while recent inferences ran (observation stamp
+    to chunk publication, in control periods, rounded up), the largest over the last `window` inferences. Why not a
+    configured maximum latency: a too-large d freezes actions the new observation should decide, a too-small one
+    lets the new chunk disagree with what already ran; the measured recent maximum tracks a machine's actual load.
+    Before any measurement `initial` is used."""
+
+    def __init__(self, dt: float, window: int = 8, initial: int = 0) -> None:
+        if not dt > 0 or window < 1 or initial < 0:
+            raise ValueError(f"need dt > 0, window >= 1 and initial >= 0, got {dt}, {window}, {initial}")
+        self.dt, self.initial = float(dt), int(initial)
+        self._ticks: deque[int] = deque(maxlen=window)
+
+    def record(self, latency_s: float) -> None:
+        if math.isfinite(latency_s) and latency_s >= 0:
+            self._ticks.append(int(math.ceil(latency_s / self.dt - 1e-6)))
+
+    @property
+    def delay(self) -> int:
+        return max(self._ticks) if self._ticks else self.initial
+
+
+class CommittedPlan:
+    """The policy's side of real-time chunking in a running graph (policy_node), without ROS: the executor's newest
+    committed plan, the measured delay, and the guide for the next chunk. Thread-safe: plans arrive on the executor's
+    topic while the inference thread asks for guides.
+
+    The first-chunk rule, explicitly: with no plan (before the executor accepted anything, or after it announced a
+    hold with an empty plan) the next chunk is sampled freely, and the executor's `rtc` merger starts it at its first
+    action (ki_vla.infer.chunking.RTCMerger)."""
+
+    def __init__(self, dt: float, horizon: int, beta: float, schedule: str = "exp", method: str = "guided",
+                 window: int = 8) -> None:
+        RTCGuide(np.zeros((horizon, 1)), 0, 0, beta, schedule, method)   # validates beta, schedule and method
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        self.dt, self.horizon, self.beta, self.schedule, self.method = dt, horizon, beta, schedule, method
+        self.delays = DelayEstimator(dt, window)
+        self._lock = threading.Lock()
+        self._plan: tuple[float, float, np.ndarray] | None = None   # (first point's time, spacing, actions)
+        self._awaited: float | None = None      # stamp of the chunk just published, whose plan is awaited
+        self._arrived = threading.Event()
+        self.guided = self.unguided = 0
+
+    def set_plan(self, chunk_stamp: float, start: float, spacing: float, actions: np.ndarray | None) -> None:
+        """The executor's plan after accepting the chunk stamped `chunk_stamp` (None or empty: it holds)."""
+        with self._lock:
+            empty = actions is None or len(actions) == 0 or not spacing > 0
+            self._plan = None if empty else (float(start), float(spacing), np.asarray(actions, dtype=np.float64))
+            if empty or (self._awaited is not None and abs(chunk_stamp - self._awaited) < 1e-6):
+                self._arrived.set()
+
+    def published(self, chunk_stamp: float, latency_s: float) -> None:
+        """A chunk for the observation stamped `chunk_stamp` went out `latency_s` after that observation."""
+        self.delays.record(latency_s)
+        with self._lock:
+            self._awaited = chunk_stamp
+            self._arrived.clear()
+
+    def wait_for_plan(self, timeout: float) -> bool:
+        """Block until the executor's plan for the chunk just published arrives (True), at most `timeout` s."""
+        return self._arrived.wait(timeout) if self._awaited is not None else True
+
+    def guide(self, stamp: float) -> RTCGuide | None:
+        with self._lock:
+            plan = self._plan
+        d = min(self.delays.delay, self.horizon)
+        out = None if plan is None else guide_from_plan(*plan, stamp=stamp, dt=self.dt, horizon=self.horizon, delay=d,
+                                                        exec_horizon=max(d, 1), beta=self.beta,
+                                                        schedule=self.schedule, method=self.method)
+        if out is None:
+            self.unguided += 1
+        else:
+            self.guided += 1
+        return out

@@ -23,7 +23,7 @@ from torch import nn
 
 from ki_vla.atomic import atomic_dir
 from ki_vla.data.normalize import Normalizer
-from ki_vla.infer.rtc import RTCGuide, guided_step
+from ki_vla.infer.rtc import RTCGuide, guided_step, inpaint_step
 from ki_vla.model.attention import block_causal_mask, positions_from_valid, sdpa_mask
 from ki_vla.model.backbone import KV, VLMBackbone
 from ki_vla.model.config import PolicyConfig
@@ -280,25 +280,29 @@ class KIPolicy(nn.Module):
             batch = self._with_keypoints(batch)
             state = self.expert_context(batch)
             kv, valid = self.prefix_cache(batch) if use_cache else (None, None)
+            guided = guide is not None and guide.method == "guided"
             if guide is not None:
-                target, weights = self._guide_tensors(guide)
+                target, weights = self.guide_tensors(guide)
+                x1 = x.clone()
             dt = -1.0 / steps
             for i in range(steps):
                 t = torch.full((b,), 1.0 + i * dt, device=self.device)
                 if not use_cache:
                     kv, valid = self.prefix_cache(batch)
-                if guide is None:
-                    v = self._expert_velocity(x, t, kv, valid, state).float()
-                else:
+                if guided:
                     v = guided_step(lambda xg: self._expert_velocity(xg, t, kv, valid, state).float(), x,
                                     1.0 + i * dt, target, weights, guide.beta)
+                else:
+                    v = self._expert_velocity(x, t, kv, valid, state).float()
                 x = x + dt * v * dims
+                if guide is not None and not guided:
+                    x = inpaint_step(x, x1, target, weights.expand_as(x), 1.0 + (i + 1) * dt)
             out = x[..., : self.cfg.action_dim]
         if normalized:
             return out
         return torch.from_numpy(self.processor.unnormalize_actions(out.cpu().numpy())).to(out.device)
 
-    def _guide_tensors(self, guide: RTCGuide) -> tuple[torch.Tensor, torch.Tensor]:
+    def guide_tensors(self, guide: RTCGuide) -> tuple[torch.Tensor, torch.Tensor]:
         """The guide's target in the sampler's normalized, padded units (1, H, max_action_dim) and its weights on
         the robot's action dims only (the padded dims stay zero)."""
         cfg = self.cfg
