@@ -84,6 +84,7 @@ class PolicyNodeConfig:
     # the chunk it just published (else it guides toward the newest plan it has).
     rtc_beta: float = field(default=0.0, metadata=between(0.0, 1000.0))
     rtc_method: str = "guided"                   # guided (the paper's, one backward per step) | inpaint (no gradients)
+    #                                              | prefix (models trained with rtc_max_delay)
     rtc_schedule: str = "exp"                    # prefix weights over the overlap: exp | linear
     rtc_delay_window: int = field(default=8, metadata=between(1, 1000))
     rtc_plan_timeout: float = field(default=0.05, metadata=between(0.0, 1.0))

@@ -164,6 +164,9 @@ class PolicyNode(LifecycleNode):
                 raise ValueError("rtc_beta > 0 needs plan_topic (the executor's committed plan)")
             self.rtc = CommittedPlan(1.0 / pcfg.fps, pcfg.horizon, cfg.rtc_beta, cfg.rtc_schedule, cfg.rtc_method,
                                      cfg.rtc_delay_window)
+            if cfg.rtc_method == "prefix" and pcfg.rtc_max_delay == 0:
+                self.get_logger().warning("rtc_method prefix with a model trained without training-time RTC "
+                                          "(rtc_max_delay 0): a clean prefix at flow time 0 is an input it never saw")
             self._subs.append(self.create_subscription(JointTrajectory, cfg.plan_topic, self._on_plan, RELIABLE_QOS))
         for name in pcfg.camera_names:
             topic = cfg.camera_topic.format(name=name)

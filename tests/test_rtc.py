@@ -187,3 +187,49 @@ def test_rtc_merger_starts_a_chunk_from_standstill_at_its_first_action():
     assert merger.admit(second, now=1.26).stamp == 1.2                      # one is executing: timing kept
     latest = make_merger("latest")
     assert latest.admit(Chunk(stamp=1.0, dt=0.02, actions=first), now=1.1).stamp == 1.0
+
+
+def test_training_time_rtc_masks_the_prefix_and_inference_gives_it_exactly():
+    """rtc_max_delay > 0: each sample's first d actions enter the expert clean at flow time 0 and are not
+    supervised (a velocity that is exact on the rest and garbage on them has zero loss), the config refuses a delay
+    the horizon cannot hold, and the "prefix" method returns the committed actions exactly, in the reference sampler
+    and the engine alike."""
+    from ki_vla.infer.engine import EnginePredictor
+    from ki_vla.model.config import PolicyConfig
+    from ki_vla.model.policy import KIPolicy
+
+    cfg = PolicyConfig.from_yaml("config/model/tiny.yaml").to_dict()
+    cfg["rtc_max_delay"] = 10
+    torch.manual_seed(0)
+    policy = KIPolicy(PolicyConfig.from_dict(cfg)).eval()
+    batch = policy.example_batch(batch_size=4)
+    actions = batch["actions"].float()
+    seen = {}
+
+    def fake_velocity(x_t, t, *_):
+        seen["t"] = t
+        prefix = t == 0
+        exact = (x_t - actions) / t.clamp(min=1e-6)[..., None]
+        return torch.where(prefix[..., None], torch.full_like(x_t, 100.0), exact)
+
+    policy._expert_velocity = fake_velocity
+    out = policy.compute_loss(batch, generator=torch.Generator().manual_seed(3))
+    t = seen["t"]
+    assert t.shape == (4, policy.cfg.horizon)
+    delays = (t == 0).sum(1)
+    assert bool((delays <= 10).all()) and int(delays.max()) > 0
+    for i, d in enumerate(delays.tolist()):   # the prefix first, then one flow time for the rest
+        assert bool((t[i, :d] == 0).all()) and bool((t[i, d:] == t[i, -1]).all())
+    assert float(out["flow"]) < 1e-8
+    with pytest.raises(ValueError, match="rtc_max_delay"):
+        PolicyConfig.from_dict({**cfg, "rtc_max_delay": 50})
+    del policy._expert_velocity
+
+    obs = Observation.blank(policy.cfg.camera_names, policy.cfg.image_size, policy.cfg.state_dim)
+    committed = policy.predict(obs, generator=torch.Generator().manual_seed(1))
+    guide = RTCGuide(committed, delay=6, exec_horizon=6, method="prefix")
+    ref = policy.predict(obs, generator=torch.Generator().manual_seed(2), guide=guide)
+    np.testing.assert_allclose(ref[:6], committed[:6], atol=1e-5)
+    assert np.abs(ref[6:] - committed[6:]).mean() > 1e-3
+    fast = EnginePredictor(policy).predict(obs, generator=torch.Generator().manual_seed(2), guide=guide)
+    np.testing.assert_allclose(fast, ref, atol=1e-4)

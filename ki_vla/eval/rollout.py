@@ -55,7 +55,7 @@ class RolloutConfig:
     # is sampled unguided: there is nothing committed to agree with.
     rtc_beta: float = 0.0
     rtc_schedule: str = "exp"
-    rtc_method: str = "guided"   # guided | inpaint (ki_vla.infer.rtc)
+    rtc_method: str = "guided"   # guided | inpaint | prefix (ki_vla.infer.rtc)
 
     def __post_init__(self) -> None:
         from ki_vla.sim.scenes import TASKS

@@ -31,8 +31,9 @@ def add_rollout_arguments(parser: argparse.ArgumentParser) -> None:
                         help="real-time chunking: guide each chunk toward the committed plan with this clip (paper 5, "
                              "LeRobot 10; 0 = off); pair with --merger rtc")
     parser.add_argument("--rtc-schedule", choices=("exp", "linear"), default="exp", help="RTC prefix weights' decay")
-    parser.add_argument("--rtc-method", choices=("guided", "inpaint"), default="guided",
-                        help="RTC: guided (the paper's VJP per step) or inpaint (blend, no gradients)")
+    parser.add_argument("--rtc-method", choices=("guided", "inpaint", "prefix"), default="guided",
+                        help="RTC: guided (the paper's VJP per step), inpaint (blend, no gradients) or prefix "
+                             "(models trained with rtc_max_delay: the committed actions given exactly)")
     parser.add_argument("--target", choices=("red", "blue"), default=None,
                         help="transfer_color: name this cube in every episode (default: drawn per seed)")
     parser.add_argument("--max-seconds", type=float, default=None, help="sim seconds per episode (default: the task's)")

@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "policy's real-time chunking (--rtc-beta, default 5)")
     parser.add_argument("--rtc-beta", type=float, default=None,
                         help="policy_node rtc_beta: guide chunks toward the executor's plan (paper 5, LeRobot 10; 0 = off)")
-    parser.add_argument("--rtc-method", choices=("guided", "inpaint"), default=None, help="policy_node rtc_method")
+    parser.add_argument("--rtc-method", choices=("guided", "inpaint", "prefix"), default=None,
+                        help="policy_node rtc_method (prefix: models trained with rtc_max_delay)")
     parser.add_argument("--inject-latency-ms", type=float, default=0.0,
                         help="added to every inference (policy_node inject_latency_ms): success under latency")
     parser.add_argument("--min-inference-period", type=float, default=None,

@@ -30,8 +30,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ki_vla.infer.rtc import RTCGuide, guided_step, inpaint_step
+from ki_vla.infer.rtc import RTCGuide, guided_step, inpaint_step, prefix_times
 from ki_vla.model.attention import block_causal_mask, positions_from_valid
+from ki_vla.model.expert import StepConditioning
 from ki_vla.model.policy import KIPolicy
 from ki_vla.model.projections import merge_projections
 from ki_vla.observation import Observation
@@ -165,24 +166,34 @@ class InferenceEngine:
         buf.cos.copy_(cos)
         buf.sin.copy_(sin)
 
-    def _expert(self, method: str | None = None, beta: float = 0.0) -> None:
-        """The denoising loop; `method` "guided" / "inpaint": real-time chunking toward `guide_target` (the
-        reference's `sample_actions(guide=)`, step for step)."""
+    def _expert(self, method: str | None = None, beta: float = 0.0, delay: int = 0) -> None:
+        """The denoising loop; `method` "guided" / "inpaint" / "prefix": real-time chunking toward `guide_target`
+        (the reference's `sample_actions(guide=)`, step for step; "prefix" computes its per-token time conditioning
+        each step instead of the engine's precomputed one)."""
         buf, expert = self.buffers, self.policy.expert
         x = buf.noise
         dt = -1.0 / self.num_steps
+        horizon = self.cfg.horizon
+        committed = torch.arange(horizon, device=self.device)[None, :, None] < delay
         for i, cond in enumerate(self.conditioning):
-            def velocity(xi: torch.Tensor, cond: torch.Tensor = cond) -> torch.Tensor:
+            def velocity(xi: torch.Tensor, cond: StepConditioning = cond) -> torch.Tensor:
                 return expert(xi, None, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True, conditioning=cond,
                               state=buf.state).float()
 
             if method == "guided":
                 v = guided_step(velocity, x, 1.0 + i * dt, buf.guide_target, buf.guide_weights, beta)
+            elif method == "prefix":
+                x = torch.where(committed, buf.guide_target, x)
+                t = torch.full((self.batch_size,), 1.0 + i * dt, device=self.device)
+                t_tok = prefix_times(t, horizon, torch.full((self.batch_size,), delay, device=self.device))
+                v = expert(x, t_tok, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True, state=buf.state).float()
             else:
                 v = velocity(x)
             x = x + dt * v * buf.dims
             if method == "inpaint":
                 x = inpaint_step(x, buf.noise, buf.guide_target, buf.guide_weights, 1.0 + (i + 1) * dt)
+        if method == "prefix":
+            x = torch.where(committed, buf.guide_target, x)
         buf.out.copy_(x[..., : self.cfg.action_dim])
 
     def _stage_fns(self) -> dict[str, Callable[[], None]]:
@@ -257,7 +268,7 @@ class InferenceEngine:
             target, weights = self.policy.guide_tensors(guide)
             self.buffers.guide_target.copy_(target.expand_as(self.buffers.guide_target))
             self.buffers.guide_weights.copy_(weights.expand_as(self.buffers.guide_weights))
-            self._expert(guide.method, guide.beta)
+            self._expert(guide.method, guide.beta, guide.delay)
         out = self.buffers.out.clone()
         if normalized:
             return out

@@ -18,7 +18,9 @@ The prefix weights (paper, eq. 5): 1 for the `delay` committed actions, decaying
 Two ways to apply them (`RTCGuide.method`): "guided" is the paper's (one backward through the expert per Euler step);
 "inpaint" is the cheap one without gradients: after each step, x is blended toward the previous chunk's point on the
 flow path, (1 - w) x + w (t' noise + (1 - t') target) at the step's new time t', so the committed rows end exactly at
-the previous chunk and the rest is free (the expert sees an inpainted input, and the join relies on it reacting).
+the previous chunk and the rest is free (the expert sees an inpainted input, and the join relies on it reacting). "prefix" is for models
+trained with training-time RTC (`PolicyConfig.rtc_max_delay`): the `delay` committed actions are given exactly, at
+flow time 0, in every step, as in training; the rest is denoised from noise (no weights, no gradients).
 
 Where the previous chunk comes from in the ROS graph: the executor publishes what it has committed to (its plan, with
 the `rtc` merger; ki_vla.infer.chunking.RTCMerger), and `guide_from_plan` reads it at the observation's time. The
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 SCHEDULES = ("exp", "linear")
-METHODS = ("guided", "inpaint")
+METHODS = ("guided", "inpaint", "prefix")
 
 
 def prefix_weights(horizon: int, delay: int, exec_horizon: int, schedule: str = "exp") -> np.ndarray:
@@ -74,7 +76,7 @@ class RTCGuide:
     exec_horizon: int        # actions the new chunk executes before the next one replaces it
     beta: float = 5.0        # the guidance weight's clip (the paper's code: 5; LeRobot: 10)
     schedule: str = "exp"
-    method: str = "guided"   # guided (VJP per step) | inpaint (blend toward the previous chunk, no gradients)
+    method: str = "guided"   # guided (VJP per step) | inpaint (blend, no gradients) | prefix (training-time RTC)
 
     def __post_init__(self) -> None:
         if not self.beta > 0:
@@ -219,3 +221,10 @@ class CommittedPlan:
         else:
             self.guided += 1
         return out
+
+
+def prefix_times(t: torch.Tensor, horizon: int, delay: torch.Tensor) -> torch.Tensor:
+    """(B, H) per-token flow times: 0 for the first `delay` (B,) tokens of each sample (the committed prefix), t (B,)
+    after them (training-time RTC)."""
+    idx = torch.arange(horizon, device=t.device)[None, :]
+    return torch.where(idx < delay[:, None], torch.zeros((), device=t.device, dtype=t.dtype), t[:, None])

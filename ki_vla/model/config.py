@@ -143,6 +143,11 @@ class PolicyConfig:
     num_flow_steps: int = 10
     flow_alpha: float = 1.0  # L = CE + alpha * flow MSE
     time_beta: tuple[float, float] = (1.5, 1.0)
+    # Training-time real-time chunking (Black et al.'s follow-up; LeRobot #4056's semantics): > 0 draws a delay d in
+    # [0, rtc_max_delay] per training sample, gives the first d actions flow time 0 (clean, the committed prefix) and
+    # supervises only the rest. At inference (RTCGuide method "prefix") the committed actions are then given exactly,
+    # at time 0, instead of being steered toward. 0 = off. Saved with the checkpoint like every model field.
+    rtc_max_delay: int = 0
     dtype: str = "float32"  # weights on GPU may be bfloat16
 
     def __post_init__(self) -> None:
@@ -171,6 +176,7 @@ class PolicyConfig:
         need(0 < self.action_dim <= self.max_action_dim, "need 0 < action_dim <= max_action_dim")
         need(self.state_dim > 0 and self.horizon > 0 and self.fps > 0, "state_dim, horizon, fps must be > 0")
         need(self.num_flow_steps > 0, "num_flow_steps must be > 0")
+        need(0 <= self.rtc_max_delay < self.horizon, "rtc_max_delay must be in [0, horizon)")
         need(self.text.num_heads % self.text.num_kv_heads == 0, "text.num_heads must be a multiple of num_kv_heads")
         need(self.vision.keypoints >= 0 and self.vision.keypoint_channels > 0,
              "vision.keypoints must be >= 0 and vision.keypoint_channels > 0")

@@ -64,8 +64,10 @@ class RMSNorm(nn.Module):
             nn.init.zeros_(self.dense.bias)
 
     def modulation(self, cond: torch.Tensor) -> Modulation:
-        """(scale, shift, gate), each (B, 1, W) float32, from the time conditioning (B, cond_dim)."""
-        scale, shift, gate = self.dense(cond)[:, None, :].float().chunk(3, dim=-1)
+        """(scale, shift, gate), each (B, 1, W) float32, from the time conditioning (B, cond_dim); (B, H, W) from a
+        per-token conditioning (B, H, cond_dim) (training-time RTC: the committed prefix is at flow time 0)."""
+        out = self.dense(cond)
+        scale, shift, gate = (out[:, None, :] if out.dim() == 2 else out).float().chunk(3, dim=-1)
         return scale, shift, gate
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
@@ -156,12 +158,13 @@ class ExpertLayer(nn.Module):
 
 
 def sinusoidal_time_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
-    """openpi's time embedding: periods spaced geometrically between min and max period; (B,) -> (B, dim)."""
+    """openpi's time embedding: periods spaced geometrically between min and max period; (B,) -> (B, dim), or
+    per token (B, H) -> (B, H, dim)."""
     if dim % 2:
         raise ValueError(f"time embedding width must be even, got {dim}")
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
     period = min_period * (max_period / min_period) ** fraction
-    angle = t.double()[:, None] * (2.0 * math.pi / period)[None, :]
+    angle = t.double()[..., None] * (2.0 * math.pi / period)
     return torch.cat([angle.sin(), angle.cos()], dim=-1).float()
 
 
@@ -235,12 +238,13 @@ class ActionExpert(nn.Module):
     def embed(self, noisy_actions: torch.Tensor, t: torch.Tensor,
               state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, H, max_action_dim), (B,) -> action tokens (B, H, W) and the adaRMS conditioning (B, W) or None.
+        t may be per token (B, H) (training-time RTC), the conditioning then (B, H, W).
         state: (B, state_dim) normalized, read only with `expert.state_input`."""
         x = self._action_tokens(noisy_actions, state)
         temb = self._time_embedding(t)
         if self.cfg.expert.time_conditioning == "adarms":
             return x, self._adarms_cond(temb)
-        mixed = torch.cat([x, temb[:, None, :].expand_as(x)], dim=-1)
+        mixed = torch.cat([x, (temb[:, None, :] if temb.dim() == 2 else temb).expand_as(x)], dim=-1)
         return self.action_time_mlp_out(nn.functional.silu(self.action_time_mlp_in(mixed))), None
 
     def step_conditioning(self, t: torch.Tensor) -> StepConditioning:

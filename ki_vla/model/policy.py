@@ -23,7 +23,7 @@ from torch import nn
 
 from ki_vla.atomic import atomic_dir
 from ki_vla.data.normalize import Normalizer
-from ki_vla.infer.rtc import RTCGuide, guided_step, inpaint_step
+from ki_vla.infer.rtc import RTCGuide, guided_step, inpaint_step, prefix_times
 from ki_vla.model.attention import block_causal_mask, positions_from_valid, sdpa_mask
 from ki_vla.model.backbone import KV, VLMBackbone
 from ki_vla.model.config import PolicyConfig
@@ -227,21 +227,34 @@ class KIPolicy(nn.Module):
                 prefix_kv = [(k.detach(), v.detach()) for k, v in prefix_kv]
             actions = batch["actions"].to(torch.float32)
             b = actions.shape[0]
+            top = cfg.rtc_max_delay + 1
             if "sample_seed" in batch:
                 gens = [torch.Generator(device=actions.device).manual_seed(int(seed)) for seed in batch["sample_seed"].tolist()]
                 t = torch.cat([self.sample_time(1, actions.device, g) for g in gens])
                 noise = torch.stack([torch.randn(actions.shape[1:], device=actions.device, generator=g) for g in gens])
+                delay = (torch.cat([torch.randint(0, top, (1,), device=actions.device, generator=g) for g in gens])
+                         if cfg.rtc_max_delay else None)
             else:
                 t = self.sample_time(b, actions.device, generator)
                 noise = torch.randn(actions.shape, device=actions.device, generator=generator)
+                delay = (torch.randint(0, top, (b,), device=actions.device, generator=generator)
+                         if cfg.rtc_max_delay else None)
             noise = noise * self.action_dim_mask(actions.device)
-            x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
-            v = self._expert_velocity(x_t, t, prefix_kv, prefix_valid, self.expert_context(batch)).float()
+            # Training-time RTC (cfg.rtc_max_delay > 0): the first `delay` actions are the committed prefix, clean
+            # at flow time 0 and not supervised; without it every token has the sample's time.
+            t_tok = prefix_times(t, cfg.horizon, delay) if cfg.rtc_max_delay else t[:, None].expand(b, cfg.horizon)
+            x_t = t_tok[..., None] * noise + (1.0 - t_tok[..., None]) * actions
+            v = self._expert_velocity(x_t, t_tok if cfg.rtc_max_delay else t, prefix_kv, prefix_valid,
+                                      self.expert_context(batch)).float()
             err = (v - (noise - actions))[..., : cfg.action_dim].pow(2).mean(-1)
             # A masked mean rather than `err[av].mean()` only when some action is valid: a micro-batch of VLM
             # samples alone (co-training) still runs the expert into the loss with zero weight, so under DDP every
             # expert parameter gets its (zero) gradient and the reducer never waits for a missing one.
+            # With training-time RTC the prefix's steps are masked out of the sum but stay in `loss_norm`'s count
+            # (a step-wide constant, so accumulation still equals one big batch).
             av = batch["action_valid"].to(err.dtype)
+            if cfg.rtc_max_delay:
+                av = av * (torch.arange(cfg.horizon, device=av.device)[None, :] >= delay[:, None]).to(av.dtype)
             count = batch["loss_norm"][1] if "loss_norm" in batch else av.sum()
             flow = (err * av).sum() / count.clamp(min=1.0)
         # ce and flow keep their graphs so either can be back-propagated alone (the insulation tests do).
@@ -280,23 +293,30 @@ class KIPolicy(nn.Module):
             batch = self._with_keypoints(batch)
             state = self.expert_context(batch)
             kv, valid = self.prefix_cache(batch) if use_cache else (None, None)
-            guided = guide is not None and guide.method == "guided"
+            method = guide.method if guide is not None else None
             if guide is not None:
                 target, weights = self.guide_tensors(guide)
                 x1 = x.clone()
+                committed = torch.arange(self.cfg.horizon, device=self.device)[None, :, None] < guide.delay
             dt = -1.0 / steps
             for i in range(steps):
                 t = torch.full((b,), 1.0 + i * dt, device=self.device)
                 if not use_cache:
                     kv, valid = self.prefix_cache(batch)
-                if guided:
+                if method == "guided":
                     v = guided_step(lambda xg: self._expert_velocity(xg, t, kv, valid, state).float(), x,
                                     1.0 + i * dt, target, weights, guide.beta)
+                elif method == "prefix":   # training-time RTC: the committed prefix given exactly, at time 0
+                    x = torch.where(committed, target, x)
+                    t_tok = prefix_times(t, self.cfg.horizon, torch.full((b,), guide.delay, device=self.device))
+                    v = self._expert_velocity(x, t_tok, kv, valid, state).float()
                 else:
                     v = self._expert_velocity(x, t, kv, valid, state).float()
                 x = x + dt * v * dims
-                if guide is not None and not guided:
+                if method == "inpaint":
                     x = inpaint_step(x, x1, target, weights.expand_as(x), 1.0 + (i + 1) * dt)
+            if method == "prefix":
+                x = torch.where(committed, target, x)
             out = x[..., : self.cfg.action_dim]
         if normalized:
             return out
