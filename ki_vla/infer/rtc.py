@@ -83,6 +83,8 @@ class RTCGuide:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.method not in METHODS:
             raise ValueError(f"RTC method must be one of {METHODS}, got {self.method!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         self.target = np.asarray(self.target, dtype=np.float64)
         if self.target.ndim != 2 or not np.all(np.isfinite(self.target)):
             raise ValueError(f"RTC target must be a finite (horizon, action_dim) array, got shape {self.target.shape}")
@@ -136,6 +138,7 @@ def guide_from_plan(plan_start: float, plan_dt: float, plan: np.ndarray, stamp: 
     end = plan_start + (len(plan) - 1) * plan_dt
     if stamp > end + 1e-9:
         return None
+    # Vectorized over the horizon (Chunk.at samples one time per call, and rounds the last point by 1e-14).
     x = np.clip((stamp + np.arange(horizon) * dt - plan_start) / plan_dt, 0.0, len(plan) - 1.0)
     i0 = np.floor(x).astype(int)
     i1 = np.minimum(i0 + 1, len(plan) - 1)
@@ -180,8 +183,6 @@ class CommittedPlan:
     def __init__(self, dt: float, horizon: int, beta: float, schedule: str = "exp", method: str = "guided",
                  window: int = 8) -> None:
         RTCGuide(np.zeros((horizon, 1)), 0, 0, beta, schedule, method)   # validates beta, schedule and method
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.dt, self.horizon, self.beta, self.schedule, self.method = dt, horizon, beta, schedule, method
         self.delays = DelayEstimator(dt, window)
         self._lock = threading.Lock()
