@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from ki_vla.infer.chunking import MERGERS
+
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
 
-STRATEGIES = ("latest", "temporal_ensembling", "rtc")   # ki_vla.infer.chunking.MERGERS
+STRATEGIES = tuple(MERGERS)   # the executor's merge strategies
 # transfer_color: the other cube counts as moved when it left its start by more than this (metres, any axis).
 
 

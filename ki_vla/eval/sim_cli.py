@@ -19,6 +19,7 @@ from ki_vla import procs
 from ki_vla.configs import load_yaml
 from ki_vla.cli import parse_image_size
 from ki_vla.procs import ros_env, write_ros_params
+from ki_vla.eval.rollout import STRATEGIES
 
 help = "closed-loop evaluation in the MuJoCo sim through the ROS 2 graph (success rate with 95% CI, videos, report)"
 
@@ -49,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="policy device: auto | cpu | cuda")
     parser.add_argument("--sim-image-size", type=_image_size, default=(120, 160), metavar="HxW",
                         help="camera images the sim renders (default 120x160; the camera node resizes for the model)")
-    parser.add_argument("--merger", choices=("temporal_ensembling", "latest", "rtc"), default=None,
+    parser.add_argument("--merger", choices=STRATEGIES, default=None,
                         help="the executor's merge strategy (default: the graph config's); rtc also turns on the "
                              "policy's real-time chunking (--rtc-beta, default 5)")
     parser.add_argument("--rtc-beta", type=float, default=None,
