@@ -239,10 +239,13 @@ def test_auto_fusion_falls_back_to_the_unfused_engine(monkeypatch, caplog):
         engine_mod.make_predictor(policy, "on", fuse="on")
 
 
-def test_engine_matches_reference_with_the_expert_state_input():
+@pytest.mark.parametrize("delta", [False, True])
+def test_engine_matches_reference_with_the_expert_state_input(delta):
     """The small CPU recipe's expert reads the continuous state: the engine's state buffer must be refreshed per
-    request (a stale state would replay the previous observation's joints)."""
-    cfg = PolicyConfig.from_yaml("config/model/small.yaml")
+    request (a stale state would replay the previous observation's joints). A delta-action model's chunk is
+    relative to that state in the engine too."""
+    cfg = dataclasses.replace(PolicyConfig.from_yaml("config/model/small.yaml"), delta_actions=delta,
+                              absolute_action_dims=(6, 13))
     assert cfg.expert.state_input
     torch.manual_seed(0)
     policy = KIPolicy(cfg).eval()

@@ -180,6 +180,36 @@ def test_sample_actions_real_units_use_stats(cfg):
     torch.testing.assert_close(real, (normalized + 1) * 2.0, atol=1e-5, rtol=0)
 
 
+def test_delta_actions_are_relative_to_the_observation_state(cfg):
+    """A delta-action model's chunk is the observation's state plus what it samples, on every dim but the
+    absolute ones (grippers); the processor's conversion round-trips and needs the state."""
+    delta = dataclasses.replace(cfg, delta_actions=True, absolute_action_dims=(6, 13))
+    policy = make(delta, "ki").eval()
+    policy.set_normalizer(Normalizer({"observation.state": {"q01": [-2.0] * 14, "q99": [2.0] * 14},
+                                      "action": {"q01": [-0.5] * 14, "q99": [0.5] * 14}}))
+    batch = policy.example_batch(2)
+    noise = torch.randn(2, cfg.horizon, cfg.max_action_dim, generator=torch.Generator().manual_seed(0))
+    model_units = policy.sample_actions(batch, noise=noise, normalized=True)
+    real = policy.sample_actions(batch, noise=noise)
+    state = batch["state"] * 2.0  # the normalized state back in real units (q01/q99 = -2/2)
+    mask = torch.ones(14)
+    mask[[6, 13]] = 0.0
+    torch.testing.assert_close(real, model_units * 0.5 + state[:, None, :] * mask, atol=1e-5, rtol=0)
+    proc = policy.processor
+    chunk = np.random.default_rng(0).uniform(-1, 1, (cfg.horizon, 14)).astype(np.float32)
+    raw_state = np.linspace(-1, 1, 14, dtype=np.float32)
+    norm = proc.normalize_actions(chunk, raw_state)
+    np.testing.assert_allclose(norm[:, 6], chunk[:, 6] / 0.5, atol=1e-6)  # a gripper stays absolute
+    np.testing.assert_allclose(norm[:, 0], (chunk[:, 0] - raw_state[0]) / 0.5, atol=1e-6)
+    np.testing.assert_allclose(proc.unnormalize_actions(norm, raw_state), chunk, atol=1e-6)
+    with pytest.raises(ValueError, match="needs the observation's state"):
+        proc.normalize_actions(chunk)
+    with pytest.raises(ValueError, match="state_dim == action_dim"):
+        dataclasses.replace(cfg, delta_actions=True, state_dim=12)
+    with pytest.raises(ValueError, match="absolute_action_dims"):
+        dataclasses.replace(cfg, delta_actions=True, absolute_action_dims=(14,))
+
+
 def test_pi0_fast_decodes_chunks(cfg, fast_tok):
     policy = make(cfg, "pi0_fast", fast_tokenizer=fast_tok).eval()
     assert policy.expert is None

@@ -86,6 +86,31 @@ def test_every_variant_trains_from_the_same_config(dataset, tmp_path, variant):
     assert KIPolicy.from_pretrained(tmp_path / variant / "final").cfg.variant == variant
 
 
+def test_delta_action_model_is_normalized_by_the_deltas(dataset, tmp_path):
+    """A delta-action model's checkpoint carries the stats of action - state (grippers absolute), not the dataset's
+    absolute ones, and its FAST tokenizer is fitted on those deltas."""
+    import numpy as np
+    import yaml
+
+    from ki_vla.data.lerobot import LeRobotDataset
+    from ki_vla.data.samples import ChunkDataset
+
+    model = yaml.safe_load((ROOT / "config/model/tiny.yaml").read_text())
+    model.update(delta_actions=True, absolute_action_dims=[6, 13])
+    (tmp_path / "delta.yaml").write_text(yaml.safe_dump(model))
+    Trainer(config(dataset, tmp_path / "run", model=str(tmp_path / "delta.yaml"), max_steps=2, save_every=2)).train()
+    policy = KIPolicy.from_pretrained(tmp_path / "run" / "final")
+    assert policy.cfg.delta_actions and policy.cfg.absolute_action_dims == (6, 13)
+    robot = ChunkDataset(LeRobotDataset(dataset), horizon=policy.cfg.horizon, camera_names=[])
+    chunks, states = robot.all_action_chunks(), robot.chunk_states()
+    deltas = chunks - states[:, None, :] * np.array([0.0 if i in (6, 13) else 1.0 for i in range(14)], np.float32)
+    stats = policy.processor.normalizer.stats["action"]
+    np.testing.assert_allclose(stats["q99"], np.quantile(deltas.reshape(-1, 14), 0.99, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(policy.processor.unnormalize_actions(policy.processor.normalize_actions(chunks[0], states[0]),
+                                                                    states[0]), chunks[0], atol=1e-5)
+    assert (tmp_path / "run" / "fast_tokenizer").is_dir()
+
+
 def test_config_errors(dataset, tmp_path):
     with pytest.raises(ValueError, match="train config: unknown key"):
         TrainConfig.load(None, ["nope=1"])

@@ -163,6 +163,10 @@ class Normalizer:
         for key in self.stats:
             self._affine[key] = self._fit(key)
 
+    def with_stats(self, key: str, stats: Mapping[str, Any]) -> Normalizer:
+        """A copy with `key`'s stats replaced (same modes, clipping and eps)."""
+        return Normalizer({**self.stats, key: stats}, mode=self.mode, clip=self.clip, eps=self.eps, modes=self.modes)
+
     def mode_for(self, key: str) -> str:
         """The normalization mode used for `key`."""
         return self.modes.get(key, self.mode)

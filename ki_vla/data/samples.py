@@ -153,6 +153,14 @@ class ChunkDataset(Dataset):
                 chunks.append(actions[start + idx])
         return np.stack(chunks).astype(np.float32)
 
+    def chunk_states(self, stride: int = 1) -> np.ndarray:
+        """(N, D_s) the state each of `all_action_chunks(stride)`'s chunks starts from (what delta actions are
+        relative to)."""
+        states = self.ds.column(STATE_KEY)
+        rows = [start + t for ep in self._eps for start, stop in [self.ds.episode_rows(ep)]
+                for t in range(0, stop - start, stride)]
+        return np.asarray(states[rows], np.float32)
+
     def block_order(self, seed: int, epoch: int = 0, episodes_per_block: int | None = None,
                     start_frames: int = 0, start_repeat: int = 1) -> list[int]:
         """A cache-friendly shuffled permutation of all sample indices (see the module docstring), in which the

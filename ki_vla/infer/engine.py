@@ -265,14 +265,14 @@ class InferenceEngine:
         if guide is None:
             self.run_stage("expert")
         else:
-            target, weights = self.policy.guide_tensors(guide)
+            target, weights = self.policy.guide_tensors(guide, self.policy.processor.raw_state(batch["state"]))
             self.buffers.guide_target.copy_(target.expand_as(self.buffers.guide_target))
             self.buffers.guide_weights.copy_(weights.expand_as(self.buffers.guide_weights))
             self._expert(guide.method, guide.beta, guide.delay)
         out = self.buffers.out.clone()
         if normalized:
             return out
-        return torch.from_numpy(self.policy.processor.unnormalize_actions(out.cpu().numpy())).to(out.device)
+        return self.policy.to_real_units(out, batch)
 
 
 class EnginePredictor:

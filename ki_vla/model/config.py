@@ -148,6 +148,14 @@ class PolicyConfig:
     # supervises only the rest. At inference (RTCGuide method "prefix") the committed actions are then given exactly,
     # at time 0, instead of being steered toward. 0 = off. Saved with the checkpoint like every model field.
     rtc_max_delay: int = 0
+    # Delta actions (openpi's ALOHA transform): the model predicts each chunk relative to the state of its
+    # observation, action - state, except the dims in `absolute_action_dims` (grippers: open/close is a level, not
+    # a motion). The first action of a chunk is then near zero from the first steps of training, where an
+    # absolute-action policy starts its chunks far from the arm and the executor refuses them as jumps. Needs
+    # state_dim == action_dim with matching joint order. Normalization stats are those of the deltas (the trainer
+    # computes them), so a checkpoint is self-describing.
+    delta_actions: bool = False
+    absolute_action_dims: tuple[int, ...] = ()
     dtype: str = "float32"  # weights on GPU may be bfloat16
 
     def __post_init__(self) -> None:
@@ -157,6 +165,7 @@ class PolicyConfig:
                 setattr(self, name, _from_dict(cls, value, name))
         self.camera_names = tuple(self.camera_names)
         self.time_beta = tuple(self.time_beta)
+        self.absolute_action_dims = tuple(int(i) for i in self.absolute_action_dims)
         self.validate()
 
     def validate(self) -> None:
@@ -177,6 +186,11 @@ class PolicyConfig:
         need(self.state_dim > 0 and self.horizon > 0 and self.fps > 0, "state_dim, horizon, fps must be > 0")
         need(self.num_flow_steps > 0, "num_flow_steps must be > 0")
         need(0 <= self.rtc_max_delay < self.horizon, "rtc_max_delay must be in [0, horizon)")
+        need(not self.delta_actions or self.state_dim == self.action_dim,
+             f"delta_actions needs state_dim == action_dim (got {self.state_dim}, {self.action_dim})")
+        need(all(0 <= i < self.action_dim for i in self.absolute_action_dims)
+             and len(set(self.absolute_action_dims)) == len(self.absolute_action_dims),
+             f"absolute_action_dims must be distinct indices in [0, action_dim), got {list(self.absolute_action_dims)}")
         need(self.text.num_heads % self.text.num_kv_heads == 0, "text.num_heads must be a multiple of num_kv_heads")
         need(self.vision.keypoints >= 0 and self.vision.keypoint_channels > 0,
              "vision.keypoints must be >= 0 and vision.keypoint_channels > 0")
@@ -220,6 +234,7 @@ class PolicyConfig:
         out = dataclasses.asdict(self)
         out["camera_names"] = list(self.camera_names)
         out["time_beta"] = list(self.time_beta)
+        out["absolute_action_dims"] = list(self.absolute_action_dims)
         return out
 
     def to_yaml(self, path: str | Path) -> None:

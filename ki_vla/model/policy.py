@@ -295,7 +295,7 @@ class KIPolicy(nn.Module):
             kv, valid = self.prefix_cache(batch) if use_cache else (None, None)
             method = guide.method if guide is not None else None
             if guide is not None:
-                target, weights = self.guide_tensors(guide)
+                target, weights = self.guide_tensors(guide, self.processor.raw_state(batch["state"]))
                 x1 = x.clone()
                 committed = torch.arange(self.cfg.horizon, device=self.device)[None, :, None] < guide.delay
             dt = -1.0 / steps
@@ -320,15 +320,24 @@ class KIPolicy(nn.Module):
             out = x[..., : self.cfg.action_dim]
         if normalized:
             return out
-        return torch.from_numpy(self.processor.unnormalize_actions(out.cpu().numpy())).to(out.device)
+        return self.to_real_units(out, batch)
 
-    def guide_tensors(self, guide: RTCGuide) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_real_units(self, actions: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sampled (B, H, action_dim) model-unit actions -> real units (relative to the batch's state for a
+        delta-action model); the reference sampler and the engine share it."""
+        state = self.processor.raw_state(batch["state"]) if self.cfg.delta_actions else None
+        return torch.from_numpy(self.processor.unnormalize_actions(actions.cpu().numpy(), state)).to(actions.device)
+
+    def guide_tensors(self, guide: RTCGuide, state: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The guide's target in the sampler's normalized, padded units (1, H, max_action_dim) and its weights on
-        the robot's action dims only (the padded dims stay zero)."""
+        the robot's action dims only (the padded dims stay zero). `state`: the observation's (1, state_dim) real
+        state, which a delta-action model's target is relative to."""
         cfg = self.cfg
         if guide.target.shape != (cfg.horizon, cfg.action_dim):
             raise ValueError(f"RTC target has shape {guide.target.shape}, expected ({cfg.horizon}, {cfg.action_dim})")
-        norm = self.processor.normalize_actions(np.asarray(guide.target, dtype=np.float32))
+        if state is not None:
+            state = np.asarray(state, np.float32).reshape(-1, cfg.state_dim)[0]
+        norm = self.processor.normalize_actions(np.asarray(guide.target, dtype=np.float32), state)
         target = torch.zeros(1, cfg.horizon, cfg.max_action_dim, device=self.device)
         target[0, :, : cfg.action_dim] = torch.as_tensor(norm, dtype=torch.float32, device=self.device)
         w = torch.as_tensor(guide.weights(), dtype=torch.float32, device=self.device)

@@ -11,7 +11,7 @@ Batch layout (all tensors; L_img = cameras x tokens per image):
   images (B, N_cam, 3, S, S) float in [-1, 1]     image_valid (B, N_cam) bool
   text_ids (B, L_txt) long, LEFT-padded            text_valid (B, L_txt) bool
   target_ids (B, L_tgt) long, right-padded         target_valid (B, L_tgt) bool  (CE positions)
-  actions (B, H, max_action_dim) normalized        action_valid (B, H) bool (False: padding or no actions)
+  actions (B, H, max_action_dim) normalized (minus the state first, for `delta_actions`)   action_valid (B, H) bool (False: padding or no actions)
   state (B, state_dim) float normalized (zero for VLM samples; read by an expert with `expert.state_input`)
 Left-padding the prompt puts the last prompt token at the end of the prefix, so the hidden state that
 predicts the first target token is always at index L_prefix - 1.
@@ -34,6 +34,13 @@ def identity_normalizer(cfg: PolicyConfig) -> Normalizer:
     """Quantile stats of [-1, 1]: normalization is the identity (random models, tests, benchmarks)."""
     return Normalizer({STATE_KEY: {"q01": np.full(cfg.state_dim, -1.0), "q99": np.full(cfg.state_dim, 1.0)},
                        ACTION_KEY: {"q01": np.full(cfg.action_dim, -1.0), "q99": np.full(cfg.action_dim, 1.0)}})
+
+
+def delta_action_mask(cfg: PolicyConfig) -> np.ndarray:
+    """(action_dim,) 1.0 on the dims a delta-action model predicts relative to the state, 0.0 elsewhere."""
+    mask = np.full(cfg.action_dim, 1.0 if cfg.delta_actions else 0.0, np.float32)
+    mask[list(cfg.absolute_action_dims)] = 0.0
+    return mask
 
 
 def check_normalizer(normalizer: Normalizer, cfg: PolicyConfig) -> None:
@@ -103,11 +110,33 @@ class Processor:
     def normalize_state(self, state: np.ndarray) -> np.ndarray:
         return self.normalizer.normalize(STATE_KEY, np.asarray(state, np.float32)).astype(np.float32)
 
-    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return self.normalizer.normalize(ACTION_KEY, np.asarray(actions, np.float32)).astype(np.float32)
+    def raw_state(self, state_norm: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The batch's normalized state back in real units (the frame delta actions are relative to)."""
+        if isinstance(state_norm, torch.Tensor):
+            state_norm = state_norm.detach().float().cpu().numpy()
+        return self.normalizer.unnormalize(STATE_KEY, np.asarray(state_norm, np.float32)).astype(np.float32)
 
-    def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return self.normalizer.unnormalize(ACTION_KEY, np.asarray(actions, np.float32)).astype(np.float32)
+    def _offset(self, actions: np.ndarray, state: np.ndarray | None) -> np.ndarray | float:
+        """What delta actions are relative to: the state on the delta dims, broadcast over the chunk axis."""
+        if not self.cfg.delta_actions:
+            return 0.0
+        if state is None:
+            raise ValueError("this model predicts delta actions: converting them needs the observation's state")
+        state = np.asarray(state, np.float32)
+        if state.shape[-1] != self.cfg.action_dim or state.shape[:-1] != actions.shape[:-2]:
+            raise ValueError(f"state of shape {state.shape} does not fit actions of shape {actions.shape}")
+        return state[..., None, :] * delta_action_mask(self.cfg)
+
+    def normalize_actions(self, actions: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        """Real-unit (..., H, action_dim) actions -> model units; `state` (..., action_dim) in real units is required
+        (and only used) for a delta-action model."""
+        actions = np.asarray(actions, np.float32)
+        return self.normalizer.normalize(ACTION_KEY, actions - self._offset(actions, state)).astype(np.float32)
+
+    def unnormalize_actions(self, actions: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        """Inverse of `normalize_actions`."""
+        out = self.normalizer.unnormalize(ACTION_KEY, np.asarray(actions, np.float32)).astype(np.float32)
+        return (out + self._offset(out, state)).astype(np.float32)
 
     def _warn_once(self, kind: str, text: str) -> None:
         """Truncation repeats for every sample of a dataset: say it once, count the rest (`truncations`)."""
@@ -193,7 +222,7 @@ class Processor:
                     raw = np.asarray(sample["actions"], np.float32)
                     if raw.shape != (h, cfg.action_dim):
                         raise ValueError(f"actions have shape {raw.shape}, expected ({h}, {cfg.action_dim})")
-                    norm_actions = self.normalize_actions(raw)
+                    norm_actions = self.normalize_actions(raw, state)
                     actions[i, :, : cfg.action_dim] = norm_actions
                     pad = sample.get("action_is_pad")
                     action_valid[i] = True if pad is None else ~np.asarray(pad, bool)

@@ -41,10 +41,11 @@ from tqdm import tqdm
 from ki_vla.atomic import atomic_dir, recover_interrupted
 from ki_vla.data.cotrain import MixtureDataset, VLMDataset
 from ki_vla.data.lerobot import LeRobotDataset
-from ki_vla.data.normalize import Normalizer
+from ki_vla.data.normalize import ACTION_KEY, Normalizer, compute_stats
 from ki_vla.data.samples import ChunkDataset
 from ki_vla.model.config import PolicyConfig
 from ki_vla.model.policy import KIPolicy
+from ki_vla.model.processing import delta_action_mask
 from ki_vla.paths import resolve
 from ki_vla.tokenizer.fast import FastTokenizer
 from ki_vla.train.augment import ImageAugment
@@ -228,12 +229,20 @@ class Trainer:
 
     def _prepare_normalization(self, ds: LeRobotDataset, robot: ChunkDataset) -> None:
         """Stats from the dataset (computed when it has none); FAST tokenizer from the dataset or fitted once."""
+        pcfg = self.policy.cfg
         normalizer = Normalizer.from_dataset(ds)
+        chunks = None
+        if pcfg.delta_actions:
+            # The dataset's action stats describe absolute actions; a delta model is normalized by the deltas'.
+            chunks = robot.all_action_chunks() - robot.chunk_states()[:, None, :] * delta_action_mask(pcfg)
+            normalizer = normalizer.with_stats(ACTION_KEY, compute_stats(chunks.reshape(-1, chunks.shape[-1])))
         self.policy.set_normalizer(normalizer)
-        if not self.policy.cfg.trains_backbone_ce or self.policy.fast_tokenizer is not None:
+        if not pcfg.trains_backbone_ce or self.policy.fast_tokenizer is not None:
             return
         shipped = Path(ds.root) / "meta" / FAST_DIR
-        if shipped.is_dir():
+        if shipped.is_dir() and pcfg.delta_actions:
+            log.info("not using %s: it was fitted on absolute actions, this model predicts deltas", shipped)
+        if shipped.is_dir() and not pcfg.delta_actions:
             tok = FastTokenizer.load(shipped)
         else:
             local = self.out / FAST_DIR
@@ -241,7 +250,7 @@ class Trainer:
                 raise ValueError(f"train fast_vocab_size {self.cfg.fast_vocab_size} exceeds the {self.policy.cfg.fast_vocab_size} "
                                  "FAST ids the model reserves (model config fast_vocab_size)")
             if self.env.is_main:
-                chunks = normalizer.normalize("action", robot.all_action_chunks())
+                chunks = normalizer.normalize(ACTION_KEY, robot.all_action_chunks() if chunks is None else chunks)
                 if len(chunks) > MAX_FAST_CHUNKS:  # a seeded subset keeps fitting fast on large datasets
                     chunks = chunks[np.random.default_rng(self.cfg.seed).choice(len(chunks), MAX_FAST_CHUNKS, replace=False)]
                 FastTokenizer.fit(chunks, vocab_size=self.cfg.fast_vocab_size).save(local)
