@@ -121,6 +121,9 @@ def test_learning_curve_evaluates_every_checkpoint(tmp_path):
                                                for s in (1, 10, 20)))
     found = checkpoints(run)
     assert [s for s, _ in found] == [10, 20] and found[1][1].name == "ema" and found[0][1].name == "policy"
+    assert [w.name for _, w in checkpoints(run, "policy")] == ["policy", "policy"]
+    with pytest.raises(ValueError, match="weights must be one of"):
+        checkpoints(run, "raw")
     out = tmp_path / "curve"
     rc = main(["learning-curve", "--run", str(run), "--out", str(out), "--task", "transfer_cube", "--episodes", "1",
                "--workers", "1", "--max-seconds", "0.2", "--quiet"])

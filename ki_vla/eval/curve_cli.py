@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+WEIGHTS = ("ema", "policy")
 help = "success rate against training step: evaluates a run's saved checkpoints in the sim (plot + JSON)"
 
 
@@ -21,20 +22,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="a training output folder (holds checkpoints/step_N/)")
     parser.add_argument("--out", required=True, help="folder for curve.json, curve.png and report.md")
     parser.add_argument("--every", type=int, default=1, help="evaluate every k-th checkpoint (the last is always included)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="ema",
+                        help="which weights of each checkpoint: the EMA (deployed by final/; the live policy when the "
+                             "run kept no EMA) or the live policy")
     add_rollout_arguments(parser)
 
 
-def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, deployable weights folder) of each complete checkpoint, oldest first: EMA when kept, else the policy."""
+def checkpoints(run_dir: Path, weights: str = "ema") -> list[tuple[int, Path]]:
+    """(step, weights folder) of each complete checkpoint, oldest first.
+
+    weights="ema" takes the EMA weights where the run kept them (what `final/` deploys), else the live policy;
+    "policy" always takes the live weights, to tell whether the average helps or hurts at a given step.
+    """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     out = []
     for ckpt in sorted((run_dir / "checkpoints").glob("step_*")):
         try:
             step = int(ckpt.name.split("_")[1])
         except (IndexError, ValueError):
             continue
-        weights = ckpt / "ema" if (ckpt / "ema" / "config.yaml").is_file() else ckpt / "policy"
-        if (weights / "config.yaml").is_file():
-            out.append((step, weights))
+        use_ema = weights == "ema" and (ckpt / "ema" / "config.yaml").is_file()
+        folder = ckpt / ("ema" if use_ema else "policy")
+        if (folder / "config.yaml").is_file():
+            out.append((step, folder))
     return sorted(out)
 
 
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = rollout_config(args)
     run_dir = Path(args.run)
-    found = checkpoints(run_dir)
+    found = checkpoints(run_dir, args.weights)
     if not found:
         raise FileNotFoundError(f"{run_dir} has no complete checkpoints (checkpoints/step_N/policy)")
     if args.every < 1:
@@ -101,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         # written after every checkpoint: a long curve can be watched, and an interrupted one keeps its points
         write_json_atomic({"run": str(run_dir), "config": asdict(cfg), "seeds": [seeds[0], seeds[-1]], "points": points},
                           out / "curve.json")
-    title = f"{args.task}: {args.episodes} episodes per checkpoint (seeds {seeds[0]}-{seeds[-1]}), merger {cfg.merge_strategy}"
+    title = f"{args.task}: {args.episodes} episodes per checkpoint (seeds {seeds[0]}-{seeds[-1]}), merger {cfg.merge_strategy}, {args.weights} weights"
     plot(points, training_losses(run_dir), title, out / "curve.png")
     rows = "\n".join(f"| {p['step']} | {p['successes']}/{p['episodes']} | {p['success_rate']:.2f} "
                      f"[{p['success_rate_ci95'][0]:.2f}, {p['success_rate_ci95'][1]:.2f}] | {p['mean_reward_fraction']:.2f} | "
