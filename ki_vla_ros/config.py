@@ -89,6 +89,8 @@ class PolicyNodeConfig:
     rtc_delay_window: int = field(default=8, metadata=between(1, 1000))
     rtc_plan_timeout: float = field(default=0.05, metadata=between(0.0, 1.0))
     plan_topic: str = "ki_vla/executor_plan"
+    # scale of the flow noise chunks are sampled from, in [0, 1] (PolicyConfig.noise_scale); < 0: the checkpoint's
+    noise_scale: float = field(default=-1.0, metadata=between(-1.0, 1.0))
     # ms added to every inference (evaluation of latency: ki-vla eval-sim --inject-latency-ms); never on a robot
     inject_latency_ms: float = field(default=0.0, metadata=between(0.0, 10000.0))
 

@@ -135,8 +135,10 @@ class PolicyNode(LifecycleNode):
                 self.get_logger().warning(f"model {path} is a YAML config: RANDOM WEIGHTS, actions are noise "
                                           "(tests and benchmarks only)")
             t0 = time.perf_counter()
-            self.policy = make_predictor(KIPolicy.load(path, device=self.device), cfg.engine, cfg.engine_fuse,
-                                         cfg.engine_text_tokens)
+            reference = KIPolicy.load(path, device=self.device)
+            if cfg.noise_scale >= 0:
+                reference.set_noise_scale(cfg.noise_scale)
+            self.policy = make_predictor(reference, cfg.engine, cfg.engine_fuse, cfg.engine_text_tokens)
             pcfg = self.policy.cfg
             if pcfg.state_dim != NUM_JOINTS:
                 raise ValueError(f"model state_dim {pcfg.state_dim} != {NUM_JOINTS} joints of this robot")

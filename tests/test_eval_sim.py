@@ -57,11 +57,12 @@ def test_eval_sim_lockstep_episode_through_ros(tmp_path):
     code = main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_color", "--target", "blue",
                  "--episodes", "1", "--max-seconds", "1.0", "--mode", "lockstep", "--videos", "1", "--sim-image-size", "48x64",
                  "--report", str(report), "--quiet", "--startup-timeout", "120", "--merger", "latest",
-                 "--min-inference-period", "0.05"])
+                 "--min-inference-period", "0.05", "--noise-scale", "0.5"])
     assert code == 0
     m = json.loads((report / "metrics.json").read_text())
     assert m["episodes"] == 1 and m["success_rate"] == 0.0 and m["mode"] == "lockstep"
     assert m["merge_strategy"] == "latest" and m["min_inference_period"] == 0.05  # the graph ran what was asked
+    assert m["noise_scale"] == 0.5
     assert m["per_episode"][0]["chunks"] > 0 and m["control_rate_hz"] > 0
     assert m["per_episode"][0]["instruction"] == "transfer the blue cube" and m["target"] == "blue"
     assert m["wrong_cube_moved_rate"] is not None  # measured from the sim's status on transfer_color

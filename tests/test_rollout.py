@@ -102,6 +102,8 @@ def test_rollout_config_validation():
         RolloutConfig(task="transfer_cube", target="red")
     with pytest.raises(ValueError, match="replan_every"):
         RolloutConfig(replan_every=0)
+    with pytest.raises(ValueError, match="noise_scale"):
+        RolloutConfig(noise_scale=1.5)
 
 
 def test_learning_curve_evaluates_every_checkpoint(tmp_path):

@@ -58,6 +58,7 @@ class RolloutConfig:
     rtc_beta: float = 0.0
     rtc_schedule: str = "exp"
     rtc_method: str = "guided"   # guided | inpaint | prefix (ki_vla.infer.rtc)
+    noise_scale: float | None = None   # flow-noise scale of the sampled chunks (PolicyConfig.noise_scale); None: the checkpoint's
 
     def __post_init__(self) -> None:
         from ki_vla.sim.scenes import TASKS
@@ -70,6 +71,8 @@ class RolloutConfig:
             raise ValueError("replan_every must be >= 1 and latency_ticks >= 0")
         if self.rtc_beta < 0:
             raise ValueError(f"rtc_beta must be >= 0 (0 = off), got {self.rtc_beta}")
+        if self.noise_scale is not None and not 0.0 <= self.noise_scale <= 1.0:
+            raise ValueError(f"noise_scale must be in [0, 1], got {self.noise_scale}")
         if self.target is not None and self.task != "transfer_color":
             raise ValueError("target is only meaningful for transfer_color")
         object.__setattr__(self, "sim_image_size", tuple(int(v) for v in self.sim_image_size))
@@ -206,7 +209,10 @@ def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> N
 
     torch.set_num_threads(threads)
     try:
-        policy = make_predictor(KIPolicy.load(model, device=device))   # what policy_node serves: the engine
+        reference = KIPolicy.load(model, device=device)
+        if cfg.noise_scale is not None:
+            reference.set_noise_scale(cfg.noise_scale)
+        policy = make_predictor(reference)   # what policy_node serves: the engine
         _WORKER.update(
             policy=policy, cfg=cfg,
             sim=BimanualSim(cfg.task, cameras=tuple(policy.cfg.camera_names), image_size=cfg.sim_image_size),

@@ -34,6 +34,9 @@ def add_rollout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtc-method", choices=("guided", "inpaint", "prefix"), default="guided",
                         help="RTC: guided (the paper's VJP per step), inpaint (blend, no gradients) or prefix "
                              "(models trained with rtc_max_delay: the committed actions given exactly)")
+    parser.add_argument("--noise-scale", type=float, default=None, metavar="S",
+                        help="scale of the flow noise chunks are sampled from, in [0, 1] (default: the checkpoint's "
+                             "noise_scale, normally 1); below 1 smooths a young model's chunks")
     parser.add_argument("--target", choices=("red", "blue"), default=None,
                         help="transfer_color: name this cube in every episode (default: drawn per seed)")
     parser.add_argument("--max-seconds", type=float, default=None, help="sim seconds per episode (default: the task's)")
@@ -57,7 +60,7 @@ def rollout_config(args: argparse.Namespace):
                          latency_ticks=args.latency_ticks, ensembling_m=args.ensembling_m,
                          sim_image_size=args.sim_image_size, target=args.target,
                          max_seconds=args.max_seconds, rtc_beta=args.rtc_beta, rtc_schedule=args.rtc_schedule,
-                         rtc_method=args.rtc_method)
+                         rtc_method=args.rtc_method, noise_scale=args.noise_scale)
 
 
 def run(args: argparse.Namespace) -> int:

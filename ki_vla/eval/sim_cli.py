@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="added to every inference (policy_node inject_latency_ms): success under latency")
     parser.add_argument("--min-inference-period", type=float, default=None,
                         help="policy_node min_inference_period in seconds (default: the graph config's)")
+    parser.add_argument("--noise-scale", type=float, default=None, metavar="S",
+                        help="policy_node noise_scale: scale of the flow noise in [0, 1] (default: the checkpoint's)")
     parser.add_argument("--target", choices=("red", "blue"), default=None,
                         help="transfer_color: name this cube in every episode (default: drawn per seed); run both on "
                              "the same seeds to see whether the other instruction moves the other cube")
@@ -104,6 +106,11 @@ def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
     if not 0 <= latency <= 10000:
         raise ValueError(f"--inject-latency-ms must be in [0, 10000], got {latency}")
     pol["inject_latency_ms"] = latency
+    noise_scale = getattr(args, "noise_scale", None)
+    if noise_scale is not None:
+        if not 0.0 <= noise_scale <= 1.0:
+            raise ValueError(f"--noise-scale must be in [0, 1], got {noise_scale}")
+        pol["noise_scale"] = float(noise_scale)
     if getattr(args, "min_inference_period", None) is not None:
         pol["min_inference_period"] = float(args.min_inference_period)
     if args.device:
@@ -183,7 +190,9 @@ def evaluate(args: argparse.Namespace) -> dict:
             "merge_strategy": params["executor_node"]["ros__parameters"]["merge_strategy"],
             "min_inference_period": params["policy_node"]["ros__parameters"]["min_inference_period"],
             "rtc_beta": params["policy_node"]["ros__parameters"].get("rtc_beta", 0.0),
-            "inject_latency_ms": params["policy_node"]["ros__parameters"]["inject_latency_ms"]}
+            "inject_latency_ms": params["policy_node"]["ros__parameters"]["inject_latency_ms"],
+            "noise_scale": noise_scale if (noise_scale := params["policy_node"]["ros__parameters"].get("noise_scale", -1.0)) >= 0
+            else pcfg.noise_scale}
     metrics = summarize(results, meta)
     videos = {r.video: (work / r.video).read_bytes() for r in results if r.video and (work / r.video).exists()}
     write_report(str(report), metrics, videos, title=f"Closed-loop evaluation: {args.task}")

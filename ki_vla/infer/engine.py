@@ -243,7 +243,8 @@ class InferenceEngine:
             buf.instruction_ids.copy_(batch["instruction_ids"])
             buf.instruction_valid.copy_(batch["instruction_valid"])
         if noise is None:
-            noise = torch.randn(buf.noise.shape, generator=generator, device=generator.device if generator else "cpu")
+            noise = torch.randn(buf.noise.shape, generator=generator,
+                                device=generator.device if generator else "cpu") * self.cfg.noise_scale
         buf.noise.copy_(noise.to(buf.noise.device) * buf.dims)  # padded action dims stay zero (KIPolicy.action_dim_mask)
 
     def run_stage(self, name: str) -> None:

@@ -141,6 +141,12 @@ class PolicyConfig:
     fast_skip_tokens: int = 128  # FAST ids sit below the last 128 ids of the LM vocab (openpi)
     fast_scale: float = 10.0
     num_flow_steps: int = 10
+    # Scale of the flow noise sampling starts from (a temperature; 1 = the training distribution). A young model has
+    # not learnt to integrate its noise away: measured on make demo's 2500-step checkpoint, chunks sampled at 1.0 moved
+    # ~0.16 rad per tick (the demonstrations 0.014) and the executor refused every one as a jump; at 0 they were as
+    # smooth as the labels. Below 1 a chunk leans toward the mean of the actions the model would sample.
+    # An inference setting (ki-vla eval-rollout/eval-sim --noise-scale, policy_node noise_scale).
+    noise_scale: float = 1.0
     flow_alpha: float = 1.0  # L = CE + alpha * flow MSE
     time_beta: tuple[float, float] = (1.5, 1.0)
     # Training-time real-time chunking (Black et al.'s follow-up; LeRobot #4056's semantics): > 0 draws a delay d in
@@ -185,6 +191,7 @@ class PolicyConfig:
         need(0 < self.action_dim <= self.max_action_dim, "need 0 < action_dim <= max_action_dim")
         need(self.state_dim > 0 and self.horizon > 0 and self.fps > 0, "state_dim, horizon, fps must be > 0")
         need(self.num_flow_steps > 0, "num_flow_steps must be > 0")
+        need(0.0 <= self.noise_scale <= 1.0, "noise_scale must be in [0, 1]")
         need(0 <= self.rtc_max_delay < self.horizon, "rtc_max_delay must be in [0, horizon)")
         need(not self.delta_actions or self.state_dim == self.action_dim,
              f"delta_actions needs state_dim == action_dim (got {self.state_dim}, {self.action_dim})")

@@ -74,6 +74,15 @@ class KIPolicy(nn.Module):
         """Install the dataset's normalization (computed once per dataset, saved with the checkpoint)."""
         self.processor = Processor(self.cfg, self.processor.text_tokenizer, self.processor.fast_tokenizer, normalizer)
 
+    def set_noise_scale(self, scale: float) -> None:
+        """Sample from flow noise scaled by `scale` (PolicyConfig.noise_scale) instead of the checkpoint's: an inference
+        choice, so evaluations and the policy node can set it without rewriting the checkpoint. Set it before
+        building an engine around this policy (the engine reads the same config)."""
+        scale = float(scale)
+        if not 0.0 <= scale <= 1.0:
+            raise ValueError(f"noise_scale must be in [0, 1], got {scale}")
+        self.cfg.noise_scale = scale
+
     def example_batch(self, batch_size: int = 2, seed: int = 0, vlm_samples: int = 0) -> dict[str, torch.Tensor]:
         """A valid random training batch (random images/state/actions; random FAST ids stand in for a fitted
         FAST tokenizer). The last `vlm_samples` samples are action-free VLM samples."""
@@ -285,7 +294,8 @@ class KIPolicy(nn.Module):
             steps = num_steps or self.cfg.num_flow_steps
             b = batch["images"].shape[0]
             shape = (b, self.cfg.horizon, self.cfg.max_action_dim)
-            x = noise.to(self.device, torch.float32) if noise is not None else torch.randn(shape, device=self.device, generator=generator)
+            x = (noise.to(self.device, torch.float32) if noise is not None
+                 else torch.randn(shape, device=self.device, generator=generator) * self.cfg.noise_scale)
             if x.shape != shape:
                 raise ValueError(f"noise has shape {tuple(x.shape)}, expected {shape}")
             dims = self.action_dim_mask(self.device)
