@@ -25,6 +25,7 @@ import numpy as np
 from ki_vla.infer.chunking import MERGERS
 
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
+from ki_vla.model.config import check_noise_scale
 
 STRATEGIES = tuple(MERGERS)   # the executor's merge strategies
 # transfer_color: the other cube counts as moved when it left its start by more than this (metres, any axis).
@@ -71,8 +72,8 @@ class RolloutConfig:
             raise ValueError("replan_every must be >= 1 and latency_ticks >= 0")
         if self.rtc_beta < 0:
             raise ValueError(f"rtc_beta must be >= 0 (0 = off), got {self.rtc_beta}")
-        if self.noise_scale is not None and not 0.0 <= self.noise_scale <= 1.0:
-            raise ValueError(f"noise_scale must be in [0, 1], got {self.noise_scale}")
+        if self.noise_scale is not None:
+            check_noise_scale(self.noise_scale)
         if self.target is not None and self.task != "transfer_color":
             raise ValueError("target is only meaningful for transfer_color")
         object.__setattr__(self, "sim_image_size", tuple(int(v) for v in self.sim_image_size))

@@ -20,6 +20,7 @@ from ki_vla.configs import load_yaml
 from ki_vla.cli import parse_image_size
 from ki_vla.procs import ros_env, write_ros_params
 from ki_vla.eval.rollout import STRATEGIES
+from ki_vla.model.config import check_noise_scale
 
 help = "closed-loop evaluation in the MuJoCo sim through the ROS 2 graph (success rate with 95% CI, videos, report)"
 
@@ -106,11 +107,8 @@ def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
     if not 0 <= latency <= 10000:
         raise ValueError(f"--inject-latency-ms must be in [0, 10000], got {latency}")
     pol["inject_latency_ms"] = latency
-    noise_scale = getattr(args, "noise_scale", None)
-    if noise_scale is not None:
-        if not 0.0 <= noise_scale <= 1.0:
-            raise ValueError(f"--noise-scale must be in [0, 1], got {noise_scale}")
-        pol["noise_scale"] = float(noise_scale)
+    if getattr(args, "noise_scale", None) is not None:
+        pol["noise_scale"] = check_noise_scale(args.noise_scale)
     if getattr(args, "min_inference_period", None) is not None:
         pol["min_inference_period"] = float(args.min_inference_period)
     if args.device:
@@ -184,6 +182,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     if data["error"] or not data["complete"]:
         raise RuntimeError(f"evaluation incomplete: {data['error'] or 'evaluator stopped early'}\n{procs.log_tail(graph_log)}")
     results = [EpisodeResult(**r) for r in data["results"]]
+    requested_noise = params["policy_node"]["ros__parameters"].get("noise_scale", -1.0)  # < 0: the checkpoint's
     meta = {"model": str(args.model), "weights": weights, "variant": pcfg.variant, "task": args.task, "mode": args.mode,
             "seed": args.seed, "max_seconds": max_seconds, "target": getattr(args, "target", None), "sim_image_size": list(args.sim_image_size),
             "device": args.device or "auto", "torch": torch.__version__, "wall_seconds": time.perf_counter() - start,
@@ -191,8 +190,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             "min_inference_period": params["policy_node"]["ros__parameters"]["min_inference_period"],
             "rtc_beta": params["policy_node"]["ros__parameters"].get("rtc_beta", 0.0),
             "inject_latency_ms": params["policy_node"]["ros__parameters"]["inject_latency_ms"],
-            "noise_scale": noise_scale if (noise_scale := params["policy_node"]["ros__parameters"].get("noise_scale", -1.0)) >= 0
-            else pcfg.noise_scale}
+            "noise_scale": requested_noise if requested_noise >= 0 else pcfg.noise_scale}
     metrics = summarize(results, meta)
     videos = {r.video: (work / r.video).read_bytes() for r in results if r.video and (work / r.video).exists()}
     write_report(str(report), metrics, videos, title=f"Closed-loop evaluation: {args.task}")

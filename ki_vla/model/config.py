@@ -283,5 +283,14 @@ class PolicyConfig:
         return self.variant in ("ki", "frozen")
 
 
+def check_noise_scale(scale: float) -> float:
+    """`scale` as a float; ValueError outside [0, 1] (PolicyConfig.noise_scale's range), for the places that set it
+    at inference time."""
+    scale = float(scale)
+    if not 0.0 <= scale <= 1.0:
+        raise ValueError(f"noise_scale must be in [0, 1], got {scale}")
+    return scale
+
+
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     return build(cls, data, where)

@@ -26,7 +26,7 @@ from ki_vla.data.normalize import Normalizer
 from ki_vla.infer.rtc import RTCGuide, guided_step, inpaint_step, prefix_times
 from ki_vla.model.attention import block_causal_mask, positions_from_valid, sdpa_mask
 from ki_vla.model.backbone import KV, VLMBackbone
-from ki_vla.model.config import PolicyConfig
+from ki_vla.model.config import PolicyConfig, check_noise_scale
 from ki_vla.model.expert import ActionExpert
 from ki_vla.model.pretrained import load_text_tokenizer
 from ki_vla.model.processing import Processor, check_fast_tokenizer, trim_padding
@@ -78,10 +78,7 @@ class KIPolicy(nn.Module):
         """Sample from flow noise scaled by `scale` (PolicyConfig.noise_scale) instead of the checkpoint's: an inference
         choice, so evaluations and the policy node can set it without rewriting the checkpoint. Set it before
         building an engine around this policy (the engine reads the same config)."""
-        scale = float(scale)
-        if not 0.0 <= scale <= 1.0:
-            raise ValueError(f"noise_scale must be in [0, 1], got {scale}")
-        self.cfg.noise_scale = scale
+        self.cfg.noise_scale = check_noise_scale(scale)
 
     def example_batch(self, batch_size: int = 2, seed: int = 0, vlm_samples: int = 0) -> dict[str, torch.Tensor]:
         """A valid random training batch (random images/state/actions; random FAST ids stand in for a fitted
