@@ -34,12 +34,37 @@ def write_json_atomic(data: Any, path: str | os.PathLike[str], indent: int | Non
     write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False))
 
 
-def atomic_dir(final: str | os.PathLike[str], write: Callable[[Path], Any], fsync: bool = False) -> Path:
-    """Build a folder with `write(tmp)` beside `final`, then swap it into place.
+def publish_dir(tmp: str | os.PathLike[str], final: str | os.PathLike[str], replace: bool = True) -> Path:
+    """Swap the finished folder `tmp` (beside `final`) into place as `final`.
 
-    An existing `final` is moved aside first and deleted only after the swap (restored if the swap fails),
-    so at every instant `final` is either the old complete folder or the new one. With fsync, file contents
-    are flushed to disk before the swap (checkpoints: a power loss must not leave a renamed but empty file).
+    An existing `final` is moved aside first and deleted only after the swap (restored if the swap fails), so at
+    every instant `final` is either the old complete folder or the new one; a process killed between the two
+    renames leaves `.NAME.old-PID`, which `recover_interrupted` puts back. With replace=False an existing `final`
+    is an error (a dataset that appeared while this one was written is not ours to delete).
+    """
+    tmp, final = Path(tmp), Path(final)
+    if not final.exists():
+        os.replace(tmp, final)
+        return final
+    if not replace:
+        raise FileExistsError(f"{final} appeared while writing; not replacing it")
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def atomic_dir(final: str | os.PathLike[str], write: Callable[[Path], Any], fsync: bool = False) -> Path:
+    """Build a folder with `write(tmp)` beside `final`, then swap it into place (`publish_dir`).
+
+    With fsync, file contents are flushed to disk before the swap (checkpoints: a power loss must not leave a
+    renamed but empty file).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -51,19 +76,7 @@ def atomic_dir(final: str | os.PathLike[str], write: Callable[[Path], Any], fsyn
                 if p.is_file():
                     with open(p, "rb") as f:
                         os.fsync(f.fileno())
-        if not final.exists():
-            os.replace(tmp, final)
-            return final
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            os.replace(old, final)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-        return final
+        return publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

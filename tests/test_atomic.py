@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ki_vla.atomic import atomic_dir, recover_interrupted
+from ki_vla.atomic import atomic_dir, publish_dir, recover_interrupted
 
 
 def _folder(path, text):
@@ -37,3 +37,28 @@ def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path):
         atomic_dir(target, full_disk)
     assert (target / "weights").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_publish_swaps_a_finished_folder_in_and_refuses_to_replace_when_asked(tmp_path, monkeypatch):
+    """The one swap every writer uses (checkpoints, datasets, collect): old or new, never neither."""
+    _folder(tmp_path / "data", "old")
+    _folder(tmp_path / ".data.partial-1", "new")
+    with pytest.raises(FileExistsError):
+        publish_dir(tmp_path / ".data.partial-1", tmp_path / "data", replace=False)
+    assert (tmp_path / "data" / "weights").read_text() == "old"
+
+    real_replace = os.replace
+
+    def second_rename_fails(src, dst):
+        if str(src).endswith(".data.partial-1"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(OSError):
+        publish_dir(tmp_path / ".data.partial-1", tmp_path / "data")
+    assert (tmp_path / "data" / "weights").read_text() == "old"  # the moved-aside folder was put back
+    monkeypatch.setattr(os, "replace", real_replace)
+    publish_dir(tmp_path / ".data.partial-1", tmp_path / "data")
+    assert (tmp_path / "data" / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ki_vla.atomic import publish_dir
 from ki_vla.data import normalize
 from ki_vla.data.normalize import ACTION_KEY, STATE_KEY
 from ki_vla.data.video import VideoEncoder, available_encoder, decode_frames
@@ -827,16 +828,11 @@ class LeRobotDatasetWriter:
         normalize.write_json_atomic(info, meta / "info.json")
 
     def _publish(self) -> None:
-        """Rename the finished temp folder to `root` (replacing an old dataset only when `overwrite`)."""
-        old = None
-        if self.root.exists():
-            if not self.overwrite:
-                raise ValueError(f"output dataset {self.root} appeared while writing; not replacing it")
-            old = self.root.parent / f".{self.root.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.root, old)
-        os.rename(self.tmp, self.root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        """Swap the finished temp folder in as `root` (replacing an old dataset only when `overwrite`)."""
+        try:
+            publish_dir(self.tmp, self.root, replace=self.overwrite)
+        except FileExistsError as e:
+            raise ValueError(f"output dataset {self.root} appeared while writing; not replacing it") from e
 
     def finalize(self) -> Path:
         """Close files, compute stats, write meta/ and atomically publish the dataset; returns its path."""

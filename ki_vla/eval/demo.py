@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="DART noise on the demonstrations' executed arm commands (ki-vla collect --action-noise)")
     p.add_argument("--train-config", default="config/train/sim_cpu.yaml",
                    help="training recipe; --train-steps overrides its max_steps (the schedule follows)")
+    p.add_argument("--model", default=None,
+                   help="model config (default: the training recipe's); the demonstrations render its cameras only")
+    p.add_argument("--noise-scale", type=float, default=None, metavar="S",
+                   help="scale of the policy's flow noise in [0, 1] at evaluation (default: the checkpoint's, 1)")
     return p.parse_args(argv)
 
 
@@ -61,8 +65,12 @@ def run_demo(argv: list[str] | None = None) -> int:
     from ki_vla.train.config import TrainConfig
     from ki_vla.train.trainer import Trainer
 
+    from ki_vla.model.config import PolicyConfig
+
     args = parse_args(argv)
     h, w = args.image_size
+    overrides = [f"model={args.model}"] if args.model else []
+    cameras = tuple(PolicyConfig.from_yaml(TrainConfig.load(args.train_config, overrides).model).camera_names)
     out, work = Path(args.out), Path(args.work)
     check_report_target(out)
     if work.exists():
@@ -72,18 +80,21 @@ def run_demo(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     summary = _timed(f"1/3 collect {args.collect_episodes} scripted {TASK} demonstrations", times, lambda: collect_dataset(
-        CollectConfig(task=TASK, episodes=args.collect_episodes, out=work / "data", image_size=(h, w),
+        CollectConfig(task=TASK, episodes=args.collect_episodes, out=work / "data", image_size=(h, w), cameras=cameras,
                       vcodec=args.vcodec, action_noise=args.action_noise, max_attempts=4 * args.collect_episodes)))
-    cfg = TrainConfig.load(args.train_config, [
+    cfg = TrainConfig.load(args.train_config, overrides + [
         f"dataset={work / 'data'}", f"output_dir={work / 'train'}", f"max_steps={args.train_steps}",
         f"save_every={max(1, args.train_steps // 4)}", f"log_every={max(1, args.train_steps // 200)}",
         f"warmup_steps={min(500, args.train_steps // 10)}", f"device={args.device}", "tensorboard=false"])
     history = _timed(f"2/3 train {args.train_steps} steps ({args.device})", times, lambda: Trainer(cfg).train())
     checkpoint = work / "train" / "final"
-    eval_args = argparse.Namespace(
-        model=str(checkpoint), task=TASK, episodes=args.eval_episodes, report=str(work / "eval"), seed=1000,
-        mode="realtime", max_seconds=None, videos=min(3, args.eval_episodes), config=sim_cli.DEFAULT_CONFIG,
-        device=args.device, sim_image_size=(h, w), startup_timeout=240.0, quiet=False)
+    # eval-sim's own parser: the demo's evaluation is exactly `ki-vla eval-sim` with these arguments.
+    eval_parser = argparse.ArgumentParser()
+    sim_cli.add_arguments(eval_parser)
+    eval_args = eval_parser.parse_args([
+        "--model", str(checkpoint), "--task", TASK, "--episodes", str(args.eval_episodes), "--report", str(work / "eval"),
+        "--seed", "1000", "--mode", "realtime", "--videos", str(min(3, args.eval_episodes)), "--device", args.device,
+        "--sim-image-size", f"{h}x{w}"] + (["--noise-scale", str(args.noise_scale)] if args.noise_scale is not None else []))
     ev = _timed(f"3/3 closed loop through ROS 2: {args.eval_episodes} episodes", times, lambda: sim_cli.evaluate(eval_args))
     total = time.perf_counter() - t0
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ki_vla.atomic import publish_dir
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
 from ki_vla.sim.scenes import DEFAULT_CAMERAS, DEFAULT_IMAGE_SIZE, TASKS, BimanualSim
 from ki_vla.sim.scripted import ScriptedPolicy, run_scripted_episode
@@ -230,9 +231,7 @@ def collect_bags(config: CollectConfig, progress: bool = True, timeout_per_episo
         if code != 0:
             raise RuntimeError(f"recording through ROS failed (exit {code}):\n{procs.log_tail(work / 'recorder.log')}\n"
                                f"sim_node:\n{procs.log_tail(work / 'sim.log')}")
-        if config.out.exists():
-            shutil.rmtree(config.out)
-        tmp.rename(config.out)
+        publish_dir(tmp, config.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,7 +22,6 @@ import errno
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import signal
@@ -38,7 +37,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from ki_vla.atomic import atomic_dir, recover_interrupted
+from ki_vla.atomic import atomic_dir, recover_interrupted, write_text_atomic
 from ki_vla.data.cotrain import MixtureDataset, VLMDataset
 from ki_vla.data.lerobot import LeRobotDataset
 from ki_vla.data.normalize import ACTION_KEY, Normalizer, compute_stats
@@ -395,9 +394,7 @@ class Trainer:
         if self.start_step > 0 and path.exists():
             # Drop lines logged after the checkpoint we resumed from, so the file is one consistent history.
             kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.start_step]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
         return open(path, "a" if self.start_step > 0 else "w")
 
     def train(self, until: int | None = None) -> list[dict[str, float]]:
