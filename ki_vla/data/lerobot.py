@@ -471,21 +471,23 @@ class LeRobotDatasetWriter:
 
     def __init__(
         self,
-        root: Path,
+        root: str | os.PathLike[str],
         *,
         fps: int,
         camera_names: Sequence[str],
         image_shape: tuple[int, int, int],
         state_names: Sequence[str],
         action_names: Sequence[str],
-        robot_type: str | None,
-        use_videos: bool,
-        vcodec: str | None,
-        overwrite: bool,
-        data_file_size_mb: float,
-        video_file_size_mb: float,
-        chunks_size: int,
+        robot_type: str | None = "aloha",
+        use_videos: bool = True,
+        vcodec: str | None = None,
+        overwrite: bool = False,
+        data_file_size_mb: float = DEFAULT_DATA_FILE_SIZE_MB,
+        video_file_size_mb: float = DEFAULT_VIDEO_FILE_SIZE_MB,
+        chunks_size: int = DEFAULT_CHUNKS_SIZE,
     ) -> None:
+        """Start a dataset at `root` (which must not exist unless `overwrite`). `vcodec` None = AV1 when this
+        PyAV can encode it, else H.264, else MPEG-4; "h264", "av1", "mpeg4" or an encoder name force one."""
         self.root = Path(root)
         if float(fps) != int(fps) or int(fps) <= 0:
             raise ValueError(f"fps must be a positive integer (LeRobot stores it as one), got {fps!r}")
@@ -532,39 +534,9 @@ class LeRobotDatasetWriter:
         self._schema = self._build_schema()
 
     @classmethod
-    def create(
-        cls,
-        root: str | os.PathLike[str],
-        fps: int,
-        camera_names: Sequence[str],
-        image_shape: tuple[int, int, int],
-        state_names: Sequence[str],
-        action_names: Sequence[str],
-        robot_type: str | None = "aloha",
-        use_videos: bool = True,
-        vcodec: str | None = None,
-        overwrite: bool = False,
-        data_file_size_mb: float = DEFAULT_DATA_FILE_SIZE_MB,
-        video_file_size_mb: float = DEFAULT_VIDEO_FILE_SIZE_MB,
-        chunks_size: int = DEFAULT_CHUNKS_SIZE,
-    ) -> LeRobotDatasetWriter:
-        """Start a dataset at `root` (which must not exist unless `overwrite`). `vcodec` None = AV1 when this
-        PyAV can encode it, else H.264, else MPEG-4; "h264", "av1", "mpeg4" or an encoder name force one."""
-        return cls(
-            Path(root),
-            fps=fps,
-            camera_names=camera_names,
-            image_shape=image_shape,
-            state_names=state_names,
-            action_names=action_names,
-            robot_type=robot_type,
-            use_videos=use_videos,
-            vcodec=vcodec,
-            overwrite=overwrite,
-            data_file_size_mb=data_file_size_mb,
-            video_file_size_mb=video_file_size_mb,
-            chunks_size=chunks_size,
-        )
+    def create(cls, root: str | os.PathLike[str], **options: Any) -> LeRobotDatasetWriter:
+        """LeRobot's spelling (`LeRobotDataset.create`) of the constructor."""
+        return cls(root, **options)
 
     # ------------------------------------------------------------------ schema
     def _features(self) -> dict[str, dict[str, Any]]:
