@@ -23,7 +23,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def tiny_dataset(work: Path) -> Path:
-    from ki_vla.data.bag import BagConversionConfig, convert_bags, write_synthetic_bag
+    from ki_vla.data.bag import BagConversionConfig, convert_bags
+    from ki_vla.testing import write_synthetic_bag
 
     bags = [write_synthetic_bag(work / "ep0", storage="mcap", duration_s=1.2),
             write_synthetic_bag(work / "ep1", storage="sqlite3", duration_s=1.0, instruction="transfer the blue cube")]

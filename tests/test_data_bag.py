@@ -24,12 +24,10 @@ from ki_vla.data.bag import (
     BagConversionError,
     convert_bags,
     plan_bag,
-    synthetic_image_value,
-    synthetic_joint_value,
-    write_synthetic_bag,
 )
 from ki_vla.data.lerobot import LeRobotDataset
 from ki_vla.joints import JOINT_NAMES
+from ki_vla.testing import synthetic_image_value, synthetic_joint_value, write_synthetic_bag
 
 START = 1_700_000_000_000_000_000
 CAMS = {"cam_high": "/cam_high/image_raw", "cam_left_wrist": "/cam_left_wrist/image_raw"}

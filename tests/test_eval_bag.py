@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ki_vla.data.bag import BagConversionConfig, convert_bags, write_synthetic_bag
+from ki_vla.data.bag import BagConversionConfig, convert_bags
+from ki_vla.testing import write_synthetic_bag
 from ki_vla.data.lerobot import ACTION_KEY, LeRobotDataset
 from ki_vla.data.samples import ChunkDataset
 from ki_vla.eval import offline

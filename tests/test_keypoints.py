@@ -105,7 +105,8 @@ def test_engine_serves_the_keypoint_context_like_the_reference():
 def test_keypoint_statistics_reach_the_served_ema_weights(tmp_path):
     """The expert standardizes keypoint coordinates by running statistics: they are buffers, which the EMA does
     not average, so the EMA checkpoint (what final/ serves) must carry the live model's."""
-    from ki_vla.data.bag import BagConversionConfig, convert_bags, write_synthetic_bag
+    from ki_vla.data.bag import BagConversionConfig, convert_bags
+    from ki_vla.testing import write_synthetic_bag
     from ki_vla.train.config import TrainConfig
     from ki_vla.train.trainer import Trainer
 

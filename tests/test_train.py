@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ki_vla import KIPolicy
-from ki_vla.data.bag import convert_bags, write_synthetic_bag
+from ki_vla.data.bag import convert_bags
+from ki_vla.testing import write_synthetic_bag
 from ki_vla.train.config import TrainConfig
 from ki_vla.train.trainer import Trainer, latest_checkpoint
 
