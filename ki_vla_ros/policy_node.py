@@ -23,6 +23,7 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.data.images import ImageDecodeError
+from ki_vla.device import resolve_device
 from ki_vla.infer.rtc import CommittedPlan
 from ki_vla.infer.safety import JointMapping
 from ki_vla.joints import JOINT_NAMES, NUM_JOINTS, state_sources, state_topic
@@ -34,15 +35,6 @@ from ki_vla_ros.ros_util import (
     CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
     Diagnostics, ThrottledLog, declare_config, now_sec, read_config, refuse_unless_unconfigured, run_node, to_sec)
 from ki_vla_ros.stats import Counter, RateMeter, Window
-
-
-def pick_device(device: str) -> str:
-    """"auto" -> cuda when torch sees a GPU, else cpu; anything else is passed through to torch."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # Read once at start-up (read-only): the instruction subscriptions live in every lifecycle state, the diagnostics
@@ -130,7 +122,7 @@ class PolicyNode(LifecycleNode):
 
                 torch.set_num_threads(cfg.torch_threads)
             path = require(cfg.model)
-            self.device = pick_device(cfg.device)
+            self.device = str(resolve_device(cfg.device))
             if path.is_file():
                 self.get_logger().warning(f"model {path} is a YAML config: RANDOM WEIGHTS, actions are noise "
                                           "(tests and benchmarks only)")

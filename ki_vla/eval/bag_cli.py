@@ -125,16 +125,6 @@ def check_compatible(ds: Any, cfg: Any, model: str) -> None:
                          "its horizon steps would not line up with the recorded actions")
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (this torch build: " + torch.__version__ + ")")
-    return name
-
-
 def _check_args(args: argparse.Namespace) -> None:
     for name in ("stride", "batch_size"):
         if getattr(args, name) < 1:
@@ -162,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
     kind, inputs = classify_inputs(args.inputs)
     report_dir = Path(args.report)
     check_report_target(report_dir)
-    device = _device(args.device)
+    from ki_vla.device import resolve_device
+
+    device = str(resolve_device(args.device))
     model_path = resolve(args.model)
     random_weights = model_path.is_file() and model_path.suffix in (".yaml", ".yml")
     policy = KIPolicy.load(model_path, device=device)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ki_vla.atomic import write_json_atomic
+from ki_vla.device import resolve_device
 
 help = "benchmark inference (eager vs engine, per stage, vs the floor) and training steps (ki vs pi0)"
 
@@ -254,9 +255,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.warmup < 0 or args.batch_size < 1:
         raise ValueError("--runs and --batch-size must be >= 1, --warmup >= 0")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
+    device = resolve_device(args.device)
     cfg = model_config(args)
     if args.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

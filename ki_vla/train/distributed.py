@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ki_vla.device import resolve_device
+
 
 @dataclass
 class DistEnv:
@@ -40,13 +42,7 @@ class DistEnv:
         return env
 
     def device(self, requested: str) -> torch.device:
-        if requested == "auto":
-            requested = "cuda" if torch.cuda.is_available() else "cpu"
-        if requested == "cuda" and self.enabled:
-            requested = f"cuda:{self.local_rank}"
-        if requested.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {requested!r} requested but CUDA is not available")
-        return torch.device(requested)
+        return resolve_device(requested, self.local_rank if self.enabled else None)
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """Average scalar metrics over processes (for logging only)."""
