@@ -38,7 +38,7 @@ from std_msgs.msg import Int64, String, UInt32  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ki_vla import procs  # noqa: E402
-from ki_vla.infer.safety import JointLimits, JointMapping  # noqa: E402
+from ki_vla.control.safety import JointLimits, JointMapping  # noqa: E402
 from ki_vla.joints import JOINT_NAMES, NUM_JOINTS  # noqa: E402
 from ki_vla_ros import fuzz  # noqa: E402
 from ki_vla_ros.graph import NodeProcess, build_plan, graph_env, ros_args  # noqa: E402

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 
 from ki_vla.configs import build, load_yaml
-from ki_vla.infer.safety import path_tolerances
+from ki_vla.control.safety import path_tolerances
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS, RobotLayout
 
 DEFAULT_CONFIG = "config/bimanual.yaml"
@@ -127,7 +127,7 @@ class RobotInterfaceConfig:
                                                                "right_arm_controller/joint_trajectory"])
     command_joints: list[str] = field(default_factory=lambda: [",".join(LEFT_JOINTS), ",".join(RIGHT_JOINTS)])
     command_interface: str = "trajectory"        # trajectory | position (COMMAND_INTERFACES)
-    # robot units = joint_scale * policy units + joint_offset per joint (ki_vla.infer.safety.JointMapping); the sim
+    # robot units = joint_scale * policy units + joint_offset per joint (ki_vla.control.safety.JointMapping); the sim
     # applies it too, so it speaks the robot's units like the robot it stands in for
     joint_scale: list[float] = field(default_factory=lambda: [1.0] * NUM_JOINTS)
     joint_offset: list[float] = field(default_factory=lambda: [0.0] * NUM_JOINTS)
@@ -148,7 +148,7 @@ class ExecutorNodeConfig(RobotInterfaceConfig):
     # A gripper commanded in finger metres reads the finger joint's limits (config/vx300s.yaml).
     urdf_joints: list[str] = field(default_factory=list)
     control_hz: float = field(default=CONTROL_HZ, metadata=between(1.0, 1000.0))
-    merge_strategy: str = "latest"               # latest | temporal_ensembling | rtc (ki_vla.infer.chunking.MERGERS)
+    merge_strategy: str = "latest"               # latest | temporal_ensembling | rtc (ki_vla.control.chunking.MERGERS)
     # What the executor has committed to, published at every accepted chunk (and empty when it holds): the policy's
     # real-time chunking guides its next chunk toward it (policy_node rtc_beta). "" = not published.
     plan_topic: str = "ki_vla/executor_plan"
@@ -159,7 +159,7 @@ class ExecutorNodeConfig(RobotInterfaceConfig):
     # s without /joint_states -> stop advancing, hold the last command
     state_timeout: float = field(default=0.1, metadata=between(0.0, 10.0))
     # Per joint (JOINT_NAMES order), JointTrajectoryController semantics, 0 = unchecked: the measured position
-    # farther than this from the command re-anchors the command there and holds (ki_vla.infer.chunking).
+    # farther than this from the command re-anchors the command there and holds (ki_vla.control.chunking).
     path_tolerance: list[float] = field(default_factory=lambda: path_tolerances(JOINT_NAMES).tolist())
     autostart: bool = True                       # configure + activate on start (active = may command the robot)
     # rad: a /joint_states sample this far from the last is doubted...
@@ -175,7 +175,7 @@ class ExecutorNodeConfig(RobotInterfaceConfig):
     jump_velocity_factor: float = field(default=3.0, metadata=between(1.0, 1e9))
     max_start_deviation: float = field(default=0.5, metadata=between(0.0, 1e6))
     limit_tolerance: float = field(default=0.2, metadata=between(0.0, 1e6))
-    # joints named *gripper (ki_vla.infer.safety.ChunkCheck)
+    # joints named *gripper (ki_vla.control.safety.ChunkCheck)
     gripper_limit_tolerance: float = field(default=1.0, metadata=between(0.0, 1e6))
     check_gripper_motion: bool = False           # jump / start-deviation checks on grippers too
     hold_before_first_chunk: bool = True         # command the measured position until the first chunk

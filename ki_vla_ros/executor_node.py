@@ -5,7 +5,7 @@ crash, a GPU hiccup), so it lives in its own process with nothing heavy beside i
 *active* means "may command the robot": inactive, it publishes nothing; deactivating holds at once (one command at
 the last commanded position, the plan dropped); activating starts again from the measured position.
 `autostart` (default) walks configure + activate at start for graphs without a lifecycle manager. The logic (validation,
-merging by timestamp, limits, hold and resume) is ki_vla.infer.chunking.ChunkExecutor; which joints go to which
+merging by timestamp, limits, hold and resume) is ki_vla.control.chunking.ChunkExecutor; which joints go to which
 controller, and where /joint_states come from, is ki_vla.joints.RobotLayout (parameters joint_names, command_topics,
 command_joints); this file is the ROS wiring: subscriptions, timer, one message per controller, diagnostics.
 """
@@ -25,8 +25,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray, Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from ki_vla.infer.chunking import ChunkExecutor, make_merger
-from ki_vla.infer.safety import ChunkCheck, ChunkRejected, JointLimits, JointMapping
+from ki_vla.control.chunking import ChunkExecutor, make_merger
+from ki_vla.control.safety import ChunkCheck, ChunkRejected, JointLimits, JointMapping
 from ki_vla.joints import JOINT_NAMES, NUM_JOINTS, RobotLayout, state_topic
 from ki_vla.paths import require
 from ki_vla_ros.config import ExecutorNodeConfig

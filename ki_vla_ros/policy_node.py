@@ -25,12 +25,12 @@ from trajectory_msgs.msg import JointTrajectory
 from ki_vla.data.images import ImageDecodeError
 from ki_vla.device import resolve_device
 from ki_vla.infer.rtc import CommittedPlan
-from ki_vla.infer.safety import JointMapping
+from ki_vla.control.safety import JointMapping
 from ki_vla.joints import JOINT_NAMES, NUM_JOINTS, state_sources, state_topic
 from ki_vla.paths import require
 from ki_vla_ros.config import PolicyNodeConfig
 from ki_vla_ros.msgs import JointStateJoiner, chunk_to_trajectory, image_msg_to_rgb, trajectory_to_arrays
-from ki_vla.infer.observations import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
+from ki_vla.observation import InstructionError, ObservationAssembler, StaleObservation, clean_instruction
 from ki_vla_ros.ros_util import (
     CAMERA_OUT_QOS, INSTRUCTION_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
     Diagnostics, ThrottledLog, declare_config, now_sec, read_config, refuse_unless_unconfigured, run_node, to_sec)

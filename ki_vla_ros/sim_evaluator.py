@@ -27,7 +27,7 @@ from trajectory_msgs.msg import JointTrajectory
 from ki_vla.atomic import write_json_atomic
 from ki_vla.eval.closed_loop import EpisodeResult, EpisodeTracker
 from ki_vla.eval.video import mp4_bytes
-from ki_vla.infer.chunking import Chunk
+from ki_vla.control.chunking import Chunk
 from ki_vla_ros.msgs import image_msg_to_rgb, trajectory_to_arrays
 from ki_vla_ros.ros_util import CAMERA_IN_QOS, RELIABLE_QOS, declare_config, now_sec, run_node, to_sec
 

@@ -37,7 +37,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, Header, Int64, String, UInt32
 from trajectory_msgs.msg import JointTrajectory
 
-from ki_vla.infer.safety import JointMapping
+from ki_vla.control.safety import JointMapping
 from ki_vla.joints import NUM_JOINTS, state_topic
 from ki_vla.sim.robot import SimRobot, TickResult
 from ki_vla.sim.scenes import BimanualSim

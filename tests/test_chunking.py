@@ -1,12 +1,12 @@
-"""ki_vla.infer.chunking: timestamp merging, temporal ensembling, latest-chunk, and the executor core."""
+"""ki_vla.control.chunking: timestamp merging, temporal ensembling, latest-chunk, and the executor core."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ki_vla.infer.chunking import (MERGERS, Chunk, ChunkExecutor, ChunkMerger, LatestChunk, TemporalEnsembling,
+from ki_vla.control.chunking import (MERGERS, Chunk, ChunkExecutor, ChunkMerger, LatestChunk, TemporalEnsembling,
                                    make_merger)
-from ki_vla.infer.safety import ChunkRejected, JointLimits
+from ki_vla.control.safety import ChunkRejected, JointLimits
 from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES, NUM_JOINTS
 
 URDF = Path(__file__).resolve().parents[1] / "urdf" / "aloha_vx300s.urdf"

@@ -1,8 +1,8 @@
-"""ki_vla.infer.observations: fresh, complete observations only; instruction validation."""
+"""ki_vla.observation: fresh, complete observations only; instruction validation."""
 import numpy as np
 import pytest
 
-from ki_vla.infer.observations import (InstructionError, ObservationAssembler, StaleObservation,
+from ki_vla.observation import (InstructionError, ObservationAssembler, StaleObservation,
                                      clean_instruction)
 
 CAMS = ("a", "b")

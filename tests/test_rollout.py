@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ki_vla.eval.rollout import RolloutConfig, RolloutResult, run_episode, scene_dependence, summarize
-from ki_vla.infer.safety import JointLimits
+from ki_vla.control.safety import JointLimits
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
 from ki_vla.paths import resolve
 from ki_vla.sim.scenes import BimanualSim

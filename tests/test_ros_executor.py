@@ -10,7 +10,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
-from ki_vla.infer.safety import JointLimits
+from ki_vla.control.safety import JointLimits
 from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS
 from ki_vla_ros.config import ExecutorNodeConfig
 from ki_vla_ros.executor_node import ExecutorNode

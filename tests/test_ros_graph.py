@@ -17,7 +17,7 @@ from std_msgs.msg import Header, String
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.data.images import rgb_to_raw
-from ki_vla.infer.safety import JointLimits
+from ki_vla.control.safety import JointLimits
 from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES
 from ki_vla_ros.msgs import make_joint_state
 from ki_vla_ros.ros_util import RELIABLE_QOS, now_sec, to_time_msg

@@ -67,7 +67,7 @@ def test_rtc_switches_chunks_far_more_smoothly_than_latest_for_a_random_policy()
     jumps at every switch; guided by the committed plan (2 ticks of latency, a new chunk every 5), the switches are
     small. The first chunk is unguided (nothing committed)."""
     from ki_vla.eval.rollout import RolloutConfig, run_episode
-    from ki_vla.infer.safety import JointLimits
+    from ki_vla.control.safety import JointLimits
     from ki_vla.joints import JOINT_NAMES
     from ki_vla.model.policy import KIPolicy
     from ki_vla.paths import resolve
@@ -175,7 +175,7 @@ def test_rtc_merger_starts_a_chunk_from_standstill_at_its_first_action():
     """Latency compensation skips the actions whose time passed during inference; from standstill none of them ran,
     so the rtc merger starts the first chunk (and the first after a hold) at action 0, and keeps the timestamps of
     chunks that arrive while one is executing."""
-    from ki_vla.infer.chunking import Chunk, make_merger
+    from ki_vla.control.chunking import Chunk, make_merger
 
     merger = make_merger("rtc")
     first = np.linspace(0, 1, 50)[:, None] * np.ones((1, 14))

@@ -1,11 +1,11 @@
-"""ki_vla.infer.safety: URDF limits, clamping, rate limiting, chunk validation, robot mappings."""
+"""ki_vla.control.safety: URDF limits, clamping, rate limiting, chunk validation, robot mappings."""
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ki_vla.infer.safety import (ChunkCheck, ChunkRejected, JointLimits, JointMapping, limit_step,
+from ki_vla.control.safety import (ChunkCheck, ChunkRejected, JointLimits, JointMapping, limit_step,
                                  parse_urdf_limits, validate_chunk)
 from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES, NUM_JOINTS
 
@@ -125,7 +125,7 @@ def test_joint_mapping_roundtrip():
 
 def test_gripper_overshoot_is_clamped_not_a_rejection(limits):
     """A gripper command past [0, 1] means fully open/closed; the arm joints keep their tight tolerance."""
-    from ki_vla.infer.chunking import ChunkExecutor, LatestChunk
+    from ki_vla.control.chunking import ChunkExecutor, LatestChunk
 
     g = GRIPPER_INDICES[0]
     names, times, pos = chunk()
@@ -176,7 +176,7 @@ def test_gripper_decisions_are_not_jumps_but_arm_jumps_are(limits):
 def test_limits_follow_the_joint_mapping_into_policy_units(limits):
     """A sign-flipped shoulder and an offset elbow: what the executor commands stays inside the URDF's range
     once mapped to the robot (clamping policy units to the robot's range let the flipped shoulder leave it)."""
-    from ki_vla.infer.chunking import ChunkExecutor, LatestChunk
+    from ki_vla.control.chunking import ChunkExecutor, LatestChunk
 
     scale, offset = np.ones(NUM_JOINTS), np.zeros(NUM_JOINTS)
     scale[1], offset[2], scale[3] = -1.0, 0.3, 2.0

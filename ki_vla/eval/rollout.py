@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ki_vla.infer.chunking import MERGERS
+from ki_vla.control.chunking import MERGERS
 
 from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
 from ki_vla.model.config import check_noise_scale
@@ -108,8 +108,8 @@ class RolloutResult:
 def run_episode(policy: Any, sim: Any, cfg: RolloutConfig, seed: int, limits: Any,
                 generator: Any | None = None) -> RolloutResult:
     """One episode of `sim` (a BimanualSim configured with the policy's cameras) driven by `policy.predict`."""
-    from ki_vla.infer.chunking import ChunkExecutor, make_merger
-    from ki_vla.infer.safety import ChunkRejected, path_tolerances
+    from ki_vla.control.chunking import ChunkExecutor, make_merger
+    from ki_vla.control.safety import ChunkRejected, path_tolerances
     from ki_vla.observation import Observation
 
     dt = 1.0 / CONTROL_HZ
@@ -203,7 +203,7 @@ def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> N
     import torch
 
     from ki_vla.infer.engine import make_predictor
-    from ki_vla.infer.safety import JointLimits
+    from ki_vla.control.safety import JointLimits
     from ki_vla.model.policy import KIPolicy
     from ki_vla.paths import resolve
     from ki_vla.sim.scenes import BimanualSim

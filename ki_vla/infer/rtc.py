@@ -23,7 +23,7 @@ trained with training-time RTC (`PolicyConfig.rtc_max_delay`): the `delay` commi
 flow time 0, in every step, as in training; the rest is denoised from noise (no weights, no gradients).
 
 Where the previous chunk comes from in the ROS graph: the executor publishes what it has committed to (its plan, with
-the `rtc` merger; ki_vla.infer.chunking.RTCMerger), and `guide_from_plan` reads it at the observation's time. The
+the `rtc` merger; ki_vla.control.chunking.RTCMerger), and `guide_from_plan` reads it at the observation's time. The
 delay is measured, not assumed: `DelayEstimator` counts the control periods recent inferences took.
 """
 from __future__ import annotations
@@ -178,7 +178,7 @@ class CommittedPlan:
 
     The first-chunk rule, explicitly: with no plan (before the executor accepted anything, or after it announced a
     hold with an empty plan) the next chunk is sampled freely, and the executor's `rtc` merger starts it at its first
-    action (ki_vla.infer.chunking.RTCMerger)."""
+    action (ki_vla.control.chunking.RTCMerger)."""
 
     def __init__(self, dt: float, horizon: int, beta: float, schedule: str = "exp", method: str = "guided",
                  window: int = 8) -> None:

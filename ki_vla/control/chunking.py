@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ki_vla.infer.safety import ChunkCheck, ChunkRejected, JointLimits, limit_step, validate_chunk
+from ki_vla.control.safety import ChunkCheck, ChunkRejected, JointLimits, limit_step, validate_chunk
 
 
 @dataclass(frozen=True)
