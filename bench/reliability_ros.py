@@ -39,7 +39,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ki_vla import procs  # noqa: E402
 from ki_vla.control.safety import JointLimits, JointMapping  # noqa: E402
-from ki_vla.joints import JOINT_NAMES, NUM_JOINTS  # noqa: E402
+from ki_vla.joints import CAMERA_NAMES, JOINT_NAMES, NUM_JOINTS  # noqa: E402
 from ki_vla_ros import fuzz  # noqa: E402
 from ki_vla_ros.graph import NodeProcess, build_plan, graph_env, ros_args  # noqa: E402
 from ki_vla_ros.ros_util import CAMERA_OUT_QOS, RELIABLE_QOS, to_sec  # noqa: E402
@@ -50,7 +50,7 @@ VELOCITY_SCALE = 0.25
 HOLD_S = 0.3            # commands unchanged this long = holding
 MAX_AGE = 1.0           # the policy's max_image_age / max_state_age in the campaign graph (CPU inference is slow)
 MODEL = "config/model/tiny.yaml"
-CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+CAMS = CAMERA_NAMES
 LEFT_TOPIC, RIGHT_TOPIC = "/left_arm_controller/joint_trajectory", "/right_arm_controller/joint_trajectory"
 
 

@@ -41,11 +41,12 @@ from std_msgs.msg import Header, String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ki_vla.data.images import rgb_to_raw  # noqa: E402
+from ki_vla.joints import CAMERA_NAMES  # noqa: E402
 from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES  # noqa: E402
 from ki_vla_ros.ros_util import RELIABLE_QOS, now_sec, to_sec, to_time_msg  # noqa: E402
 from ki_vla_ros.testing import Collector, ros_harness, wait_for  # noqa: E402
 
-CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+CAMS = CAMERA_NAMES
 
 
 def bench_config(args: argparse.Namespace, out: Path) -> Path:

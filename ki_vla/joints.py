@@ -12,6 +12,13 @@ NUM_JOINTS = len(JOINT_NAMES)  # 14
 CONTROL_HZ = 50.0
 GRIPPER_INDICES = (LEFT_JOINTS.index("left_gripper"), NUM_JOINTS // 2 + RIGHT_JOINTS.index("right_gripper"))
 
+# The default robot's other names, defined once (configs override them): its cameras (ALOHA's) and its arm
+# controllers' command topics, relative so a namespace separates two robots: JointTrajectoryControllers
+# (command_interface "trajectory") and streaming position controllers ("position").
+CAMERA_NAMES = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+TRAJECTORY_TOPICS = ("left_arm_controller/joint_trajectory", "right_arm_controller/joint_trajectory")
+POSITION_TOPICS = ("left_arm_controller/commands", "right_arm_controller/commands")
+
 StateSource = tuple[str, tuple[str, ...], tuple[int, ...]]   # (namespace, joint names there, policy indices)
 
 
@@ -76,8 +83,7 @@ class RobotLayout:
         return cls(names, tuple(groups), sources)
 
     @classmethod
-    def default(cls, command_topics: Sequence[str] = ("left_arm_controller/joint_trajectory",
-                                                      "right_arm_controller/joint_trajectory")) -> "RobotLayout":
+    def default(cls, command_topics: Sequence[str] = TRAJECTORY_TOPICS) -> "RobotLayout":
         """Our sim's layout: one /joint_states with JOINT_NAMES, one 7-joint controller per arm (gripper included)."""
         return cls.from_parameters(JOINT_NAMES, command_topics, (",".join(LEFT_JOINTS), ",".join(RIGHT_JOINTS)))
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ki_vla.data.bag import (COMPRESSED_TYPE, IMAGE_TYPE, JOINT_STATE_TYPE, STRING_TYPE, TRAJECTORY_TYPE,
                              default_cameras)
-from ki_vla.joints import JOINT_NAMES
+from ki_vla.joints import JOINT_NAMES, TRAJECTORY_TOPICS
 
 
 def synthetic_joint_value(joint: int, t_s: float, command: bool = False) -> float:
@@ -85,7 +85,7 @@ def write_synthetic_bag(
         entries.append((t_ns, "/joint_states", JOINT_STATE_TYPE, msg))
     if command_hz:
         half = len(joint_names) // 2
-        arms = {"/left_arm_controller/joint_trajectory": range(half), "/right_arm_controller/joint_trajectory": range(half, len(joint_names))}
+        arms = {f"/{TRAJECTORY_TOPICS[0]}": range(half), f"/{TRAJECTORY_TOPICS[1]}": range(half, len(joint_names))}
         for k in range(int(math.floor(duration_s * command_hz + 1e-9)) + 1):
             t_s = k / command_hz
             t_ns = start_ns + int(round(t_s * 1e9)) + 1_000_000  # 1 ms after the joint states

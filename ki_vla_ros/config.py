@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from ki_vla.configs import build, load_yaml
 from ki_vla.control.safety import path_tolerances
-from ki_vla.joints import CONTROL_HZ, JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS, RobotLayout
+from ki_vla.joints import (CAMERA_NAMES, CONTROL_HZ, JOINT_NAMES, LEFT_JOINTS, NUM_JOINTS, RIGHT_JOINTS,
+                           POSITION_TOPICS, TRAJECTORY_TOPICS, RobotLayout)
 
 DEFAULT_CONFIG = "config/bimanual.yaml"
 
@@ -34,7 +35,7 @@ def between(lo: float, hi: float) -> dict[str, Any]:
 class CameraNodeConfig:
     """camera_node: raw driver frames -> RGB frames at the model's size."""
 
-    camera_names: list[str] = field(default_factory=lambda: ["cam_high", "cam_left_wrist", "cam_right_wrist"])
+    camera_names: list[str] = field(default_factory=lambda: list(CAMERA_NAMES))
     input_topic: str = "{name}/image_raw"       # "{name}" is replaced by each camera name
     transport: str = "raw"                       # "raw" (sensor_msgs/Image) or "compressed" (<input_topic>/compressed)
     output_topic: str = "ki_vla/camera/{name}"
@@ -110,8 +111,8 @@ def check_command_interface(interface: str, topics: Sequence[str]) -> None:
     other = "joint_trajectory" if interface == "position" else "commands"
     wrong = [t for t in topics if t.rstrip("/").endswith(other)]
     if wrong:
-        hint = ("the position controllers' topics, e.g. left_arm_controller/commands" if interface == "position"
-                else "the JointTrajectoryControllers' topics, e.g. left_arm_controller/joint_trajectory")
+        hint = (f"the position controllers' topics, e.g. {POSITION_TOPICS[0]}" if interface == "position"
+                else f"the JointTrajectoryControllers' topics, e.g. {TRAJECTORY_TOPICS[0]}")
         raise ValueError(f"command_interface {interface!r} but command_topics {wrong}: set command_topics to {hint}")
 
 
@@ -123,8 +124,7 @@ class RobotInterfaceConfig:
 
     joint_states_topic: str = "joint_states"
     joint_names: list[str] = field(default_factory=lambda: list(JOINT_NAMES))
-    command_topics: list[str] = field(default_factory=lambda: ["left_arm_controller/joint_trajectory",
-                                                               "right_arm_controller/joint_trajectory"])
+    command_topics: list[str] = field(default_factory=lambda: list(TRAJECTORY_TOPICS))
     command_joints: list[str] = field(default_factory=lambda: [",".join(LEFT_JOINTS), ",".join(RIGHT_JOINTS)])
     command_interface: str = "trajectory"        # trajectory | position (COMMAND_INTERFACES)
     # robot units = joint_scale * policy units + joint_offset per joint (ki_vla.control.safety.JointMapping); the sim
@@ -197,7 +197,7 @@ class SimNodeConfig(RobotInterfaceConfig):
     mode: str = "realtime"                       # realtime | lockstep
     lockstep_on_command: bool = True             # lockstep: tick when both arms were commanded
     control_hz: float = field(default=CONTROL_HZ, metadata=between(1.0, 1000.0))
-    camera_names: list[str] = field(default_factory=lambda: ["cam_high", "cam_left_wrist", "cam_right_wrist"])
+    camera_names: list[str] = field(default_factory=lambda: list(CAMERA_NAMES))
     image_height: int = field(default=240, metadata=between(8, 4096))
     image_width: int = field(default=320, metadata=between(8, 4096))
     # must divide control_hz; 0 = no cameras published

@@ -35,7 +35,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Int64, String
 from trajectory_msgs.msg import JointTrajectory
 
-from ki_vla.joints import CONTROL_HZ, LEFT_JOINTS, RIGHT_JOINTS
+from ki_vla.joints import CAMERA_NAMES, CONTROL_HZ, LEFT_JOINTS, RIGHT_JOINTS, TRAJECTORY_TOPICS
 from ki_vla_ros.msgs import command_trajectory
 from ki_vla_ros.ros_util import (CAMERA_IN_QOS, JOINT_STATE_IN_QOS, LATCHED_INSTRUCTION_QOS, RELIABLE_QOS,
                                  declare_config, now_sec, run_node)
@@ -61,12 +61,12 @@ class ScriptedRecorderConfig:
     episodes_file: str = ""                 # npz from ki-vla collect: seeds (N,), actions (N, T, 14)
     output: str = ""                        # folder: one bag per episode (episode_000000, ...)
     storage: str = "mcap"
-    camera_names: list[str] = field(default_factory=lambda: ["cam_high", "cam_left_wrist", "cam_right_wrist"])
+    camera_names: list[str] = field(default_factory=lambda: list(CAMERA_NAMES))
     camera_topic: str = "/{name}/image_raw"
     joint_states_topic: str = "/joint_states"
     instruction_topic: str = "/instruction"
-    left_command_topic: str = "/left_arm_controller/joint_trajectory"
-    right_command_topic: str = "/right_arm_controller/joint_trajectory"
+    left_command_topic: str = f"/{TRAJECTORY_TOPICS[0]}"
+    right_command_topic: str = f"/{TRAJECTORY_TOPICS[1]}"
     status_topic: str = "/sim/status"
     reset_topic: str = "/sim/reset"
     control_hz: float = CONTROL_HZ

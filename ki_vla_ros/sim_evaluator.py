@@ -25,6 +25,7 @@ from std_msgs.msg import Int64, String, UInt32
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.atomic import write_json_atomic
+from ki_vla.joints import TRAJECTORY_TOPICS
 from ki_vla.eval.closed_loop import EpisodeResult, EpisodeTracker
 from ki_vla.eval.video import mp4_bytes
 from ki_vla.control.chunking import Chunk
@@ -46,7 +47,7 @@ class SimEvaluatorConfig:
     step_topic: str = "/sim/step"
     lockstep_kick: bool = False              # lockstep sim: send one /sim/step after each reset to start the loop
     chunk_topic: str = "/ki_vla/action_chunk"
-    command_topic: str = "/left_arm_controller/joint_trajectory"   # its first points give the jerk
+    command_topic: str = f"/{TRAJECTORY_TOPICS[0]}"   # its first points give the jerk
     plan_topic: str = "/ki_vla/executor_plan"   # the executor's plan at each accepted chunk: the switch jumps
     executor_node: str = "executor_node"     # whose /diagnostics chunk counts (accepted / rejected) are read
     ready_timeout: float = 180.0             # wall seconds to wait for the first chunk (model load, warm-up)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ki_vla.configs import build, load_yaml
 from ki_vla.data.images import RESIZE_MODES, resize_for_model
 from ki_vla.data.lerobot import LeRobotDatasetWriter
-from ki_vla.joints import CONTROL_HZ, JOINT_NAMES
+from ki_vla.joints import CAMERA_NAMES, CONTROL_HZ, JOINT_NAMES, TRAJECTORY_TOPICS
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -52,11 +52,7 @@ class BagConversionError(ValueError):
 
 def default_cameras() -> dict[str, str]:
     """Camera name -> raw image topic, as the sim and the ALOHA recordings name them."""
-    return {
-        "cam_high": "/cam_high/image_raw",
-        "cam_left_wrist": "/cam_left_wrist/image_raw",
-        "cam_right_wrist": "/cam_right_wrist/image_raw",
-    }
+    return {cam: f"/{cam}/image_raw" for cam in CAMERA_NAMES}
 
 
 @dataclass
@@ -75,7 +71,7 @@ class BagConversionConfig:
     cameras: dict[str, str] = field(default_factory=default_cameras)  # camera name -> topic
     state_topic: str = "/joint_states"
     action_topics: list[str] = field(
-        default_factory=lambda: ["/left_arm_controller/joint_trajectory", "/right_arm_controller/joint_trajectory"]
+        default_factory=lambda: [f"/{t}" for t in TRAJECTORY_TOPICS]
     )
     instruction_topic: str | None = "/instruction"
     task: str | None = None  # used when set (instead of the instruction topic)

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from ki_vla.configs import build, load_yaml
+from ki_vla.joints import CAMERA_NAMES
 from ki_vla.paths import resolve
 
 VARIANTS = ("ki", "joint", "pi0", "frozen", "pi0_fast")
@@ -121,7 +122,7 @@ class PolicyConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
-    camera_names: tuple[str, ...] = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    camera_names: tuple[str, ...] = CAMERA_NAMES
     state_dim: int = 14
     action_dim: int = 14  # the robot's action size; sample_actions returns this many dims
     max_action_dim: int = 32  # the expert works on actions zero-padded to this size (openpi: 32)

@@ -45,10 +45,10 @@ if sys.platform.startswith("linux") and "MUJOCO_GL" not in os.environ and not os
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ki_vla.joints import ARM_JOINTS, CONTROL_HZ, JOINT_NAMES, NUM_JOINTS  # noqa: E402
+from ki_vla.joints import ARM_JOINTS, CAMERA_NAMES, CONTROL_HZ, JOINT_NAMES, NUM_JOINTS  # noqa: E402
 
 TASKS = ("transfer_cube", "insertion", "transfer_color")
-DEFAULT_CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+DEFAULT_CAMERAS = CAMERA_NAMES
 DEFAULT_IMAGE_SIZE = (240, 320)
 
 # Our camera name -> camera name in gym-aloha's scene.xml / arm includes.
