@@ -13,7 +13,7 @@ import sys
 import threading
 import traceback
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -36,6 +36,9 @@ from ki_vla_ros.ros_util import (
     Diagnostics, ThrottledLog, declare_config, now_sec, read_config, refuse_unless_unconfigured, run_node, to_sec)
 from ki_vla_ros.stats import Counter, RateMeter, Window
 
+if TYPE_CHECKING:  # the engine imports torch: loaded in configure, not at start-up
+    from ki_vla.infer.engine import Predictor
+
 
 # Read once at start-up (read-only): the instruction subscriptions live in every lifecycle state, the diagnostics
 # timer, the start-up walk. Everything else is read in each configure (cleanup -> set -> configure), so a new
@@ -57,7 +60,7 @@ class PolicyNode(LifecycleNode):
         self._joiner: JointStateJoiner | None = None
         self.state_topics: list[str] = []
         self.log = ThrottledLog(self)
-        self.policy: Any = None
+        self.policy: Predictor | None = None
         self.rtc: CommittedPlan | None = None    # real-time chunking (rtc_beta > 0): the executor's plan, the delay
         self.add_on_set_parameters_callback(
             lambda params: refuse_unless_unconfigured(params, CONFIGURE_PARAMETERS, self.policy is not None,
@@ -136,7 +139,7 @@ class PolicyNode(LifecycleNode):
                 raise ValueError(f"model state_dim {pcfg.state_dim} != {NUM_JOINTS} joints of this robot")
             self.policy.warmup()
             self.get_logger().info(
-                f"loaded {path} on {self.device} ({'inference engine' if hasattr(self.policy, 'engine') else 'reference sampler'}) "
+                f"loaded {path} on {self.device} ({self.policy.kind}) "
                 f"in {time.perf_counter() - t0:.1f} s (warm): cameras "
                 f"{list(pcfg.camera_names)}, image {pcfg.image_size}px, horizon {pcfg.horizon} @ {pcfg.fps:g} Hz")
         except Exception as exc:  # any load failure: report it and stay unconfigured, never crash

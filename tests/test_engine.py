@@ -53,11 +53,16 @@ def test_engine_predictor_serves_observations_like_the_policy():
     assert make_predictor(fast, "auto") is fast  # autoregressive decoding: the reference path
     predictor = make_predictor(policy, "auto")
     assert isinstance(predictor, EnginePredictor)
+    assert (predictor.kind, policy.kind) == ("inference engine", "reference sampler")  # what the node logs
     obs = Observation.blank(policy.cfg.camera_names, 48, 14, instruction="transfer the red cube")
     a = predictor.predict(obs, generator=torch.Generator().manual_seed(4))
     b = policy.predict(obs, generator=torch.Generator().manual_seed(4))
     assert a.shape == (50, 14) and a.dtype.name == "float32"
     torch.testing.assert_close(torch.from_numpy(a), torch.from_numpy(b), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="missing camera"):  # both validate through Processor.observation_batch
+        predictor.predict(Observation({}, np.zeros(14, np.float32), "transfer the red cube"))
+    with pytest.raises(ValueError, match="missing camera"):
+        policy.predict(Observation({}, np.zeros(14, np.float32), "transfer the red cube"))
     predictor.warmup()
     with pytest.raises(ValueError, match="engine must be"):
         make_predictor(policy, "maybe")

@@ -25,13 +25,14 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
 from ki_vla.infer.rtc import RTCGuide, guided_step, inpaint_step, prefix_times
 from ki_vla.model.attention import block_causal_mask, positions_from_valid
+from ki_vla.model.config import PolicyConfig
 from ki_vla.model.expert import StepConditioning
 from ki_vla.model.policy import KIPolicy
 from ki_vla.model.projections import merge_projections
@@ -276,8 +277,24 @@ class InferenceEngine:
         return self.policy.to_real_units(out, batch)
 
 
+class Predictor(Protocol):
+    """What serves inference to the policy node and the evaluators: the reference `KIPolicy` or `EnginePredictor`."""
+
+    cfg: PolicyConfig
+    kind: str  # "reference sampler" | "inference engine", for logs
+
+    def predict(self, obs: Observation, generator: torch.Generator | None = None,
+                guide: RTCGuide | None = None) -> np.ndarray:
+        """One observation -> (horizon, action_dim) float32 chunk in real units."""
+
+    def warmup(self) -> None:
+        """One inference on a blank observation: allocations, compilation and graph capture before real requests."""
+
+
 class EnginePredictor:
-    """The policy node's interface (`cfg`, `predict(obs)`, `warmup()`) served by an InferenceEngine."""
+    """The Predictor served by an InferenceEngine."""
+
+    kind = "inference engine"
 
     def __init__(self, policy: KIPolicy, **engine_kwargs) -> None:
         self.engine = InferenceEngine(policy, batch_size=1, **engine_kwargs)
@@ -286,10 +303,7 @@ class EnginePredictor:
     def predict(self, obs: Observation, generator: torch.Generator | None = None,
                 guide: RTCGuide | None = None) -> np.ndarray:
         """One observation -> (horizon, action_dim) float32 chunk in real units (KIPolicy.predict's contract)."""
-        obs.validate(self.cfg.camera_names, self.cfg.state_dim)
-        proc = self.engine.policy.processor
-        batch = proc([{"images": obs.images, "state": obs.state, "instruction": obs.instruction}],
-                     with_targets=False, device=self.engine.device)
+        batch = self.engine.policy.processor.observation_batch(obs, self.engine.device)
         batch["images"] = batch["images"].to(self.engine.dtype)
         return self.engine.sample_actions(batch, generator=generator, guide=guide)[0].cpu().numpy().astype(np.float32)
 
@@ -306,7 +320,7 @@ def _mode(name: str, value: str) -> None:
 
 
 def make_predictor(policy: KIPolicy, engine: str = "auto", fuse: str = "auto",
-                   text_tokens: int = 0) -> KIPolicy | EnginePredictor:
+                   text_tokens: int = 0) -> Predictor:
     """What serves inference: the engine ("on"; "auto" = whenever it serves the variant: it is faster than the
     reference on the CPU too, and captures CUDA graphs on a GPU) or the reference `KIPolicy` ("off"; also
     pi0_fast, which decodes autoregressively). `fuse` picks the engine's torch.compile fusion ("auto" = on a

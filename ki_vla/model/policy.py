@@ -43,6 +43,8 @@ FAST_TOKENIZER = "fast_tokenizer"
 
 
 class KIPolicy(nn.Module):
+    kind = "reference sampler"  # a Predictor (ki_vla.infer.engine): what serves inference, for logs
+
     def __init__(self, cfg: PolicyConfig, text_tokenizer: Any | None = None, fast_tokenizer: Any | None = None,
                  normalizer: Normalizer | None = None) -> None:
         super().__init__()
@@ -391,9 +393,7 @@ class KIPolicy(nn.Module):
                 guide: RTCGuide | None = None) -> np.ndarray:
         """One observation -> (horizon, action_dim) float32 chunk in real units (the ROS policy node's call);
         `guide`: real-time chunking against the previous chunk (sample_actions)."""
-        obs.validate(self.cfg.camera_names, self.cfg.state_dim)
-        batch = self.processor([{"images": obs.images, "state": obs.state, "instruction": obs.instruction}],
-                               with_targets=False, device=self.device)
+        batch = self.processor.observation_batch(obs, self.device)
         return self.sample_actions(batch, num_steps=num_steps, generator=generator,
                                    guide=guide)[0].cpu().numpy().astype(np.float32)
 

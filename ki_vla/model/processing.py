@@ -27,6 +27,7 @@ import torch
 from ki_vla.data.images import resize_for_model
 from ki_vla.data.normalize import ACTION_KEY, STATE_KEY, Normalizer
 from ki_vla.model.config import PolicyConfig
+from ki_vla.observation import Observation
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,12 @@ class Processor:
                                        "(raise max_target_tokens in the model config)")
             ids = ids[: self.cfg.max_target_tokens]
         return ids
+
+    def observation_batch(self, obs: Observation, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """One validated observation as a batch of one, without targets: what every predictor feeds its sampler."""
+        obs.validate(self.cfg.camera_names, self.cfg.state_dim)
+        return self([{"images": obs.images, "state": obs.state, "instruction": obs.instruction}], with_targets=False,
+                    device=device)
 
     def __call__(self, samples: Sequence[dict[str, Any]], with_targets: bool = True,
                  device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
