@@ -1,6 +1,7 @@
 """The static-shape engine reproduces the reference sampler (tiny model, CPU, float32)."""
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
