@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ki_vla.data import lerobot as lr
+from ki_vla.data.lerobot import format as lr_format, reader as lr_reader
 from ki_vla.data.lerobot import LeRobotDataset, LeRobotDatasetWriter
 from ki_vla.data.video import VideoEncoder, av1_support, probe_codec
 from ki_vla.joints import JOINT_NAMES
@@ -339,9 +339,9 @@ def test_reader_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_feature_names_forms() -> None:
-    assert lr._feature_names({"shape": [2], "names": ["a", "b"]}, "x") == ["a", "b"]
-    assert lr._feature_names({"shape": [2], "names": {"motors": ["a", "b"]}}, "x") == ["a", "b"]
-    assert lr._feature_names({"shape": [2], "names": None}, "x") == ["x_0", "x_1"]
+    assert lr_reader._feature_names({"shape": [2], "names": ["a", "b"]}, "x") == ["a", "b"]
+    assert lr_reader._feature_names({"shape": [2], "names": {"motors": ["a", "b"]}}, "x") == ["a", "b"]
+    assert lr_reader._feature_names({"shape": [2], "names": None}, "x") == ["x_0", "x_1"]
 
 
 def test_read_hand_built_v3_with_gaps_in_concatenated_video(tmp_path: Path) -> None:
@@ -359,7 +359,7 @@ def test_read_hand_built_v3_with_gaps_in_concatenated_video(tmp_path: Path) -> N
     info = {
         "codebase_version": "v3.0", "robot_type": "aloha", "total_episodes": 2, "total_frames": 25, "total_tasks": 2,
         "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500, "fps": 50,
-        "splits": {"train": "0:2"}, "data_path": lr.DEFAULT_DATA_PATH, "video_path": lr.DEFAULT_VIDEO_PATH,
+        "splits": {"train": "0:2"}, "data_path": lr_format.DEFAULT_DATA_PATH, "video_path": lr_format.DEFAULT_VIDEO_PATH,
         "features": {
             "observation.images.top": {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
                                        "info": {"video.codec": "mpeg4", "video.fps": 50}},
