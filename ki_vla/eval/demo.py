@@ -48,6 +48,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def eval_arguments(args: argparse.Namespace, checkpoint: Path, report: Path) -> argparse.Namespace:
+    """The demo's evaluation is exactly `ki-vla eval-sim` with these arguments (parsed by eval-sim's own parser)."""
+    from ki_vla.eval import sim_cli
+
+    h, w = args.image_size
+    parser = argparse.ArgumentParser()
+    sim_cli.add_arguments(parser)
+    return parser.parse_args([
+        "--model", str(checkpoint), "--task", TASK, "--episodes", str(args.eval_episodes), "--report", str(report),
+        "--seed", "1000", "--mode", "realtime", "--videos", str(min(3, args.eval_episodes)), "--device", args.device,
+        "--sim-image-size", f"{h}x{w}"] + (["--noise-scale", str(args.noise_scale)] if args.noise_scale is not None else []))
+
+
 def _timed(label: str, times: dict[str, float], fn):
     print(f"\n== {label}", flush=True)
     start = time.perf_counter()
@@ -88,13 +101,7 @@ def run_demo(argv: list[str] | None = None) -> int:
         f"warmup_steps={min(500, args.train_steps // 10)}", f"device={args.device}", "tensorboard=false"])
     history = _timed(f"2/3 train {args.train_steps} steps ({args.device})", times, lambda: Trainer(cfg).train())
     checkpoint = work / "train" / "final"
-    # eval-sim's own parser: the demo's evaluation is exactly `ki-vla eval-sim` with these arguments.
-    eval_parser = argparse.ArgumentParser()
-    sim_cli.add_arguments(eval_parser)
-    eval_args = eval_parser.parse_args([
-        "--model", str(checkpoint), "--task", TASK, "--episodes", str(args.eval_episodes), "--report", str(work / "eval"),
-        "--seed", "1000", "--mode", "realtime", "--videos", str(min(3, args.eval_episodes)), "--device", args.device,
-        "--sim-image-size", f"{h}x{w}"] + (["--noise-scale", str(args.noise_scale)] if args.noise_scale is not None else []))
+    eval_args = eval_arguments(args, checkpoint, work / "eval")
     ev = _timed(f"3/3 closed loop through ROS 2: {args.eval_episodes} episodes", times, lambda: sim_cli.evaluate(eval_args))
     total = time.perf_counter() - t0
 
