@@ -21,8 +21,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from ki_vla.joints import JOINT_NAMES
 
 Case = tuple[str, object]
-# header.frame_id of every fuzzed JointState: lets a monitor tell the fuzzer's samples from the robot's (the nodes
-# under test ignore frame_id).
+# header.frame_id of every fuzzed JointState and JointTrajectory: lets a monitor tell the fuzzer's messages from the
+# robot's and the executor's, also when they arrive late (the nodes under test ignore frame_id).
 FUZZ_FRAME = "ki_vla_fuzz"
 ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "16UC1", "32FC1", "8UC3", "yuv422", "bayer_rggb8")
 BAD_FLOATS = (math.nan, math.inf, -math.inf, 1e300, -1e300, 1e9, -7.5)
@@ -124,6 +124,7 @@ def bad_trajectories(rng: np.random.Generator, n: int, now: float = 0.0, names: 
     def traj(nm: list[str], rows: list[list[float]], times: list[float] | None = None, t: float = now) -> JointTrajectory:
         m = JointTrajectory(joint_names=nm)
         m.header.stamp = _stamp(t)
+        m.header.frame_id = FUZZ_FRAME
         times = times if times is not None else [i * dt for i in range(len(rows))]
         for row, tt in zip(rows, times):
             tt = min(max(tt, 0.0), 2.0**31 - 1)
