@@ -82,9 +82,13 @@ def run_demo(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     h, w = args.image_size
-    overrides = [f"model={args.model}"] if args.model else []
-    cameras = tuple(PolicyConfig.from_yaml(TrainConfig.load(args.train_config, overrides).model).camera_names)
     out, work = Path(args.out), Path(args.work)
+    # Loaded before collecting: a bad recipe fails in a second, and the demonstrations render only its cameras.
+    cfg = TrainConfig.load(args.train_config, ([f"model={args.model}"] if args.model else []) + [
+        f"dataset={work / 'data'}", f"output_dir={work / 'train'}", f"max_steps={args.train_steps}",
+        f"save_every={max(1, args.train_steps // 4)}", f"log_every={max(1, args.train_steps // 200)}",
+        f"warmup_steps={min(500, args.train_steps // 10)}", f"device={args.device}", "tensorboard=false"])
+    cameras = tuple(PolicyConfig.from_yaml(cfg.model).camera_names)
     check_report_target(out)
     if work.exists():
         shutil.rmtree(work)  # the demo's own scratch space: always rebuilt from nothing
@@ -95,10 +99,6 @@ def run_demo(argv: list[str] | None = None) -> int:
     summary = _timed(f"1/3 collect {args.collect_episodes} scripted {TASK} demonstrations", times, lambda: collect_dataset(
         CollectConfig(task=TASK, episodes=args.collect_episodes, out=work / "data", image_size=(h, w), cameras=cameras,
                       vcodec=args.vcodec, action_noise=args.action_noise, max_attempts=4 * args.collect_episodes)))
-    cfg = TrainConfig.load(args.train_config, overrides + [
-        f"dataset={work / 'data'}", f"output_dir={work / 'train'}", f"max_steps={args.train_steps}",
-        f"save_every={max(1, args.train_steps // 4)}", f"log_every={max(1, args.train_steps // 200)}",
-        f"warmup_steps={min(500, args.train_steps // 10)}", f"device={args.device}", "tensorboard=false"])
     history = _timed(f"2/3 train {args.train_steps} steps ({args.device})", times, lambda: Trainer(cfg).train())
     checkpoint = work / "train" / "final"
     eval_args = eval_arguments(args, checkpoint, work / "eval")
