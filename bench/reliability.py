@@ -14,7 +14,7 @@ Sections (each a module beside this file):
          SIGTERM -> checkpoint + exit 0; a disk that fills during a checkpoint write.
   files  bench/reliability_files.py: damaged checkpoints, datasets, bags and configs, and bad command lines: one
          error line each, no traceback, nothing half-written.
-A short version runs in `make test` (tests/test_reliability.py). Runs alone on 2 cores: about 5 min with the
+A short version runs in `make test` (test/test_reliability.py). Runs alone on 2 cores: about 5 min with the
 defaults (the ros section publishes at --rate messages/s per topic).
 """
 from __future__ import annotations

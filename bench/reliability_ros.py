@@ -1,6 +1,6 @@
 """The reliability campaign's ROS half: fuzz every input topic of the running graph, then kill its processes.
 
-Used by bench/reliability.py (the table) and tests/test_reliability.py (a short run). The graph is the deployed one
+Used by bench/reliability.py (the table) and test/test_reliability.py (a short run). The graph is the deployed one
 (one process per node: sim_node in real time, camera_node, policy_node with the random `tiny` model, executor_node,
 plus a second camera_node on the compressed transport so compressed garbage has a subscriber), started here from
 the same plan as `ki-vla-ros up`, so single processes can be killed and restarted. A monitor in this process
@@ -60,7 +60,7 @@ def graph_params(work: Path) -> Path:
     pcfg = PolicyConfig.from_yaml(ROOT / MODEL)
     params = yaml.safe_load((ROOT / "config/bimanual.yaml").read_text())
     params["sim_node"]["ros__parameters"].update(image_height=60, image_width=80, publish_clock=True,
-                                                  instruction_topic="", camera_names=list(CAMS))
+                                                 instruction_topic="", camera_names=list(CAMS))
     cam = params["camera_node"]["ros__parameters"]
     cam.update(image_size=pcfg.image_size, camera_names=list(CAMS))
     params["camera_node_compressed"] = {"ros__parameters": {**cam, "transport": "compressed",

@@ -57,9 +57,11 @@ def bad_images(rng: np.random.Generator, n: int, now: float = 0.0) -> Iterator[C
     def dims_huge(r): return "height*width beyond data", img(2**31, 2**31, "rgb8", 3 * 2**31 % 2**32, 100)
     def dims_zero(r): return "zero size", img(0, int(r.integers(0, 64)), "rgb8", 0, 0)
     def unknown_enc(r): return "unknown encoding", img(8, 8, str(r.choice(["jpeg", "", "rgb9", "\x00", "RGB8 "])), 24, 192)
+
     def wrong_enc(r):
         enc = str(r.choice(ENCODINGS))
         return f"encoding {enc} with an rgb8 layout", img(16, 16, enc, 48, 16 * 48)
+
     def big_endian(r): return "big-endian 16-bit", img(8, 8, "mono16", 16, 128, big=1)
     def truncated(r): return "truncated data", img(48, 64, "rgb8", 192, int(r.integers(0, 48 * 192)))
     def tiny_valid(r): return "valid 1x1", img(1, 1, "rgb8", 3, 3)
@@ -100,8 +102,12 @@ def bad_joint_states(rng: np.random.Generator, n: int, now: float = 0.0,
         return m
 
     def good(r) -> list[float]: return [float(x) for x in r.uniform(-0.5, 0.5, len(names))]
+
     def non_finite(r):
-        p = good(r); p[int(r.integers(len(p)))] = float(r.choice(BAD_FLOATS[:3])); return "NaN/inf position", js(list(names), p)
+        p = good(r)
+        p[int(r.integers(len(p)))] = float(r.choice(BAD_FLOATS[:3]))
+        return "NaN/inf position", js(list(names), p)
+
     def huge(r): p = good(r); p[int(r.integers(len(p)))] = float(r.choice(BAD_FLOATS[3:5])); return "position 1e300", js(list(names), p)
     def missing(r): k = int(r.integers(len(names))); return "a joint missing", js([x for i, x in enumerate(names) if i != k], good(r)[:-1])
     def duplicate(r): nm = list(names); nm[1] = nm[0]; return "duplicate names", js(nm, good(r))
@@ -133,6 +139,7 @@ def bad_trajectories(rng: np.random.Generator, n: int, now: float = 0.0, names: 
 
     def rows(r, h: int = 10, scale: float = 0.3) -> list[list[float]]:
         return [[float(x) for x in r.uniform(-scale, scale, len(names))] for _ in range(h)]
+
     def nan(r): rr = rows(r); rr[3][int(r.integers(len(names)))] = float(r.choice(BAD_FLOATS[:3])); return "NaN/inf point", traj(list(names), rr)
     def huge(r): return "positions 1e300", traj(list(names), [[1e300] * len(names) for _ in range(5)])
     def beyond(r): return "positions 5 rad (beyond limits)", traj(list(names), rows(r, 10, 5.0))
@@ -144,8 +151,12 @@ def bad_trajectories(rng: np.random.Generator, n: int, now: float = 0.0, names: 
     def far(r): return "points 1e6 s apart", traj(list(names), rows(r, 3), [0.0, 1e6, 2e6])
     def wrong(r): return "unknown joint names", traj([f"j{i}" for i in range(len(names))], rows(r))
     def dup(r): nm = list(names); nm[2] = nm[3]; return "duplicate joint names", traj(nm, rows(r))
+
     def ragged(r):
-        rr = rows(r); rr[2] = rr[2][: int(r.integers(0, len(names)))]; return "ragged point", traj(list(names), rr)
+        rr = rows(r)
+        rr[2] = rr[2][: int(r.integers(0, len(names)))]
+        return "ragged point", traj(list(names), rr)
+
     def empty(r): return "no points", traj(list(names), [])
     def no_names(r): return "no joint names", traj([], [[] for _ in range(5)])
     def many(r): return "5000 points", traj(list(names), [[0.0] * len(names)] * 5000)

@@ -59,6 +59,7 @@ def _nodes(context, *args, **kwargs):
         policy_overrides["model"] = _path(model)
     if device:
         policy_overrides["device"] = device
+
     def core(name: str, overrides: dict) -> Node:
         return Node(package=PACKAGE, executable=name, name=name, output="screen", parameters=[config, overrides],
                     additional_env=_transport(name), on_exit=Shutdown(reason=f"{name} exited"))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ki_vla.control.chunking import (MERGERS, Chunk, ChunkExecutor, ChunkMerger, LatestChunk, TemporalEnsembling,
-                                   make_merger)
+                                     make_merger)
 from ki_vla.control.safety import ChunkRejected, JointLimits
 from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES, NUM_JOINTS
 

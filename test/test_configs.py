@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_overrides_are_coerced_to_the_field_types():
     cfg = TrainConfig.load("config/train/tiny.yaml", ["lr=1e-3", "max_steps=1e4", "tensorboard=false",
-                                                     "betas=[0.9, 0.99]", "variant=null", "dataset=123"])
+                                                      "betas=[0.9, 0.99]", "variant=null", "dataset=123"])
     assert cfg.lr == 0.001 and isinstance(cfg.lr, float)
     assert cfg.max_steps == 10000 and isinstance(cfg.max_steps, int)
     assert cfg.tensorboard is False and cfg.betas == (0.9, 0.99) and cfg.variant is None and cfg.dataset == "123"

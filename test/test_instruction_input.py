@@ -84,7 +84,7 @@ def test_engine_serves_the_instruction_context_like_the_reference():
     assert not torch.allclose(outs[0], outs[1])
     with pytest.raises(ValueError):
         PolicyConfig.from_dict({**policy.cfg.to_dict(), "expert": {**dataclasses.asdict(policy.cfg.expert),
-                                                                    "instruction_input": "sometimes"}})
+                                                                   "instruction_input": "sometimes"}})
 
 
 def _film_policy() -> KIPolicy:
@@ -167,5 +167,5 @@ def test_keypoint_grad_lets_the_flow_loss_train_the_keypoint_stem_only():
         assert emb is None or emb.abs().sum() == 0
     with pytest.raises(ValueError, match="keypoint_grad"):
         PolicyConfig.from_dict({**base.cfg.to_dict(), "expert": {**dataclasses.asdict(base.cfg.expert),
-                                                                  "keypoint_input": False, "instruction_film": False,
-                                                                  "keypoint_grad": True}})
+                                                                 "keypoint_input": False, "instruction_film": False,
+                                                                 "keypoint_grad": True}})

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ki_vla.observation import (InstructionError, ObservationAssembler, StaleObservation,
-                                     clean_instruction)
+                                clean_instruction)
 
 CAMS = ("a", "b")
 

@@ -174,7 +174,7 @@ def test_executor_holds_on_silent_joint_states_and_re_anchors_to_a_moved_robot()
             h, "executor_state_test", chunk_timeout=5.0, state_timeout=0.1, diagnostics_period=0.2)
         robot = {"q": home(), "on": True}
         test.create_timer(DT, lambda: robot["on"] and js_pub.publish(make_joint_state(JOINT_NAMES, robot["q"],
-                                                                                        now_sec(test))))
+                                                                                      now_sec(test))))
 
         def control():
             for d in reversed(diags.msgs):

@@ -77,6 +77,7 @@ def test_policy_node_publishes_chunks_and_stops_on_stale_input():
         assert times[0] == 0.0
         assert min(abs(to_sec(msg.header.stamp) - s) for s in sent_stamps) < 1e-6  # stamp = observation time
         assert all(np.all(np.isfinite(p.positions)) for p in msg.points)
+
         def reported():
             kv = diag(diags, "policy_node: policy") or {}
             return kv.get("instructions[rejected]") == "3" and kv.get("inference_ms_p50", "nan") != "nan"

@@ -22,7 +22,7 @@ def test_prefix_weights_freeze_the_delay_and_free_the_tail():
     assert prefix_weights(50, 5, 10, "exp")[20] < prefix_weights(50, 5, 10, "linear")[20]   # exp decays faster
     assert np.all(prefix_weights(50, 0, 50) == 0.0)
     for bad in (dict(delay=51, exec_horizon=0), dict(delay=10, exec_horizon=45), dict(delay=1, exec_horizon=1,
-                                                                                       schedule="cosine")):
+                                                                                      schedule="cosine")):
         with pytest.raises(ValueError):
             prefix_weights(50, **bad)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ki_vla.control.safety import (ChunkCheck, ChunkRejected, JointLimits, JointMapping, limit_step,
-                                 parse_urdf_limits, validate_chunk)
+                                   parse_urdf_limits, validate_chunk)
 from ki_vla.joints import GRIPPER_INDICES, JOINT_NAMES, NUM_JOINTS
 
 URDF = Path(__file__).resolve().parents[1] / "urdf" / "aloha_vx300s.urdf"

@@ -168,7 +168,7 @@ def test_ddp_cotraining_survives_action_free_micro_batches(dataset, tmp_path):
     fail the next step ("Expected to have finished reduction"). Both ranks must end with identical weights."""
     out = tmp_path / "out.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 1000 + 13),
-           str(ROOT / "tests" / "ddp_cotrain_worker.py"), str(out), f"model={ROOT / 'config/model/tiny.yaml'}",
+           str(ROOT / "test" / "ddp_cotrain_worker.py"), str(out), f"model={ROOT / 'config/model/tiny.yaml'}",
            f"dataset={dataset}", f"output_dir={tmp_path / 'run'}", f"vlm_dataset={_vlm_folder(tmp_path / 'vlm')}",
            "vlm_ratio=0.6", "max_steps=6", "batch_size=1", "save_every=6", "ema_decay=null", "progress=false",
            "tensorboard=false", "fast_vocab_size=256", "distributed=ddp"]

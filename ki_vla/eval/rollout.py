@@ -267,7 +267,7 @@ def summarize(results: list[RolloutResult]) -> dict[str, Any]:
             "wrong_cube_moved_rate": float(np.mean([r.wrong_cube_moved for r in results])) if n else 0.0,
             "rejected_chunks": int(sum(r.rejected_chunks for r in results)),
             "first_chunk_error": float(np.mean(fce)) if (fce := [r.first_chunk_error for r in results
-                                                                  if r.first_chunk_error is not None]) else None,
+                                                                 if r.first_chunk_error is not None]) else None,
             **scene_dependence(results),
             "rejected_by_reason": {k: int(sum(r.rejected_by_reason.get(k, 0) for r in results))
                                    for k in sorted({k for r in results for k in r.rejected_by_reason})},

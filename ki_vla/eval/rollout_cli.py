@@ -96,4 +96,3 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps({"model": str(args.model), "config": asdict(cfg), "summary": summary,
                                                "results": [asdict(r) for r in results]}, indent=1))
     return 0
-

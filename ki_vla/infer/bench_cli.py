@@ -295,7 +295,7 @@ def format_inference(r: dict) -> str:
     lines = [f"ki-vla bench: model {r['model']} on {r['device']}, torch {r['torch']}, {r['dtype']}, batch {r['batch_size']}, "
              f"prefix {r['prefix_tokens']} tokens, {r['flow_steps']} flow steps, {r['runs']} runs",
              "capture check (meta device): " + ", ".join(f"{k} {'ok' if v is None else 'BLOCKED: ' + v}"
-                                                          for k, v in r["capture_check"].items())]
+                                                         for k, v in r["capture_check"].items())]
     for label, e in inf["engines"].items():
         lines.append(f"{label}: " + (f"FAILED {e['error']}" if "error" in e else
                                      f"CUDA graphs {'on' if e['cuda_graphs'] else 'off'}, fused {'on' if e['fused'] else 'off'}, "
@@ -318,7 +318,7 @@ def format_inference(r: dict) -> str:
         of_floor = f"{best / fl['ms'][stage]:.1f}" if best and "ms" in fl and fl["ms"][stage] > 0 else "-"
         lines.append(f"{row} {speed:>9}{tf:>9.3f}{gb:>8.2f}{floor_ms:>10}{of_floor:>9}")
     lines.append("speed-up: eager p50 / best engine p50" + (f"; floor from {fl['gpu']} peaks" if "gpu" in fl
-                                                             else "; floor ms: only for known GPUs"))
+                                                            else "; floor ms: only for known GPUs"))
     for label, e in ok.items():
         if "profile" in e:
             lines.append(f"[{label}] " + format_profile(e["profile"]))

@@ -37,7 +37,7 @@ def capture_problems(cfg: PolicyConfig, batch_size: int = 1) -> dict[str, str | 
     from ki_vla.model.policy import KIPolicy
 
     cfg = dataclasses.replace(cfg, dtype="float32", text=dataclasses.replace(cfg.text, pretrained=None,
-                                                                        tokenizer="bytes-benchmark"))
+                                                                             tokenizer="bytes-benchmark"))
     with torch.device("meta"):
         policy = KIPolicy(cfg)
     engine = InferenceEngine(policy, batch_size=batch_size, device="meta", fuse=False)

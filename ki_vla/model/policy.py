@@ -487,4 +487,3 @@ class _RandomFastIds:
 
     def encode(self, chunk: np.ndarray) -> list[int]:
         return self.rng.integers(0, self.vocab, int(self.rng.integers(4, 12))).tolist()
-

@@ -31,6 +31,7 @@ from ki_vla.observation import Observation
 
 log = logging.getLogger(__name__)
 
+
 def identity_normalizer(cfg: PolicyConfig) -> Normalizer:
     """Quantile stats of [-1, 1]: normalization is the identity (random models, tests, benchmarks)."""
     return Normalizer({STATE_KEY: {"q01": np.full(cfg.state_dim, -1.0), "q99": np.full(cfg.state_dim, 1.0)},

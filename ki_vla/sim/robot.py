@@ -57,7 +57,7 @@ class SimRobot:
       `interpolate_from_desired_state: true`): from its last setpoint, and physics follows each tick's end setpoint.
       "measured" (JTC's default): from the measured position, and the controller updates at every physics substep,
       so a 50 Hz stream of one-point commands to a lagging arm becomes the sawtooth reference a real JTC produces
-      (the arm under-tracks: tests/test_sim_robot.py measures it).
+      (the arm under-tracks: test/test_sim_robot.py measures it).
     """
 
     def __init__(self, env: BimanualSim, camera_every: int = 1, clock_start: float = 0.0,

@@ -32,7 +32,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-
 CODEBASE_VERSION = "v3.0"
 IMAGE_PREFIX = "observation.images."
 CHUNK_FILE_PATTERN = "chunk-{chunk_index:03d}/file-{file_index:03d}"
