@@ -49,19 +49,23 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append((f"kill -9 {pf['killed']}: executor holds after / bound",
                          f"{pf['time_to_hold_s']} s / {pf.get('bound_s')} s", "<= bound"))
             rows.append((f"kill -9 {pf['killed']}: control resumes after restart",
-                         "never (90 s)" if pf["time_to_resume_s"] is None else f"{pf['time_to_resume_s']} s", "resumes"))
+                         "never (90 s)" if pf["time_to_resume_s"] is None else f"{pf['time_to_resume_s']} s",
+                         "resumes"))
         if "answering_after_kills" in ros:
             rows.append(("nodes answering after the kills", _answering(ros["answering_after_kills"]), "all"))
     tr = results.get("train")
     if tr:
         k = tr["kills"]
-        rows += [("training SIGKILLs (inside checkpoint writes)", f"{k['kills']} ({k['kills_in_checkpoint_writes']})", "20"),
+        rows += [("training SIGKILLs (inside checkpoint writes)", f"{k['kills']} ({k['kills_in_checkpoint_writes']})",
+                  "20"),
                  ("corrupt checkpoints after the kills", str(len(k["corrupt_checkpoints"])), "0"),
                  ("resumed run == uninterrupted (weights, losses)",
                   f"{k['final_weights_equal_uninterrupted']}, {k['losses_equal_uninterrupted']}", "True, True"),
-                 ("SIGTERM: exit code, checkpoint", f"{tr['sigterm']['exit_code']}, {tr['sigterm']['checkpoints']}", "0, one"),
+                 ("SIGTERM: exit code, checkpoint", f"{tr['sigterm']['exit_code']}, {tr['sigterm']['checkpoints']}",
+                  "0, one"),
                  (f"full disk ({tr['full_disk']['how']})",
-                  f"previous intact: {not tr['full_disk']['corrupt_checkpoints'] and bool(tr['full_disk']['checkpoints_left'])}"
+                  "previous intact: "
+                  f"{not tr['full_disk']['corrupt_checkpoints'] and bool(tr['full_disk']['checkpoints_left'])}"
                   f", says so: {tr['full_disk']['says_previous_intact']}, traceback: {tr['full_disk']['traceback']}",
                   "True, True, False")]
     fl = results.get("files")

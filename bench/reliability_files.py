@@ -37,7 +37,8 @@ def _run(case: Case) -> dict[str, Any]:
     res = subprocess.run(case.argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     err = res.stderr + res.stdout
     lines = [ln for ln in err.splitlines() if "error" in ln.lower()]
-    left = case.output is not None and case.output.exists() and any(case.output.iterdir() if case.output.is_dir() else [1])
+    left = (case.output is not None and case.output.exists()
+            and any(case.output.iterdir() if case.output.is_dir() else [1]))
     ok = res.returncode != 0 and "Traceback" not in err and len(lines) >= 1 and not left
     return {"kind": case.kind, "case": case.name, "exit_code": res.returncode, "ok": ok,
             "traceback": "Traceback" in err, "error": lines[-1][:300] if lines else err.strip()[-300:],
@@ -104,7 +105,8 @@ def file_cases(work: Path, dataset: Path, checkpoint: Path) -> list[Case]:
     def bag(name: str, fn: Callable[[Path], Path]) -> None:
         path = fn(work / f"bag_{len(cases)}")
         out = work / f"converted_{len(cases)}"
-        cases.append(Case("file", f"bag: {name}", [*KI_VLA, "convert-bag", "--out", str(out), "--quiet", str(path)], out))
+        cases.append(Case("file", f"bag: {name}", [*KI_VLA, "convert-bag", "--out", str(out), "--quiet", str(path)],
+                          out))
 
     def copied(src: Path, d: Path, damage: Callable[[Path], None]) -> Path:
         shutil.copytree(src, d)
@@ -125,12 +127,14 @@ def file_cases(work: Path, dataset: Path, checkpoint: Path) -> list[Case]:
     bag("truncated mcap", lambda d: copied(work / "ep0", d, lambda b: _truncate(mcap(b), 0.4)))
     bag("metadata.yaml missing", lambda d: copied(work / "ep0", d, lambda b: (b / "metadata.yaml").unlink()))
     bag("metadata.yaml garbage", lambda d: copied(work / "ep0", d, lambda b: (b / "metadata.yaml").write_text(": : :")))
-    bag("sqlite3 database of random bytes", lambda d: copied(work / "ep1", d, lambda b: _garbage(next(b.rglob("*.db3")), 1)))
+    bag("sqlite3 database of random bytes",
+        lambda d: copied(work / "ep1", d, lambda b: _garbage(next(b.rglob("*.db3")), 1)))
     bag("bare .mcap file cut to 100 bytes", bare_garbage)
     bag("empty folder", empty)
 
     out = work / "train_badcfg"
-    for name, text in (("train config with a wrong type", "lr: fast\n"), ("train config with an unknown key", "flux: 1\n"),
+    for name, text in (("train config with a wrong type", "lr: fast\n"),
+                       ("train config with an unknown key", "flux: 1\n"),
                        ("train config not YAML", "lr: [\n"), ("train config that is a list", "- 1\n")):
         p = work / f"cfg_{len(cases)}.yaml"
         p.write_text(f"model: config/model/tiny.yaml\ndataset: {dataset}\noutput_dir: {out}\n" + text)
@@ -169,18 +173,19 @@ def cli_cases(work: Path, dataset: Path) -> list[Case]:
         ("train: an override without '='", [*train_cmd(dataset, out, 2, 2), "lr"]),
         ("train: negative steps", [*train_cmd(dataset, out, 2, 2), "max_steps=-5"]),
         ("train: a dataset that does not exist", train_cmd(work / "nope", out, 2, 2)),
-        ("collect: zero episodes", [*KI_VLA, "collect", "--task", "transfer_cube", "--episodes", "0", "--out", str(out)]),
-        ("collect: bad image size", [*KI_VLA, "collect", "--task", "transfer_cube", "--episodes", "1", "--out", str(out),
-                                     "--image-size", "12xfoo"]),
+        ("collect: zero episodes", [*KI_VLA, "collect", "--task", "transfer_cube", "--episodes", "0", "--out",
+                                    str(out)]),
+        ("collect: bad image size", [*KI_VLA, "collect", "--task", "transfer_cube", "--episodes", "1", "--out",
+                                     str(out), "--image-size", "12xfoo"]),
         ("collect: unknown task", [*KI_VLA, "collect", "--task", "juggle", "--episodes", "1", "--out", str(out)]),
-        ("collect: negative noise", [*KI_VLA, "collect", "--task", "transfer_cube", "--episodes", "1", "--out", str(out),
-                                     "--action-noise", "-1"]),
-        ("eval-sim: zero episodes", [*KI_VLA, "eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_cube",
-                                     "--episodes", "0", "--report", str(out)]),
+        ("collect: negative noise", [*KI_VLA, "collect", "--task", "transfer_cube", "--episodes", "1", "--out",
+                                     str(out), "--action-noise", "-1"]),
+        ("eval-sim: zero episodes", [*KI_VLA, "eval-sim", "--model", "config/model/tiny.yaml", "--task",
+                                     "transfer_cube", "--episodes", "0", "--report", str(out)]),
         ("eval-sim: a model that does not exist", [*KI_VLA, "eval-sim", "--model", str(work / "nope"), "--task",
                                                    "transfer_cube", "--episodes", "1", "--report", str(out)]),
-        ("eval-rollout: target on the wrong task", [*KI_VLA, "eval-rollout", "--model", "config/model/tiny.yaml", "--task",
-                                                    "transfer_cube", "--target", "red", "--episodes", "1"]),
+        ("eval-rollout: target on the wrong task", [*KI_VLA, "eval-rollout", "--model", "config/model/tiny.yaml",
+                                                    "--task", "transfer_cube", "--target", "red", "--episodes", "1"]),
         ("eval-bag: no such input", [*KI_VLA, "eval-bag", "--model", "config/model/tiny.yaml", "--report", str(out),
                                      str(work / "nope")]),
         ("convert-bag: bad camera mapping", [*KI_VLA, "convert-bag", "--out", str(out), "--camera", "nothing",

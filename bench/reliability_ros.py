@@ -196,7 +196,8 @@ class Monitor:
             lo, hi, vel = self.limits.lower[idx], self.limits.upper[idx], self.limits.velocity[idx]
             for k, p in enumerate(msg.points):
                 q = np.asarray(p.positions, dtype=np.float64)
-                if q.shape != (len(idx),) or not np.all(np.isfinite(q)) or np.any(q < lo - 1e-9) or np.any(q > hi + 1e-9):
+                if (q.shape != (len(idx),) or not np.all(np.isfinite(q)) or np.any(q < lo - 1e-9)
+                        or np.any(q > hi + 1e-9)):
                     self.violations.append(f"{arm}: point {k} outside the joint limits: {q.round(4).tolist()}")
             q0 = np.asarray(msg.points[0].positions, dtype=np.float64)
             prev = self.prev.get(arm)
@@ -226,8 +227,8 @@ class Monitor:
         Silence counts as holding from the last command on: a position controller keeps its last setpoint (the
         executor's timer stops with /clock when the sim that publishes it dies)."""
         with self.lock:
-            rows = [(t, np.concatenate([ql, qr])) for (t, ql), (_, qr) in zip(self.commands["left"], self.commands["right"])
-                    if t >= since]
+            rows = [(t, np.concatenate([ql, qr]))
+                    for (t, ql), (_, qr) in zip(self.commands["left"], self.commands["right"]) if t >= since]
         last = rows[-1][0] if rows else since
         if time.monotonic() - last >= HOLD_S and last - since <= horizon:
             # nothing (new) for HOLD_S: holding since the last command, or since the first of its unchanged run
@@ -376,7 +377,8 @@ def _executing(mon: Monitor, timeout: float) -> bool:
 # sim_node first, camera_node last: after policy_node was SIGKILLed and restarted, SIGKILLing camera_node leaves the
 # sim's image writers delivering nothing to anyone (an open defect, README "Reliability"; the sim restart before it
 # gives fresh writers), after which nothing executes and a later kill could not be measured.
-def run_process_faults(graph: Graph, mon: Monitor, victims: tuple[str, ...] = ("sim_node", "policy_node", "camera_node"),
+def run_process_faults(graph: Graph, mon: Monitor,
+                       victims: tuple[str, ...] = ("sim_node", "policy_node", "camera_node"),
                        progress: bool = True) -> list[dict[str, Any]]:
     rows = []
     for name in victims:

@@ -109,8 +109,10 @@ def run_kills(work: Path, dataset: Path, kills: int, steps: int, save_every: int
         corrupt += checkpoint_problems(out)
         if progress:
             print(f"  train kill {done}/{kills}{' (inside a checkpoint write)' if during_write else ''}", flush=True)
-    finish = subprocess.run(train_cmd(dataset, out, steps, save_every), cwd=ROOT, env=ENV, capture_output=True, text=True)
-    leftovers = [p.name for d in (out, out / "checkpoints") if d.is_dir() for p in d.iterdir() if p.name.startswith(".")]
+    finish = subprocess.run(train_cmd(dataset, out, steps, save_every), cwd=ROOT, env=ENV, capture_output=True,
+                            text=True)
+    leftovers = [p.name for d in (out, out / "checkpoints") if d.is_dir() for p in d.iterdir()
+                 if p.name.startswith(".")]
     return {"kills": done, "kills_in_checkpoint_writes": in_write, "starts": starts,
             "finished": finish.returncode == 0, "corrupt_checkpoints": corrupt,
             "final_weights_equal_uninterrupted": finish.returncode == 0 and _same_weights(ref / "final", out / "final"),
@@ -139,7 +141,8 @@ def _fits_one_checkpoint(reference: Path) -> int:
     return sum(p.stat().st_size for p in ck.rglob("*") if p.is_file())
 
 
-def run_full_disk(work: Path, dataset: Path, steps: int = 6, save_every: int = 3, method: str = "auto") -> dict[str, Any]:
+def run_full_disk(work: Path, dataset: Path, steps: int = 6, save_every: int = 3,
+                  method: str = "auto") -> dict[str, Any]:
     """The disk fills during the second checkpoint: the first must stay loadable and the error must say so.
 
     A real full filesystem where the kernel allows it (a tmpfs sized for 1.5 checkpoints in a private mount

@@ -69,7 +69,8 @@ def _add_unavailable(sub: argparse._SubParsersAction, name: str, exc: ImportErro
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "_unavailable", False):  # an unavailable command's options are unknown: let it explain
+    # an unavailable command's options are unknown: let it explain
+    if extra and not getattr(args, "_unavailable", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args) or 0)

@@ -134,7 +134,8 @@ def build(cls: type[T], data: dict[str, Any], where: str) -> T:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: check_range(coerce(v, hints[k], f"{where}.{k}"), fields[k], f"{where}.{k}") for k, v in data.items()})
+    return cls(**{k: check_range(coerce(v, hints[k], f"{where}.{k}"), fields[k], f"{where}.{k}")
+                  for k, v in data.items()})
 
 
 def check_range(value: Any, f: dataclasses.Field, where: str) -> Any:

@@ -112,6 +112,6 @@ def state_topic(namespace: str, joint_states_topic: str) -> str:
 
 
 def split_joint_name(qualified: str) -> tuple[str, str]:
-    """"follower_left/waist" -> ("follower_left", "waist"); "left_waist" -> ("", "left_waist")."""
+    """(namespace, name): "follower_left/waist" -> ("follower_left", "waist"); "left_waist" -> ("", "left_waist")."""
     ns, _, name = qualified.rpartition("/")
     return ns, name

@@ -82,7 +82,8 @@ def clean_instruction(text: object, max_chars: int) -> str:
     if not cleaned:
         raise InstructionError("empty instruction")
     if len(cleaned) > max_chars:
-        raise InstructionError(f"instruction has {len(cleaned)} characters, more than max_instruction_chars={max_chars}")
+        raise InstructionError(f"instruction has {len(cleaned)} characters, more than "
+                               f"max_instruction_chars={max_chars}")
     return cleaned
 
 
@@ -148,7 +149,8 @@ class ObservationAssembler:
             raise StaleObservation("missing_state", "no joint state yet")
         if instruction is None:
             raise StaleObservation("missing_instruction", "no instruction yet")
-        for name, stamp in [(f"{c} frame", images[c].stamp) for c in self.camera_names] + [("joint state", state.stamp)]:
+        for name, stamp in ([(f"{c} frame", images[c].stamp) for c in self.camera_names]
+                            + [("joint state", state.stamp)]):
             if stamp - now > self.max_future:
                 raise StaleObservation("future_stamp", f"{name} is stamped {stamp - now:.3f} s in the future "
                                                        f"(max_future {self.max_future} s): clocks out of sync?")

@@ -54,7 +54,8 @@ def write_synthetic_bag(
     `synthetic_joint_value(j, t)` on /joint_states (published in `joint_order`, names included, so readers must
     reorder by name), the arm controllers carry `synthetic_joint_value(j, t, command=True)` split per arm,
     and camera image k is uniformly `synthetic_image_value(cam, k)` (rgb8, bgr8 or mono8; or PNG on
-    `<topic>/compressed`), starting `camera_start_s` late. `extra` adds (topic, msgtype, time_ns, message) entries verbatim.
+    `<topic>/compressed`), starting `camera_start_s` late. `extra` adds (topic, msgtype, time_ns, message) entries
+    verbatim.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -67,7 +68,8 @@ def write_synthetic_bag(
 
     def header(t_ns: int, frame: str = "") -> Any:
         return T["std_msgs/msg/Header"](
-            stamp=T["builtin_interfaces/msg/Time"](sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000), frame_id=frame
+            stamp=T["builtin_interfaces/msg/Time"](sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000),
+            frame_id=frame,
         )
 
     entries: list[tuple[int, str, str, Any]] = []
@@ -107,7 +109,8 @@ def write_synthetic_bag(
             if compressed:
                 ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
                 assert ok
-                msg = T[COMPRESSED_TYPE](header=header(t_ns, cam), format="rgb8; png compressed bgr8", data=buf.reshape(-1))
+                msg = T[COMPRESSED_TYPE](header=header(t_ns, cam), format="rgb8; png compressed bgr8",
+                                         data=buf.reshape(-1))
                 entries.append((t_ns, topic + "/compressed", COMPRESSED_TYPE, msg))
                 continue
             if encoding == "rgb8":

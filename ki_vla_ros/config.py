@@ -68,7 +68,7 @@ class PolicyNodeConfig:
     max_future_stamp: float = field(default=0.05, metadata=between(0.0, 60.0))
     max_instruction_chars: int = field(default=512, metadata=between(1, 100000))
     instruction_latched: bool = True             # also subscribe transient-local (gets a latched publisher's
-                                                 # last value; volatile publishers then log a QoS notice)
+    #                                              last value; volatile publishers then log a QoS notice)
     default_instruction: str = ""                # used until one arrives on the topic ("" = wait for one)
     # s between inference starts; 0 = as fast as fresh data allows
     min_inference_period: float = field(default=0.0, metadata=between(0.0, 60.0))
@@ -104,8 +104,8 @@ COMMAND_INTERFACES = ("trajectory", "position")
 
 
 def check_command_interface(interface: str, topics: Sequence[str]) -> None:
-    """ValueError for an unknown interface or a topic left at the other interface's name (a JTC topic in position
-    mode would be a silent no-op on the robot: nobody listens there with that type)."""
+    """`ValueError` for an unknown interface or a topic left at the other interface's name (a JTC topic in
+    position mode would be a silent no-op on the robot: nobody listens there with that type)."""
     if interface not in COMMAND_INTERFACES:
         raise ValueError(f"command_interface must be one of {list(COMMAND_INTERFACES)}, got {interface!r}")
     other = "joint_trajectory" if interface == "position" else "commands"
@@ -133,7 +133,7 @@ class RobotInterfaceConfig:
     joint_offset: list[float] = field(default_factory=lambda: [0.0] * NUM_JOINTS)
 
     def layout(self) -> RobotLayout:
-        """The validated layout (ValueError with the reason)."""
+        """The validated layout, or ValueError with the reason."""
         check_command_interface(self.command_interface, self.command_topics)
         return RobotLayout.from_parameters(self.joint_names, self.command_topics, self.command_joints)
 
@@ -249,7 +249,7 @@ NODE_CONFIGS: dict[str, type] = {
 
 
 def read_parameter_file(path: str | Path) -> dict[str, dict[str, Any]]:
-    """node name -> parameters, from a ROS 2 parameter YAML (`/**` entries merged under each node's own)."""
+    """Node name -> parameters, from a ROS 2 parameter YAML (`/**` entries merged under each node's own)."""
     data = load_yaml(Path(path)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of node names")

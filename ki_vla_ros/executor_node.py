@@ -155,7 +155,8 @@ class ExecutorNode(LifecycleNode):
         state_subs = [self.create_subscription(JointState, topic, lambda m, k=k: self._on_joint_state(m, k),
                                                JOINT_STATE_IN_QOS)
                       for k, topic in enumerate(self.state_topics)]
-        self._plan_pub = self.create_publisher(JointTrajectory, cfg.plan_topic, RELIABLE_QOS) if cfg.plan_topic else None
+        self._plan_pub = (self.create_publisher(JointTrajectory, cfg.plan_topic, RELIABLE_QOS)
+                          if cfg.plan_topic else None)
         self._plan_holding = False   # an empty plan has been announced for the current hold
         self._endpoints = [
             *((self.destroy_publisher, p) for p in self._publishers),
@@ -335,7 +336,8 @@ class ExecutorNode(LifecycleNode):
             self.hold_reasons.inc(cmd.hold_reason)
             if not self._plan_holding and self._plan_pub is not None:   # nothing committed: RTC's next chunk is free
                 self._plan_holding = True
-                self._plan_pub.publish(JointTrajectory(joint_names=list(JOINT_NAMES), header=Header(stamp=to_time_msg(now))))
+                self._plan_pub.publish(JointTrajectory(joint_names=list(JOINT_NAMES),
+                                                       header=Header(stamp=to_time_msg(now))))
             if not self.cfg.hold_before_first_chunk and self.core.last_chunk_time is None:
                 return
         for stamp in cmd.first_used:
@@ -382,7 +384,8 @@ class ExecutorNode(LifecycleNode):
         kv["joint_state_jumps_ignored"] = core.state_jumps_ignored
         since_tick = time.perf_counter() - (self._last_tick_wall or self._started_wall)
         if since_tick > max(1.0, 20 * self.dt):
-            clock = " (use_sim_time is set: is anything publishing /clock?)" if self.get_parameter("use_sim_time").value else ""
+            clock = (" (use_sim_time is set: is anything publishing /clock?)"
+                     if self.get_parameter("use_sim_time").value else "")
             return Diagnostics.ERROR, f"control loop not ticking: last tick {since_tick:.1f} s ago{clock}", kv
         kv["active"] = self.active
         if not self.active:

@@ -51,12 +51,17 @@ def bad_images(rng: np.random.Generator, n: int, now: float = 0.0) -> Iterator[C
         m.data = _bytes(rng, nbytes)
         return m
 
-    def size_mismatch(r): h, w = r.integers(1, 64, 2); return "data shorter than height*step", img(int(h), int(w), "rgb8", int(w) * 3, int(h * w * 3) // 2)
+    def size_mismatch(r):
+        h, w = r.integers(1, 64, 2)
+        return "data shorter than height*step", img(int(h), int(w), "rgb8", int(w) * 3, int(h * w * 3) // 2)
+
     def step_small(r): return "step < width*channels", img(32, 32, "rgb8", 10, 32 * 10)
     def step_huge(r): return "step huge", img(4, 4, "rgb8", 2**31, 48)
     def dims_huge(r): return "height*width beyond data", img(2**31, 2**31, "rgb8", 3 * 2**31 % 2**32, 100)
     def dims_zero(r): return "zero size", img(0, int(r.integers(0, 64)), "rgb8", 0, 0)
-    def unknown_enc(r): return "unknown encoding", img(8, 8, str(r.choice(["jpeg", "", "rgb9", "\x00", "RGB8 "])), 24, 192)
+
+    def unknown_enc(r):
+        return "unknown encoding", img(8, 8, str(r.choice(["jpeg", "", "rgb9", "\x00", "RGB8 "])), 24, 192)
 
     def wrong_enc(r):
         enc = str(r.choice(ENCODINGS))
@@ -85,10 +90,15 @@ def bad_compressed(rng: np.random.Generator, n: int, now: float = 0.0) -> Iterat
 
     def garbage(r): return "random bytes", msg("jpeg", bytes(_bytes(r, int(r.integers(0, 65536)))))
     def empty(r): return "empty", msg(str(r.choice(["jpeg", "png", ""])), b"")
-    def jpeg_truncated(r): return "JPEG header then garbage", msg("rgb8; jpeg compressed bgr8", jpeg_head + bytes(_bytes(r, 500)))
+
+    def jpeg_truncated(r):
+        return "JPEG header then garbage", msg("rgb8; jpeg compressed bgr8", jpeg_head + bytes(_bytes(r, 500)))
+
     def png_truncated(r): return "PNG signature then garbage", msg("png", png_head + bytes(_bytes(r, 300)))
     def wrong_format(r): return "format says png, data says jpeg", msg("png", jpeg_head + bytes(_bytes(r, 100)))
-    def odd_format(r): return "unknown format string", msg(str(r.choice(["tiff", "\x07", "x" * 1000])), bytes(_bytes(r, 64)))
+
+    def odd_format(r):
+        return "unknown format string", msg(str(r.choice(["tiff", "\x07", "x" * 1000])), bytes(_bytes(r, 64)))
     return _cases(rng, n, [garbage, empty, jpeg_truncated, png_truncated, wrong_format, odd_format])
 
 
@@ -108,9 +118,20 @@ def bad_joint_states(rng: np.random.Generator, n: int, now: float = 0.0,
         p[int(r.integers(len(p)))] = float(r.choice(BAD_FLOATS[:3]))
         return "NaN/inf position", js(list(names), p)
 
-    def huge(r): p = good(r); p[int(r.integers(len(p)))] = float(r.choice(BAD_FLOATS[3:5])); return "position 1e300", js(list(names), p)
-    def missing(r): k = int(r.integers(len(names))); return "a joint missing", js([x for i, x in enumerate(names) if i != k], good(r)[:-1])
-    def duplicate(r): nm = list(names); nm[1] = nm[0]; return "duplicate names", js(nm, good(r))
+    def huge(r):
+        p = good(r)
+        p[int(r.integers(len(p)))] = float(r.choice(BAD_FLOATS[3:5]))
+        return "position 1e300", js(list(names), p)
+
+    def missing(r):
+        k = int(r.integers(len(names)))
+        return "a joint missing", js([x for i, x in enumerate(names) if i != k], good(r)[:-1])
+
+    def duplicate(r):
+        nm = list(names)
+        nm[1] = nm[0]
+        return "duplicate names", js(nm, good(r))
+
     def unknown(r): return "unknown names only", js([f"joint_{i}" for i in range(len(names))], good(r))
     def short(r): return "fewer positions than names", js(list(names), good(r)[: int(r.integers(0, len(names)))])
     def long(r): return "more positions than names", js(list(names), good(r) + [0.0] * int(r.integers(1, 50)))
@@ -127,30 +148,45 @@ def bad_joint_states(rng: np.random.Generator, n: int, now: float = 0.0,
 def bad_trajectories(rng: np.random.Generator, n: int, now: float = 0.0, names: tuple[str, ...] = JOINT_NAMES,
                      dt: float = 0.02) -> Iterator[Case]:
     """trajectory_msgs/JointTrajectory (action chunks and controller commands) that are wrong in every field."""
-    def traj(nm: list[str], rows: list[list[float]], times: list[float] | None = None, t: float = now) -> JointTrajectory:
+    def traj(nm: list[str], rows: list[list[float]], times: list[float] | None = None,
+             t: float = now) -> JointTrajectory:
         m = JointTrajectory(joint_names=nm)
         m.header.stamp = _stamp(t)
         m.header.frame_id = FUZZ_FRAME
         times = times if times is not None else [i * dt for i in range(len(rows))]
         for row, tt in zip(rows, times):
             tt = min(max(tt, 0.0), 2.0**31 - 1)
-            m.points.append(JointTrajectoryPoint(positions=row, time_from_start=Duration(sec=int(tt), nanosec=int((tt % 1) * 1e9))))
+            m.points.append(JointTrajectoryPoint(positions=row,
+                                                 time_from_start=Duration(sec=int(tt), nanosec=int((tt % 1) * 1e9))))
         return m
 
     def rows(r, h: int = 10, scale: float = 0.3) -> list[list[float]]:
         return [[float(x) for x in r.uniform(-scale, scale, len(names))] for _ in range(h)]
 
-    def nan(r): rr = rows(r); rr[3][int(r.integers(len(names)))] = float(r.choice(BAD_FLOATS[:3])); return "NaN/inf point", traj(list(names), rr)
+    def nan(r):
+        rr = rows(r)
+        rr[3][int(r.integers(len(names)))] = float(r.choice(BAD_FLOATS[:3]))
+        return "NaN/inf point", traj(list(names), rr)
+
     def huge(r): return "positions 1e300", traj(list(names), [[1e300] * len(names) for _ in range(5)])
     def beyond(r): return "positions 5 rad (beyond limits)", traj(list(names), rows(r, 10, 5.0))
-    def jump(r): rr = rows(r, 10, 0.0); rr[5] = [2.0] * len(names); return "2 rad jump in 20 ms", traj(list(names), rr)
+
+    def jump(r):
+        rr = rows(r, 10, 0.0)
+        rr[5] = [2.0] * len(names)
+        return "2 rad jump in 20 ms", traj(list(names), rr)
+
     def future(r): return "stamp 1e6 s ahead", traj(list(names), rows(r), t=now + 1e6)
     def old(r): return "stamp 0", traj(list(names), rows(r), t=0.0)
     def back(r): return "times decreasing", traj(list(names), rows(r, 5), [0.4, 0.3, 0.2, 0.1, 0.0])
     def same(r): return "all points at t=0", traj(list(names), rows(r, 5), [0.0] * 5)
     def far(r): return "points 1e6 s apart", traj(list(names), rows(r, 3), [0.0, 1e6, 2e6])
     def wrong(r): return "unknown joint names", traj([f"j{i}" for i in range(len(names))], rows(r))
-    def dup(r): nm = list(names); nm[2] = nm[3]; return "duplicate joint names", traj(nm, rows(r))
+
+    def dup(r):
+        nm = list(names)
+        nm[2] = nm[3]
+        return "duplicate joint names", traj(nm, rows(r))
 
     def ragged(r):
         rr = rows(r)

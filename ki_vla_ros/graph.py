@@ -59,7 +59,8 @@ def robot_state_publisher_executable() -> str | None:
     try:
         from ament_index_python.packages import get_package_prefix
 
-        exe = Path(get_package_prefix("robot_state_publisher")) / "lib" / "robot_state_publisher" / "robot_state_publisher"
+        exe = (Path(get_package_prefix("robot_state_publisher")) / "lib" / "robot_state_publisher"
+               / "robot_state_publisher")
         return str(exe) if exe.exists() else None
     except Exception:  # no ament index (pip install) or package not installed
         return shutil.which("robot_state_publisher")

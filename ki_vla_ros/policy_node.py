@@ -97,7 +97,7 @@ class PolicyNode(LifecycleNode):
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     def startup(self) -> bool:
-        """configure + activate (what a lifecycle manager would do); True when active."""
+        """Configure + activate (what a lifecycle manager would do); True when active."""
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             return False
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
@@ -289,7 +289,8 @@ class PolicyNode(LifecycleNode):
             return
         stamp = to_sec(msg.header.stamp)
         spacing = float(np.mean(np.diff(times))) if len(times) > 1 else 0.0
-        rtc.set_plan(stamp, stamp + (float(times[0]) if len(times) else 0.0), spacing, positions if len(times) > 1 else None)
+        rtc.set_plan(stamp, stamp + (float(times[0]) if len(times) else 0.0), spacing,
+                     positions if len(times) > 1 else None)
 
     def _on_instruction(self, msg: String) -> None:
         try:

@@ -224,7 +224,8 @@ class Diagnostics:
             except Exception as exc:  # a broken report must not take the other reports down
                 level, text, kv = DiagnosticStatus.ERROR, f"diagnostic task failed: {exc!r}", {}
             msg.status.append(DiagnosticStatus(
-                level=level if isinstance(level, bytes) else bytes([level]), name=name, message=text, hardware_id=self._hardware_id,
+                level=level if isinstance(level, bytes) else bytes([level]), name=name, message=text,
+                hardware_id=self._hardware_id,
                 values=[KeyValue(key=str(k), value=_fmt(v)) for k, v in kv.items()]))
         self._pub.publish(msg)
 

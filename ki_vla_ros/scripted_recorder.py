@@ -102,7 +102,8 @@ class ScriptedRecorder(Node):
         self._latest_ns = 0                                  # latest sim time known (status clocks, stamps)
         self._received: dict[str, int] = {}                  # topic -> messages written to the open bag
         # command topic -> sim times of our commands in flight
-        self._issued: dict[str, deque[int]] = {self.cfg.left_command_topic: deque(), self.cfg.right_command_topic: deque()}
+        self._issued: dict[str, deque[int]] = {self.cfg.left_command_topic: deque(),
+                                               self.cfg.right_command_topic: deque()}
         self.left_pub = self.create_publisher(JointTrajectory, self.cfg.left_command_topic, RELIABLE_QOS)
         self.right_pub = self.create_publisher(JointTrajectory, self.cfg.right_command_topic, RELIABLE_QOS)
         self.reset_pub = self.create_publisher(Int64, self.cfg.reset_topic, RELIABLE_QOS)
@@ -147,7 +148,8 @@ class ScriptedRecorder(Node):
         plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[self.cfg.storage]
         writer = Writer(path, version=9, storage_plugin=plugin)
         writer.open()
-        conns = {topic: writer.add_connection(topic, msgtype, typestore=ts) for topic, (msgtype, _) in self.topics.items()}
+        conns = {topic: writer.add_connection(topic, msgtype, typestore=ts)
+                 for topic, (msgtype, _) in self.topics.items()}
         with self._lock:
             self._writer, self._conns, self._received = writer, conns, {}
 
@@ -244,7 +246,8 @@ class ScriptedRecorder(Node):
                 final = dict(self._status)
                 if not final.get("success"):
                     raise RuntimeError(f"seed {seed}: the episode replayed through ROS did not succeed ({final})")
-                self.get_logger().info(f"recorded episode {k + 1}/{len(self.seeds)} (seed {seed}, {len(actions)} ticks)")
+                self.get_logger().info(f"recorded episode {k + 1}/{len(self.seeds)} (seed {seed}, "
+                                       f"{len(actions)} ticks)")
         except Exception as exc:  # noqa: BLE001 - reported through the exit code and the log
             self.error = str(exc)
             self.get_logger().error(f"recording failed: {exc}")

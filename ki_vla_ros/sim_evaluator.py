@@ -173,7 +173,8 @@ class SimEvaluator(Node):
 
     def _watchdog(self) -> None:
         if not self.ready and time.monotonic() - self._started_wall > self.cfg.ready_timeout:
-            self.error = f"no chunk on {self.cfg.chunk_topic} within {self.cfg.ready_timeout:.0f} s: is the policy node up?"
+            self.error = (f"no chunk on {self.cfg.chunk_topic} within {self.cfg.ready_timeout:.0f} s: is the policy "
+                          "node up?")
             self.get_logger().error(self.error)
             self._write()
             self.context.try_shutdown()

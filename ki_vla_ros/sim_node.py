@@ -85,12 +85,14 @@ class SimNode(Node):
         self.image_pubs = {c: self.create_publisher(Image, self.cfg.camera_topic.format(name=c), image_qos)
                            for c in cams}
         # One joint_states per namespace of the layout, with the names the robot's broadcaster would use.
-        self.joint_pubs = [(self.create_publisher(JointState, state_topic(ns, self.cfg.joint_states_topic), RELIABLE_QOS),
-                            names, list(idx)) for ns, names, idx in self.layout.state_sources]
+        self.joint_pubs = [(self.create_publisher(JointState, state_topic(ns, self.cfg.joint_states_topic),
+                                                  RELIABLE_QOS), names, list(idx))
+                           for ns, names, idx in self.layout.state_sources]
         self.status_pub = self.create_publisher(String, self.cfg.status_topic, RELIABLE_QOS)
         self.instruction_pub = (self.create_publisher(String, self.cfg.instruction_topic, LATCHED_QOS)
                                 if self.cfg.instruction_topic else None)
-        self.clock_pub = self.create_publisher(Clock, self.cfg.clock_topic, CLOCK_QOS) if self.cfg.publish_clock else None
+        self.clock_pub = (self.create_publisher(Clock, self.cfg.clock_topic, CLOCK_QOS)
+                          if self.cfg.publish_clock else None)
         command_type = JointTrajectory if self.cfg.command_interface == "trajectory" else Float64MultiArray
         for g in self.layout.groups:
             self.create_subscription(command_type, g.topic, lambda m, t=g.topic: self._on_command(t, m), RELIABLE_QOS)
@@ -199,7 +201,8 @@ class SimNode(Node):
         position controller's Float64MultiArray (its joints in order, held until the next)."""
         try:
             if isinstance(msg, Float64MultiArray):
-                accepted = self.robot.command_position(topic, self._from_robot(topic, np.asarray(msg.data, dtype=np.float64)))
+                accepted = self.robot.command_position(topic,
+                                                       self._from_robot(topic, np.asarray(msg.data, dtype=np.float64)))
             else:
                 names, times, positions = trajectory_to_arrays(msg)
                 positions = self._from_robot(topic, positions, names)

@@ -52,7 +52,7 @@ class RosHarness:
         return node
 
     def node(self, name: str, **kwargs: Any) -> Node:
-        """A plain helper node (publishers/subscriptions made by the test) in this context."""
+        """A plain helper node in this context (publishers/subscriptions made by the test)."""
         return self.add(Node(name, context=self.context, **kwargs))
 
     def close(self) -> None:

@@ -29,7 +29,8 @@ def test_bench_smoke(tmp_path, capsys):
         assert r["inference"]["reference"][stage]["p50"] >= 0 and eng[stage]["p99"] > 0
     assert eng["max_abs_diff"] < 1e-4 and not eng["cuda_graphs"] and not eng["fused"]
     prof = eng["profile"]["expert"]
-    assert prof["busy_ms"] > 0 and prof["top"] and sum(prof["by_category_ms"].values()) == pytest.approx(prof["busy_ms"])
+    assert (prof["busy_ms"] > 0 and prof["top"]
+            and sum(prof["by_category_ms"].values()) == pytest.approx(prof["busy_ms"]))
     assert prof["by_category_ms"]["matmul"] > 0 and prof["by_category_ms"]["attention"] > 0
     tr = r["training"]
     assert tr["ki"]["p50"] > 0 and tr["ki_over_pi0"] > 0 and tr["ki_over_pi0_flops"] > 1
@@ -91,14 +92,15 @@ def test_bench_falls_back_to_the_byte_tokenizer(tmp_path, capsys):
     path = tmp_path / "model.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "bench.json"
-    assert run_bench("--model", str(path), "--runs", "1", "--warmup", "0", "--train-steps", "0", "--json", str(out)) == 0
+    assert run_bench("--model", str(path), "--runs", "1", "--warmup", "0", "--train-steps", "0", "--json",
+                     str(out)) == 0
     assert "using the byte tokenizer" in capsys.readouterr().out
     assert json.loads(out.read_text())["tokenizer"] == "bytes-benchmark"
 
 
 def test_training_flops_explain_the_ki_overhead():
-    """KI's extra work is the FAST targets in the backbone and the LM head. At pi0.5 size with a real prompt (~48
-    tokens) and ~72 FAST targets that is under 10% more arithmetic than pi0; padded to the config's full budgets
+    """The extra work of KI is the FAST targets in the backbone and the LM head. At pi0.5 size with a real prompt
+    (~48 tokens) and ~72 FAST targets that is under 10% more arithmetic than pi0; padded to the config's full budgets
     (200 + 180) it would be ~20%, which is why training trims batch-wide padding."""
     from ki_vla.infer.flops import training_flops
 

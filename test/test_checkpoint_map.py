@@ -16,8 +16,10 @@ def tiny_pi05() -> PolicyConfig:
     cfg = PolicyConfig.from_yaml("config/model/pi05.yaml")
     return dataclasses.replace(
         cfg, dtype="float32", max_text_tokens=64, max_target_tokens=64,
-        vision=dataclasses.replace(cfg.vision, image_size=28, patch_size=14, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=48),
-        text=dataclasses.replace(cfg.text, tokenizer="bytes", vocab_size=1536, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=1, head_dim=16, intermediate_size=96),
+        vision=dataclasses.replace(cfg.vision, image_size=28, patch_size=14, hidden_size=32, num_layers=2, num_heads=2,
+                                   intermediate_size=48),
+        text=dataclasses.replace(cfg.text, tokenizer="bytes", vocab_size=1536, hidden_size=64, num_layers=2,
+                                 num_heads=4, num_kv_heads=1, head_dim=16, intermediate_size=96),
         expert=dataclasses.replace(cfg.expert, hidden_size=32, intermediate_size=48))
 
 
@@ -36,9 +38,12 @@ def lerobot_state_dict(cfg: PolicyConfig, prefix: str, gen: torch.Generator) -> 
         for ln in ("layer_norm1", "layer_norm2"):
             sd[f"{base}.{ln}.weight"], sd[f"{base}.{ln}.bias"] = r(v.hidden_size), r(v.hidden_size)
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            sd[f"{base}.self_attn.{proj}.weight"], sd[f"{base}.self_attn.{proj}.bias"] = r(v.hidden_size, v.hidden_size), r(v.hidden_size)
-        sd[f"{base}.mlp.fc1.weight"], sd[f"{base}.mlp.fc1.bias"] = r(v.intermediate_size, v.hidden_size), r(v.intermediate_size)
-        sd[f"{base}.mlp.fc2.weight"], sd[f"{base}.mlp.fc2.bias"] = r(v.hidden_size, v.intermediate_size), r(v.hidden_size)
+            sd[f"{base}.self_attn.{proj}.weight"], sd[f"{base}.self_attn.{proj}.bias"] = (
+                r(v.hidden_size, v.hidden_size), r(v.hidden_size))
+        sd[f"{base}.mlp.fc1.weight"], sd[f"{base}.mlp.fc1.bias"] = (
+            r(v.intermediate_size, v.hidden_size), r(v.intermediate_size))
+        sd[f"{base}.mlp.fc2.weight"], sd[f"{base}.mlp.fc2.bias"] = (
+            r(v.hidden_size, v.intermediate_size), r(v.hidden_size))
     sd[f"{vt}.post_layernorm.weight"], sd[f"{vt}.post_layernorm.bias"] = r(v.hidden_size), r(v.hidden_size)
     sd[f"{P}.multi_modal_projector.linear.weight"] = r(t.hidden_size, v.hidden_size)
     sd[f"{P}.multi_modal_projector.linear.bias"] = r(t.hidden_size)
@@ -66,7 +71,8 @@ def lerobot_state_dict(cfg: PolicyConfig, prefix: str, gen: torch.Generator) -> 
             sd[f"{stack}.norm.weight"] = r(width)
     sd["paligemma_with_expert.gemma_expert.lm_head.weight"] = r(t.vocab_size, e.hidden_size)  # junk, dropped
     sd["action_in_proj.weight"], sd["action_in_proj.bias"] = r(e.hidden_size, cfg.max_action_dim), r(e.hidden_size)
-    sd["action_out_proj.weight"], sd["action_out_proj.bias"] = r(cfg.max_action_dim, e.hidden_size), r(cfg.max_action_dim)
+    sd["action_out_proj.weight"], sd["action_out_proj.bias"] = (
+        r(cfg.max_action_dim, e.hidden_size), r(cfg.max_action_dim))
     for name in ("time_mlp_in", "time_mlp_out"):
         sd[f"{name}.weight"], sd[f"{name}.bias"] = r(e.hidden_size, e.hidden_size), r(e.hidden_size)
     return {prefix + k: val for k, val in sd.items()}
@@ -81,10 +87,14 @@ def test_lerobot_pi05_state_dict_loads(tmp_path, prefix):
     load_lerobot_pi05(policy, tmp_path)
     own = policy.state_dict()
     lm = "paligemma_with_expert.paligemma.model.language_model"
-    assert torch.equal(own["backbone.language_model.layers.1.self_attn.k_proj.weight"], sd[f"{prefix}{lm}.layers.1.self_attn.k_proj.weight"])
-    assert torch.equal(own["backbone.language_model.embed_tokens.weight"], sd[f"{prefix}paligemma_with_expert.paligemma.lm_head.weight"])
-    assert torch.equal(own["expert.layers.0.input_layernorm.dense.weight"], sd[f"{prefix}{E}.layers.0.input_layernorm.dense.weight"])
-    assert torch.equal(own["backbone.vision_tower.encoder.layers.1.mlp.fc2.bias"], sd[f"{prefix}{P}.vision_tower.vision_model.encoder.layers.1.mlp.fc2.bias"])
+    assert torch.equal(own["backbone.language_model.layers.1.self_attn.k_proj.weight"],
+                       sd[f"{prefix}{lm}.layers.1.self_attn.k_proj.weight"])
+    assert torch.equal(own["backbone.language_model.embed_tokens.weight"],
+                       sd[f"{prefix}paligemma_with_expert.paligemma.lm_head.weight"])
+    assert torch.equal(own["expert.layers.0.input_layernorm.dense.weight"],
+                       sd[f"{prefix}{E}.layers.0.input_layernorm.dense.weight"])
+    assert torch.equal(own["backbone.vision_tower.encoder.layers.1.mlp.fc2.bias"],
+                       sd[f"{prefix}{P}.vision_tower.vision_model.encoder.layers.1.mlp.fc2.bias"])
     assert torch.equal(own["expert.time_mlp_out.bias"], sd[f"{prefix}time_mlp_out.bias"])
     actions = policy.eval().sample_actions(policy.example_batch(1), num_steps=2)
     assert torch.isfinite(actions).all()

@@ -24,7 +24,8 @@ def test_overrides_are_coerced_to_the_field_types():
 
 @pytest.mark.parametrize("override, field, expected", [
     ("lr=fast", "lr", "float"), ("max_steps=1.5", "max_steps", "int"), ("tensorboard=maybe", "tensorboard", "bool"),
-    ("betas=[0.9]", "betas", "2 values"), ("max_steps=true", "max_steps", "int"), ("batch_size=[8]", "batch_size", "int"),
+    ("betas=[0.9]", "betas", "2 values"), ("max_steps=true", "max_steps", "int"),
+    ("batch_size=[8]", "batch_size", "int"),
 ])
 def test_a_bad_override_names_the_field_and_the_type(override, field, expected):
     with pytest.raises(ConfigError, match=rf"train config\.{field}.*{expected}"):

@@ -74,8 +74,8 @@ def test_convert_resamples_and_reorders(tmp_path: Path, storage: str) -> None:
 
 def test_no_command_topic_uses_next_state_mono8_header_stamps(tmp_path: Path) -> None:
     bag = write_synthetic_bag(
-        tmp_path / "bag", storage="sqlite3", duration_s=0.3, command_hz=None, cameras={"cam_high": "/cam_high/image_raw"},
-        encoding="mono8", joint_order=REVERSED,
+        tmp_path / "bag", storage="sqlite3", duration_s=0.3, command_hz=None,
+        cameras={"cam_high": "/cam_high/image_raw"}, encoding="mono8", joint_order=REVERSED,
     )
     cfg = BagConversionConfig(cameras={"cam_high": "/cam_high/image_raw"}, use_header_stamps=True)
     plan = plan_bag(bag, cfg)
@@ -94,7 +94,8 @@ def test_no_command_topic_uses_next_state_mono8_header_stamps(tmp_path: Path) ->
 def test_compressed_images_resized_png_columns_and_name_map(tmp_path: Path) -> None:
     names = ["L" + n for n in JOINT_NAMES[:7]] + list(JOINT_NAMES[7:])
     extra_joint = TS.types[JOINT_STATE_TYPE](
-        header=TS.types["std_msgs/msg/Header"](stamp=TS.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id=""),
+        header=TS.types["std_msgs/msg/Header"](stamp=TS.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                               frame_id=""),
         name=["left_finger"], position=np.array([9.0]), velocity=np.array([], dtype=np.float64),
         effort=np.array([], dtype=np.float64),
     )
@@ -109,7 +110,8 @@ def test_compressed_images_resized_png_columns_and_name_map(tmp_path: Path) -> N
     ds = LeRobotDataset(convert_bags([bag], tmp_path / "ds", cfg, progress=False))
     ep = ds.episode(0)
     assert ep["images"]["cam_high"].shape == (10, 16, 24, 3)
-    np.testing.assert_array_equal(ep["images"]["cam_high"][:, 3, 5], [synthetic_image_value(0, k // 2) for k in range(10)])
+    np.testing.assert_array_equal(ep["images"]["cam_high"][:, 3, 5],
+                                  [synthetic_image_value(0, k // 2) for k in range(10)])
     np.testing.assert_allclose(ep["state"], expected_state(10), atol=1e-6)
 
 
@@ -134,8 +136,10 @@ BAD_BAGS = {
         r"missing topic /cam_left_wrist/image_raw or /cam_left_wrist/image_raw/compressed \(camera cam_left_wrist\)",
     ),
     "missing instruction": (dict(instruction=None), r"missing topic /instruction \(task instruction\)"),
-    "truncated mcap": (dict(storage="mcap", _truncate=True), r"cannot be opened as a rosbag2 recording, truncated or corrupt"),
-    "truncated sqlite3": (dict(storage="sqlite3", _truncate=True), r"cannot be opened as a rosbag2 recording, truncated or corrupt"),
+    "truncated mcap": (dict(storage="mcap", _truncate=True),
+                       r"cannot be opened as a rosbag2 recording, truncated or corrupt"),
+    "truncated sqlite3": (dict(storage="sqlite3", _truncate=True),
+                          r"cannot be opened as a rosbag2 recording, truncated or corrupt"),
     "wrong type": (
         dict(instruction=None, extra=[("/instruction", JOINT_STATE_TYPE, START, None)]),
         r"topic /instruction has type sensor_msgs/msg/JointState, expected std_msgs/msg/String",
@@ -160,7 +164,8 @@ def test_bad_bag_gives_one_named_error_and_no_output(tmp_path: Path, case: str) 
     for topic, msgtype, t, msg in kwargs.pop("extra", []):
         if msg is None:
             msg = TS.types[JOINT_STATE_TYPE](
-                header=TS.types["std_msgs/msg/Header"](stamp=TS.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id=""),
+                header=TS.types["std_msgs/msg/Header"](stamp=TS.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                                       frame_id=""),
                 name=[], position=np.array([], dtype=np.float64), velocity=np.array([], dtype=np.float64),
                 effort=np.array([], dtype=np.float64),
             )
@@ -188,7 +193,8 @@ def test_streams_that_never_overlap_and_missing_bag(tmp_path: Path) -> None:
 
 
 def test_config_yaml(tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"convert_bag": {"fps": 25, "image_size": [24, 32], "cameras": CAMS}}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"convert_bag": {"fps": 25, "image_size": [24, 32],
+                                                                     "cameras": CAMS}}))
     cfg = BagConversionConfig.from_yaml(tmp_path / "c.yaml")
     assert cfg.fps == 25 and cfg.image_size == (24, 32) and cfg.cameras == CAMS
     assert cfg.state_topic == "/joint_states" and cfg.joint_names == list(JOINT_NAMES)
@@ -200,9 +206,11 @@ def test_config_yaml(tmp_path: Path) -> None:
 
 
 def test_cli_convert_bag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bags = [str(write_synthetic_bag(tmp_path / f"bag{i}", storage=s, duration_s=0.2, cameras=CAMS)) for i, s in enumerate(["mcap", "sqlite3"])]
+    bags = [str(write_synthetic_bag(tmp_path / f"bag{i}", storage=s, duration_s=0.2, cameras=CAMS))
+            for i, s in enumerate(["mcap", "sqlite3"])]
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"cameras": CAMS, "fps": 25}))
-    rc = cli.main(["convert-bag", *bags, "--out", str(tmp_path / "ds"), "--config", str(tmp_path / "c.yaml"), "--image-size", "16x16", "--quiet"])
+    rc = cli.main(["convert-bag", *bags, "--out", str(tmp_path / "ds"), "--config", str(tmp_path / "c.yaml"),
+                   "--image-size", "16x16", "--quiet"])
     assert rc == 0
     assert "wrote" in capsys.readouterr().out
     ds = LeRobotDataset(tmp_path / "ds")
@@ -211,7 +219,8 @@ def test_cli_convert_bag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert cli.main(["convert-bag", *bags, "--out", str(tmp_path / "ds"), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
     truncate(Path(bags[1]))
-    assert cli.main(["convert-bag", *bags, "--out", str(tmp_path / "ds2"), "--config", str(tmp_path / "c.yaml"), "--quiet"]) == 2
+    assert cli.main(["convert-bag", *bags, "--out", str(tmp_path / "ds2"), "--config", str(tmp_path / "c.yaml"),
+                     "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "truncated or corrupt" in err and bags[1] in err
     assert not (tmp_path / "ds2").exists()

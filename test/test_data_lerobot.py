@@ -129,7 +129,8 @@ def test_png_image_columns_round_trip_exact(tmp_path: Path) -> None:
     info = json.loads((root / "meta/info.json").read_text())
     assert info["features"]["observation.images.cam_high"]["dtype"] == "image"
     schema = pq.read_schema(root / "data/chunk-000/file-000.parquet")
-    assert schema.field("observation.images.cam_high").type == pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    assert schema.field("observation.images.cam_high").type == pa.struct([("bytes", pa.binary()),
+                                                                          ("path", pa.string())])
     cell = pq.read_table(root / "data/chunk-000/file-000.parquet")["observation.images.cam_high"][0].as_py()
     assert cell["bytes"][:8] == b"\x89PNG\r\n\x1a\n"
     assert_round_trip(LeRobotDataset(root), eps, image_tol=0)
@@ -261,7 +262,8 @@ def write_v21(root: Path, eps: list[dict]) -> None:
             "dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channel"],
             "info": {"video.fps": 50.0, "video.codec": "h264", "video.pix_fmt": "yuv420p", "has_audio": False},
         },
-        **{k: {"dtype": "int64", "shape": [1], "names": None} for k in ("frame_index", "episode_index", "index", "task_index")},
+        **{k: {"dtype": "int64", "shape": [1], "names": None}
+           for k in ("frame_index", "episode_index", "index", "task_index")},
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
     }
     tasks = sorted({e["task"] for e in eps})
@@ -274,7 +276,8 @@ def write_v21(root: Path, eps: list[dict]) -> None:
         "features": features,
     }
     (root / "meta/info.json").write_text(json.dumps(info))
-    (root / "meta/tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n" for i, t in enumerate(tasks)))
+    (root / "meta/tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n"
+                                                   for i, t in enumerate(tasks)))
     ep_lines, stat_lines, index = [], [], 0
     for e, ep in enumerate(eps):
         n = len(ep["state"])
@@ -359,13 +362,15 @@ def test_read_hand_built_v3_with_gaps_in_concatenated_video(tmp_path: Path) -> N
     info = {
         "codebase_version": "v3.0", "robot_type": "aloha", "total_episodes": 2, "total_frames": 25, "total_tasks": 2,
         "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500, "fps": 50,
-        "splits": {"train": "0:2"}, "data_path": lr_format.DEFAULT_DATA_PATH, "video_path": lr_format.DEFAULT_VIDEO_PATH,
+        "splits": {"train": "0:2"}, "data_path": lr_format.DEFAULT_DATA_PATH,
+        "video_path": lr_format.DEFAULT_VIDEO_PATH,
         "features": {
             "observation.images.top": {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
                                        "info": {"video.codec": "mpeg4", "video.fps": 50}},
             "observation.state": {"dtype": "float32", "shape": [2], "names": ["a", "b"]},
             "action": {"dtype": "float32", "shape": [2], "names": ["a", "b"]},
-            **{k: {"dtype": "int64", "shape": [1], "names": None} for k in ("frame_index", "episode_index", "index", "task_index")},
+            **{k: {"dtype": "int64", "shape": [1], "names": None}
+               for k in ("frame_index", "episode_index", "index", "task_index")},
             "timestamp": {"dtype": "float32", "shape": [1], "names": None},
         },
     }
@@ -373,9 +378,11 @@ def test_read_hand_built_v3_with_gaps_in_concatenated_video(tmp_path: Path) -> N
     pd.DataFrame({"task_index": [0, 1]}, index=["pick", "place"]).to_parquet(root / "meta/tasks.parquet")
     pd.DataFrame({
         "episode_index": [0, 1], "tasks": [["place"], ["pick"]], "length": [10, 15],
-        "data/chunk_index": [0, 0], "data/file_index": [0, 0], "dataset_from_index": [0, 10], "dataset_to_index": [10, 25],
+        "data/chunk_index": [0, 0], "data/file_index": [0, 0], "dataset_from_index": [0, 10],
+        "dataset_to_index": [10, 25],
         "videos/observation.images.top/chunk_index": [0, 0], "videos/observation.images.top/file_index": [0, 0],
-        "videos/observation.images.top/from_timestamp": [0.0, 0.3], "videos/observation.images.top/to_timestamp": [0.2, 0.6],
+        "videos/observation.images.top/from_timestamp": [0.0, 0.3],
+        "videos/observation.images.top/to_timestamp": [0.2, 0.6],
     }).to_parquet(root / "meta/episodes/chunk-000/file-000.parquet")
     rows = [(0, t, 1) for t in range(10)] + [(1, t, 0) for t in range(15)]
     pd.DataFrame({

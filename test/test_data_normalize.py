@@ -101,17 +101,20 @@ def test_mean_std_standardizes() -> None:
 
 def test_to_dict_from_dict_json_and_file(tmp_path: Path) -> None:
     x = data()
-    norm = Normalizer({"action": compute_stats(x), "observation.state": compute_stats(x * 2)}, modes={"observation.state": "mean_std"})
+    norm = Normalizer({"action": compute_stats(x), "observation.state": compute_stats(x * 2)},
+                      modes={"observation.state": "mean_std"})
     blob = json.dumps(norm.to_dict())  # must be plain JSON
     back = Normalizer.from_dict(json.loads(blob))
     assert back.mode == "quantile" and back.mode_for("observation.state") == "mean_std"
     np.testing.assert_allclose(back.normalize("action", x), norm.normalize("action", x))
     np.testing.assert_allclose(back.normalize("observation.state", x), norm.normalize("observation.state", x))
     norm.save(tmp_path / "norm.json")
-    np.testing.assert_allclose(Normalizer.load(tmp_path / "norm.json").normalize("action", x), norm.normalize("action", x))
+    np.testing.assert_allclose(Normalizer.load(tmp_path / "norm.json").normalize("action", x),
+                               norm.normalize("action", x))
     # A bare LeRobot meta/stats.json also loads.
     (tmp_path / "stats.json").write_text(json.dumps(stats_to_json({"action": compute_stats(x)})))
-    np.testing.assert_allclose(Normalizer.load(tmp_path / "stats.json").normalize("action", x), norm.normalize("action", x))
+    np.testing.assert_allclose(Normalizer.load(tmp_path / "stats.json").normalize("action", x),
+                               norm.normalize("action", x))
     assert stats_from_json(stats_to_json({"a": compute_stats(x)}))["a"]["q99"].shape == (4,)
 
 

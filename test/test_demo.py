@@ -1,4 +1,5 @@
-"""`make demo`'s arguments: its evaluation is eval-sim's, parsed by eval-sim's own parser (the run itself is a benchmark)."""
+"""`make demo`'s arguments: its evaluation is eval-sim's, parsed by eval-sim's own parser (the run itself is a
+benchmark)."""
 from pathlib import Path
 
 from ki_vla.eval.demo import eval_arguments, parse_args

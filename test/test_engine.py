@@ -30,12 +30,14 @@ def test_engine_matches_reference(variant):
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     # the buffers are reused: a second, different request gives its own answer, not a stale one
     noise2 = torch.randn(2, 50, 32, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(engine.sample_actions(batch, noise=noise2), policy.sample_actions(batch, noise=noise2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(engine.sample_actions(batch, noise=noise2), policy.sample_actions(batch, noise=noise2),
+                               atol=1e-5, rtol=0)
 
 
 def test_engine_rejects_what_it_cannot_serve():
     with pytest.raises(ValueError, match="pi0_fast"):
-        InferenceEngine(KIPolicy(dataclasses.replace(PolicyConfig.from_yaml("config/model/tiny.yaml"), variant="pi0_fast")))
+        InferenceEngine(KIPolicy(dataclasses.replace(PolicyConfig.from_yaml("config/model/tiny.yaml"),
+                                                     variant="pi0_fast")))
     policy = trained_like("ki")
     engine = InferenceEngine(policy, batch_size=1)
     with pytest.raises(ValueError, match="engine built for"):
@@ -103,7 +105,7 @@ def test_engine_stages_are_cuda_graph_capturable(model):
 
 
 def test_capture_check_catches_a_host_sync(monkeypatch):
-    """transformers' own Idefics3 vision forward syncs (mask.all()); the check must say so."""
+    """Transformers' own Idefics3 vision forward syncs (mask.all()); the check must say so."""
     from ki_vla.infer.capture_check import capture_problems
     from ki_vla.model.backbone import VLMBackbone
 
@@ -274,8 +276,10 @@ def test_noise_scale_scales_the_sampled_noise_in_reference_and_engine():
     policy.set_noise_scale(0.3)
     engine = InferenceEngine(policy, batch_size=1)
     want = policy.sample_actions(batch, noise=0.3 * z)
-    torch.testing.assert_close(policy.sample_actions(batch, generator=torch.Generator().manual_seed(7)), want, atol=1e-5, rtol=0)
-    torch.testing.assert_close(engine.sample_actions(batch, generator=torch.Generator().manual_seed(7)), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(policy.sample_actions(batch, generator=torch.Generator().manual_seed(7)), want,
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(engine.sample_actions(batch, generator=torch.Generator().manual_seed(7)), want,
+                               atol=1e-5, rtol=0)
     policy.set_noise_scale(0.0)
     a = engine.sample_actions(batch, generator=torch.Generator().manual_seed(1))
     b = engine.sample_actions(batch, generator=torch.Generator().manual_seed(2))

@@ -32,7 +32,8 @@ def bags(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dataset(bags, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("eval_ds") / "dataset"
-    return convert_bags(sorted(bags.iterdir()), out, BagConversionConfig(image_size=(32, 32), use_videos=False), progress=False)
+    return convert_bags(sorted(bags.iterdir()), out, BagConversionConfig(image_size=(32, 32), use_videos=False),
+                        progress=False)
 
 
 # ---- metric functions: known answers -------------------------------------------------------------------
@@ -59,7 +60,8 @@ def test_error_grows_with_step_and_differs_per_joint():
     err = offline.chunk_errors(pred, target, np.ones((4, 10), bool))
     np.testing.assert_allclose(err["mae_by_step"], 0.1 * np.arange(10) * 2.0)  # mean of 1x and 3x
     np.testing.assert_allclose(err["per_joint_mae"], [0.45, 1.35])
-    np.testing.assert_allclose(err["per_joint_mse"], [0.01 * np.mean(np.arange(10) ** 2), 0.09 * np.mean(np.arange(10) ** 2)])
+    np.testing.assert_allclose(err["per_joint_mse"],
+                               [0.01 * np.mean(np.arange(10) ** 2), 0.09 * np.mean(np.arange(10) ** 2)])
 
 
 def test_bad_shapes_are_clear_errors():
@@ -106,7 +108,8 @@ def test_consistency_pairs_only_overlapping_chunks_of_one_episode_and_masks_the_
 
 def test_latency_percentiles_use_full_batches():
     lat = offline.latency_summary(np.array([10.0, 20.0, 30.0, 40.0, 1.0]), np.array([4, 4, 4, 4, 1]), batch_size=4)
-    assert lat["batch_ms"]["p50"] == pytest.approx(25.0) and lat["batch_ms"]["max"] == 40.0  # the short call is left out
+    # the short call is left out
+    assert lat["batch_ms"]["p50"] == pytest.approx(25.0) and lat["batch_ms"]["max"] == 40.0
     assert lat["per_chunk_ms"]["p50"] == pytest.approx(5.0) and lat["calls"] == 5 and lat["batch_size"] == 4
     from ki_vla.eval.percentiles import percentile_summary
 
@@ -148,7 +151,8 @@ def test_replay_with_an_oracle_shifted_by_a_constant(dataset):
     metrics = offline.summarize(result, 4, ds.action_names, dict(zip(ds.episode_indices, ds.episode_lengths)))
     assert metrics["mae"] == pytest.approx(0.3, abs=1e-5) and metrics["mse"] == pytest.approx(0.09, abs=1e-5)
     np.testing.assert_allclose(metrics["per_joint_mae"], 0.3, atol=1e-5)
-    assert metrics["consistency"]["mean_abs_diff"] == pytest.approx(0.0, abs=1e-6) and metrics["consistency"]["pairs"] == 15
+    assert (metrics["consistency"]["mean_abs_diff"] == pytest.approx(0.0, abs=1e-6)
+            and metrics["consistency"]["pairs"] == 15)
     assert metrics["frames_evaluated"] == 17 and metrics["episodes_evaluated"] == 2
     assert [e["length"] for e in metrics["per_episode"]] == [60, 50]
     # the last frames' chunks run past the episode end: later steps rest on fewer frames
@@ -206,16 +210,18 @@ def test_eval_bag_on_recorded_bags_writes_a_report(bags, tmp_path, capsys):
     assert {p.name for p in report.iterdir()} == {"metrics.json", "report.md", "error_by_step.png", "per_joint_mae.png",
                                                   "trajectories.png"}
     m = json.loads((report / "metrics.json").read_text())
-    for key in ("model", "model_variant", "random_weights", "inputs", "episodes", "frames", "frames_evaluated", "device",
-                "torch_version", "mae", "mse", "mae_by_step", "per_joint", "consistency", "latency_ms", "latency_ms_p50",
-                "latency_ms_p99", "per_episode", "hold_baseline"):
+    for key in ("model", "model_variant", "random_weights", "inputs", "episodes", "frames", "frames_evaluated",
+                "device", "torch_version", "mae", "mse", "mae_by_step", "per_joint", "consistency", "latency_ms",
+                "latency_ms_p50", "latency_ms_p99", "per_episode", "hold_baseline"):
         assert key in m, key
     assert m["random_weights"] is True and m["input_kind"] == "bags" and m["episodes"] == 2 and m["frames"] == 110
     assert m["frames_evaluated"] == 12 + 10 and len(m["mae_by_step"]) == H and m["latency_ms"]["batch_size"] == 8
     assert set(m["per_joint"]) == {f"{s}_{j}" for s in ("left", "right") for j in
-                                   ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")}
+                                   ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate",
+                                    "gripper")}
     assert m["consistency"]["pairs"] == 20
-    numbers = _finite_numbers({k: m[k] for k in ("mae", "mse", "mae_by_step", "per_joint", "consistency", "latency_ms")})
+    numbers = _finite_numbers({k: m[k] for k in ("mae", "mse", "mae_by_step", "per_joint", "consistency",
+                                                 "latency_ms")})
     assert numbers and all(math.isfinite(x) for x in numbers) and m["mae"] > 0
     md = (report / "report.md").read_text()
     assert "random weights" in md and "variant **ki**" in md and "(trajectories.png)" in md

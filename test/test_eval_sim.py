@@ -55,8 +55,9 @@ def test_eval_sim_lockstep_episode_through_ros(tmp_path):
     """A random tiny policy drives the sim through sim_node, camera_node, policy_node and executor_node."""
     report = tmp_path / "report"
     code = main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_color", "--target", "blue",
-                 "--episodes", "1", "--max-seconds", "1.0", "--mode", "lockstep", "--videos", "1", "--sim-image-size", "48x64",
-                 "--report", str(report), "--quiet", "--startup-timeout", "120", "--merger", "latest",
+                 "--episodes", "1", "--max-seconds", "1.0", "--mode", "lockstep", "--videos", "1",
+                 "--sim-image-size", "48x64", "--report", str(report), "--quiet", "--startup-timeout", "120",
+                 "--merger", "latest",
                  "--min-inference-period", "0.05", "--noise-scale", "0.5"])
     assert code == 0
     m = json.loads((report / "metrics.json").read_text())
@@ -71,7 +72,8 @@ def test_eval_sim_lockstep_episode_through_ros(tmp_path):
 
 
 def test_eval_sim_rejects_bad_input(tmp_path):
-    assert main(["eval-sim", "--model", str(tmp_path / "none"), "--task", "transfer_cube", "--report", str(tmp_path / "r")]) == 2
+    assert main(["eval-sim", "--model", str(tmp_path / "none"), "--task", "transfer_cube", "--report",
+                 str(tmp_path / "r")]) == 2
     assert main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_cube", "--episodes", "0",
                  "--report", str(tmp_path / "r")]) == 2
     assert main(["eval-sim", "--model", "config/model/tiny.yaml", "--task", "transfer_cube", "--target", "red",

@@ -120,7 +120,8 @@ def test_keypoint_statistics_reach_the_served_ema_weights(tmp_path):
                                   tensorboard=False, fast_vocab_size=256))
     trainer.train()
     live = trainer.policy.expert.keypoint_norm
-    assert int(live.num_batches_tracked) == 3 and not torch.allclose(live.running_var, torch.ones_like(live.running_var))
+    assert (int(live.num_batches_tracked) == 3
+            and not torch.allclose(live.running_var, torch.ones_like(live.running_var)))
     served = KIPolicy.from_pretrained(tmp_path / "run" / "final").expert.keypoint_norm
     torch.testing.assert_close(served.running_mean, live.running_mean)
     torch.testing.assert_close(served.running_var, live.running_var)

@@ -106,7 +106,8 @@ def test_launch_arguments_reach_the_nodes(monkeypatch):
         assert type(nodes[name].kwargs["on_exit"]).__name__ == "Shutdown"
     if importlib.util.find_spec("ki_vla_ros.sim_node") is not None:
         assert "sim_node" in nodes and "sim_node" in console_scripts()
-        assert nodes["sim_node"].kwargs["parameters"] == [nodes["camera_node"].kwargs["parameters"][0]]  # no use_sim_time
+        # no use_sim_time
+        assert nodes["sim_node"].kwargs["parameters"] == [nodes["camera_node"].kwargs["parameters"][0]]
     else:
         assert any(type(a).__name__ == "LogInfo" for a in actions)
 
@@ -186,7 +187,8 @@ def test_large_data_transport_on_every_node_of_the_graph(monkeypatch):
     nodes = {n.kwargs["name"]: n.kwargs.get("additional_env", {})
              for n in run_launch(monkeypatch, sim="true") if type(n).__name__ == "Node"}
     assert nodes["robot_state_publisher"] == {}
-    assert nodes["camera_node"] == nodes["policy_node"] == nodes["executor_node"] == {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
+    assert (nodes["camera_node"] == nodes["policy_node"] == nodes["executor_node"]
+            == {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"})
     monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
     assert graph_env("executor_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"
     assert graph_env("camera_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"

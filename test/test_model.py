@@ -22,7 +22,8 @@ def cfg() -> PolicyConfig:
 def fast_tok() -> FastTokenizer:
     rng = np.random.default_rng(0)
     t = np.linspace(0, 1, 50)[None, :, None]
-    chunks = np.clip(np.sin(2 * np.pi * (rng.uniform(0.2, 1.5, (400, 1, 14)) * t + rng.uniform(0, 1, (400, 1, 14)))), -1, 1)
+    chunks = np.clip(np.sin(2 * np.pi * (rng.uniform(0.2, 1.5, (400, 1, 14)) * t + rng.uniform(0, 1, (400, 1, 14)))),
+                     -1, 1)
     return FastTokenizer.fit(chunks, vocab_size=1024)
 
 
@@ -49,7 +50,8 @@ def test_ki_flow_loss_never_reaches_backbone(cfg):
     batch = policy.example_batch(2)
     losses = policy.compute_loss(batch)
     _flow_loss(policy, batch).backward()
-    assert all(g is None or bool((g == 0).all()) for g in grads(policy.backbone)), "flow gradient leaked into the backbone"
+    assert all(g is None or bool((g == 0).all()) for g in grads(policy.backbone)), \
+        "flow gradient leaked into the backbone"
     assert nonzero(grads(policy.expert))
     # the CE loss does reach the backbone
     policy.zero_grad(set_to_none=True)
@@ -292,7 +294,8 @@ def test_from_pretrained_rejects_bad_folders(cfg, tmp_path):
     policy = make(cfg, "ki")
     policy.save_pretrained(tmp_path / "ck")
     with pytest.raises(ValueError, match="does not match"):
-        KIPolicy.from_pretrained(tmp_path / "ck", expert={"hidden_size": 48, "intermediate_size": 64, "time_conditioning": "adarms"})
+        KIPolicy.from_pretrained(tmp_path / "ck",
+                                 expert={"hidden_size": 48, "intermediate_size": 64, "time_conditioning": "adarms"})
 
 
 def test_load_yaml_warns_random(tmp_path):
@@ -469,7 +472,8 @@ def test_padded_action_dims_stay_zero_in_training_and_sampling(cfg):
     ref = policy.sample_actions(batch, num_steps=4, noise=full_noise, normalized=True)
     assert len(seen) == 4 and all(bool((x[..., cfg.action_dim:] == 0).all()) for x in seen)
     seen.clear()
-    eng = InferenceEngine(policy, batch_size=1, num_steps=4, fuse=False).sample_actions(batch, noise=full_noise, normalized=True)
+    eng = InferenceEngine(policy, batch_size=1, num_steps=4, fuse=False).sample_actions(batch, noise=full_noise,
+                                                                                        normalized=True)
     assert len(seen) == 4 and all(bool((x[..., cfg.action_dim:] == 0).all()) for x in seen)
     torch.testing.assert_close(eng, ref, atol=1e-5, rtol=1e-4)
 
@@ -531,15 +535,18 @@ def test_fast_tokenizer_larger_than_the_reserved_range_is_refused(cfg, fast_tok)
 def test_state_can_stay_out_of_the_prompt(cfg):
     from ki_vla.model.processing import robot_prompt
 
-    assert robot_prompt("pick", None) == "Task: pick;\nAction: " and "State: 1 2" in robot_prompt("pick", np.array([1, 2]))
-    no_prompt = dataclasses.replace(cfg, state_in_prompt=False, expert=dataclasses.replace(cfg.expert, state_input=True))
+    assert (robot_prompt("pick", None) == "Task: pick;\nAction: "
+            and "State: 1 2" in robot_prompt("pick", np.array([1, 2])))
+    no_prompt = dataclasses.replace(cfg, state_in_prompt=False,
+                                    expert=dataclasses.replace(cfg.expert, state_input=True))
     policy = KIPolicy(no_prompt)
     sample = {"images": {}, "state": np.full(cfg.state_dim, 0.3, np.float32), "instruction": "transfer the cube"}
     batch = policy.processor([sample], with_targets=False)
     text = policy.processor.text_tokenizer.decode(batch["text_ids"][0][batch["text_valid"][0]].tolist())
     assert "State" not in text and batch["state"].abs().sum() > 0  # the expert still gets the state
     # Without either, the policy reads the arms from its cameras alone (the state never reaches the model).
-    blind = KIPolicy(dataclasses.replace(cfg, state_in_prompt=False, expert=dataclasses.replace(cfg.expert, state_input=False)))
+    blind = KIPolicy(dataclasses.replace(cfg, state_in_prompt=False,
+                                         expert=dataclasses.replace(cfg.expert, state_input=False)))
     a = blind.processor([sample], with_targets=False)
     b = blind.processor([dict(sample, state=-sample["state"])], with_targets=False)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731

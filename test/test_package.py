@@ -10,17 +10,41 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_package_xml_parses_with_catkin_pkg():
+# Python modules the code imports -> the rosdep key package.xml declares for them.
+ROSDEP_KEYS = {"numpy": "python3-numpy", "yaml": "python3-yaml", "cv2": "python3-opencv", "scipy": "python3-scipy",
+               "tqdm": "python3-tqdm", "pandas": "python3-pandas", "matplotlib": "python3-matplotlib",
+               "imageio": "python3-imageio", "torch": "python3-pytorch-pip", "transformers": "python3-transformers-pip",
+               "rosbags": "python3-rosbags-pip", "mujoco": "python3-mujoco-pip"}
+# No rosdep key exists for these (package.xml says so; pip installs them).
+PIP_ONLY = {"pyarrow", "av", "gym_aloha", "safetensors", "tokenizers"}
+
+
+def _package():
     from catkin_pkg.package import parse_package
 
-    pkg = parse_package(str(ROOT / "package.xml"))  # also validates the maintainer email
+    return parse_package(str(ROOT / "package.xml"))  # also validates the maintainer email
+
+
+def test_package_xml_parses_with_catkin_pkg():
+    pkg = _package()
     assert pkg.name == "ki_vla_ros"
     assert pkg.package_format == 3
     assert pkg.get_build_type() == "ament_python"
-    deps = {d.name for d in pkg.exec_depends}
-    assert {"rclpy", "sensor_msgs", "std_msgs", "trajectory_msgs", "diagnostic_msgs",
-            "launch_ros", "robot_state_publisher"} <= deps
     assert all("@" in m.email for m in pkg.maintainers)
+
+
+def test_package_xml_declares_every_import():
+    """`rosdep install --from-paths` resolves what the code needs: every module imported by the library, the
+    nodes and the launch files is a declared ROS package, has its rosdep key declared, or is a known pip-only one."""
+    from source_imports import imported_modules
+
+    declared = {d.name for d in _package().exec_depends}
+    imported = imported_modules(ROOT / "ki_vla", ROOT / "ki_vla_ros", ROOT / "launch")
+    assert PIP_ONLY <= imported and set(ROSDEP_KEYS) <= imported, "a stale entry in this test's tables"
+    missing = sorted(ROSDEP_KEYS.get(m, m) for m in imported - PIP_ONLY if ROSDEP_KEYS.get(m, m) not in declared)
+    assert missing == [], f"package.xml lacks <exec_depend> for {missing}"
+    # the executables the launch files start
+    assert "robot_state_publisher" in declared
 
 
 def test_ki_vla_never_imports_rclpy():
@@ -44,20 +68,22 @@ def test_ki_vla_sources_have_no_rclpy_import():
     assert offenders == []
 
 
-@pytest.mark.skipif(shutil.which("colcon", path=os.path.dirname(sys.executable)) is None and shutil.which("colcon") is None,
-                    reason="colcon not installed")
+COLCON = shutil.which("colcon", path=os.path.dirname(sys.executable)) or shutil.which("colcon")
+
+
+@pytest.mark.skipif(COLCON is None, reason="colcon not installed")
 def test_colcon_build(tmp_path):
-    """colcon builds the repo as an ament_python package: executables in lib/, data in share/."""
+    """Colcon builds the repo as an ament_python package: executables in lib/, data in share/."""
     src = tmp_path / "src" / "ki_vla_ros"
     src.mkdir(parents=True)
-    for name in ("package.xml", "setup.py", "setup.cfg", "resource", "ki_vla", "ki_vla_ros", "launch", "config", "urdf"):
+    for name in ("package.xml", "setup.py", "setup.cfg", "resource", "ki_vla", "ki_vla_ros", "launch", "config",
+                 "urdf"):
         p = ROOT / name
         if p.is_dir():
             shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif p.exists():
             shutil.copy(p, src / name)
-    colcon = shutil.which("colcon", path=os.path.dirname(sys.executable)) or shutil.which("colcon")
-    out = subprocess.run([colcon, "build"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([COLCON, "build"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     lib = tmp_path / "install" / "ki_vla_ros" / "lib" / "ki_vla_ros"
     share = tmp_path / "install" / "ki_vla_ros" / "share" / "ki_vla_ros"
@@ -66,10 +92,23 @@ def test_colcon_build(tmp_path):
     assert (share / "package.xml").exists()
     index = tmp_path / "install" / "ki_vla_ros" / "share" / "ament_index" / "resource_index" / "packages" / "ki_vla_ros"
     assert index.exists()
+    # What `ros2 run ki_vla_ros ki-vla` does after sourcing the workspace (the ros2 CLI is not on PyPI): find the
+    # package's prefix in the ament index and run lib/ki_vla_ros/<executable>, which imports the installed copy.
+    script = (". install/setup.sh && "
+              f"prefix=$({sys.executable} -c 'from ament_index_python.packages import get_package_prefix as p; "
+              "print(p(\"ki_vla_ros\"))') && $prefix/lib/ki_vla_ros/ki-vla --help"
+              " && $prefix/lib/ki_vla_ros/ki-vla-ros --help"
+              f" && cd / && {sys.executable} -c 'import ki_vla; print(ki_vla.__file__)'")
+    run = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in os.environ.items() if k not in ("AMENT_PREFIX_PATH", "PYTHONPATH")})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "usage: ki-vla " in run.stdout and "usage: ki-vla-ros " in run.stdout
+    assert run.stdout.strip().splitlines()[-1].startswith(str(tmp_path / "install")), run.stdout
 
 
 def test_cli_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "ki_vla.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "ki_vla.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     assert "ki-vla" in out.stdout
 

@@ -83,14 +83,17 @@ def test_scene_dependence_tells_a_blind_policy_from_one_that_reads_the_scene():
 
     def results(preds):
         return [RolloutResult(seed=i, success=False, max_reward=0, reward_fraction=0.0, duration_s=1.0, instruction="",
-                              first_chunk_end=p.tolist(), plan_end=q.tolist()) for i, (p, q) in enumerate(zip(preds, plans))]
+                              first_chunk_end=p.tolist(), plan_end=q.tolist())
+                for i, (p, q) in enumerate(zip(preds, plans))]
 
     seeing = scene_dependence(results(plans))
-    assert seeing["first_chunk_scene_spread"] == pytest.approx(1.0) and seeing["first_chunk_scene_corr"] == pytest.approx(1.0)
+    assert (seeing["first_chunk_scene_spread"] == pytest.approx(1.0)
+            and seeing["first_chunk_scene_corr"] == pytest.approx(1.0))
     blind = scene_dependence(results(np.repeat(plans.mean(0, keepdims=True), 6, axis=0)))
     assert blind["first_chunk_scene_spread"] == pytest.approx(0.0, abs=1e-9)
     half = scene_dependence(results(0.5 * plans))
-    assert half["first_chunk_scene_spread"] == pytest.approx(0.5) and half["first_chunk_scene_corr"] == pytest.approx(1.0)
+    assert (half["first_chunk_scene_spread"] == pytest.approx(0.5)
+            and half["first_chunk_scene_corr"] == pytest.approx(1.0))
     assert scene_dependence(results(plans)[:2])["first_chunk_scene_spread"] is None
     assert summarize(results(plans))["first_chunk_scene_corr"] == pytest.approx(1.0)
 
@@ -119,8 +122,8 @@ def test_learning_curve_evaluates_every_checkpoint(tmp_path):
     policy.save_pretrained(run / "checkpoints" / "step_0000020" / "policy")
     policy.save_pretrained(run / "checkpoints" / "step_0000020" / "ema")
     (run / "checkpoints" / "step_0000030").mkdir()  # incomplete: skipped
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "ce": 0.5 / s, "flow": 0.5 / s}) + "\n"
-                                               for s in (1, 10, 20)))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s, "ce": 0.5 / s, "flow": 0.5 / s})
+                                               + "\n" for s in (1, 10, 20)))
     found = checkpoints(run)
     assert [s for s, _ in found] == [10, 20] and found[1][1].name == "ema" and found[0][1].name == "policy"
     assert [w.name for _, w in checkpoints(run, "policy")] == ["policy", "policy"]

@@ -33,9 +33,9 @@ def commands(col_left, col_right):
     """Pair left/right messages by arrival order -> (N, lookahead, 14) positions."""
     n = min(len(col_left), len(col_right))
     out = []
-    for l, r in zip(col_left.msgs[:n], col_right.msgs[:n]):
-        q = np.zeros((len(l.points), NUM_JOINTS))
-        for k, (pl, pr) in enumerate(zip(l.points, r.points)):
+    for left_msg, r in zip(col_left.msgs[:n], col_right.msgs[:n]):
+        q = np.zeros((len(left_msg.points), NUM_JOINTS))
+        for k, (pl, pr) in enumerate(zip(left_msg.points, r.points)):
             q[k, :7], q[k, 7:] = pl.positions, pr.positions
         out.append(q)
     return np.array(out)
@@ -204,7 +204,8 @@ def test_executor_holds_on_silent_joint_states_and_re_anchors_to_a_moved_robot()
         assert wait_for(lambda: int(control()[1].get("path_violations", 0)) >= 1, 5.0), control()
         left.clear(), right.clear()
         assert wait_for(lambda: len(left) > 5 and len(right) > 5, 5.0)
-        np.testing.assert_allclose(commands(left, right)[-1][0], moved, atol=1e-9)  # where the robot is, not the old pose
+        # where the robot is, not the old pose
+        np.testing.assert_allclose(commands(left, right)[-1][0], moved, atol=1e-9)
         # A chunk built around the real position is accepted and executed.
         chunk_pub.publish(chunk_to_trajectory(np.repeat(moved[None], 500, 0), JOINT_NAMES, now_sec(test), DT))
         assert wait_for(lambda: not ex.core.holding, 5.0)
@@ -323,7 +324,8 @@ def test_cleanup_set_configure_rereads_parameters_and_a_bad_value_fails_the_tran
         moved = Collector(test, JointTrajectory, "/left_arm/joint_trajectory", RELIABLE_QOS)
         assert set_param("control_hz", 50.0).successful
         assert set_param("chunk_timeout", 1.5).successful
-        assert set_param("command_topics", ["/left_arm/joint_trajectory", "right_arm_controller/joint_trajectory"]).successful
+        assert set_param("command_topics",
+                         ["/left_arm/joint_trajectory", "right_arm_controller/joint_trajectory"]).successful
         assert ex.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert ex.core.chunk_timeout == 1.5
         assert ex.trigger_activate() == TransitionCallbackReturn.SUCCESS
@@ -367,8 +369,9 @@ def test_lifecycle_active_means_may_command_and_deactivate_holds_at_once():
 
 
 def test_topics_are_relative_so_a_namespace_separates_two_robots():
-    """PushRosNamespace / `__ns:=/robot1`: the default topic names are relative, so a namespaced executor reads
-    /robot1/joint_states and commands /robot1/left_arm_controller/... (an absolute default would ignore the namespace)."""
+    """`PushRosNamespace` / `__ns:=/robot1`: the default topic names are relative, so a namespaced executor reads
+    /robot1/joint_states and commands /robot1/left_arm_controller/... (an absolute default would ignore the
+    namespace)."""
     with ros_harness() as h:
         h.add(ExecutorNode(context=h.context, namespace="robot1",
                            parameter_overrides=[Parameter("urdf_path", value=str(URDF))]))
@@ -391,10 +394,13 @@ def test_status_shows_nodes_lifecycle_rates_and_diagnostics():
 
     domain = 73   # its own DDS domain: nodes of the earlier tests in this process must not be in the graph it reads
     with ros_harness(domain_id=domain) as h:
-        ex, test, left, right, diags, js_pub, chunk_pub = executor_rig(h, "executor_status_test", diagnostics_period=0.2)
+        ex, test, left, right, diags, js_pub, chunk_pub = executor_rig(h, "executor_status_test",
+                                                                       diagnostics_period=0.2)
         test.create_timer(DT, lambda: js_pub.publish(make_joint_state(JOINT_NAMES, home(), now_sec(test))))
-        res = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--json", "--window", "2", "--discovery", "3"],
-                             capture_output=True, text=True, timeout=60, env={**os.environ, "ROS_DOMAIN_ID": str(domain)})
+        res = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--json", "--window", "2",
+                              "--discovery", "3"],
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "ROS_DOMAIN_ID": str(domain)})
         assert res.returncode == 0, res.stderr
         st = json.loads(res.stdout)
         nodes = {n["name"]: n for n in st["nodes"]}
@@ -406,7 +412,8 @@ def test_status_shows_nodes_lifecycle_rates_and_diagnostics():
         assert js["publishers"] == 1 and 10.0 < js["rate_hz"] < 80.0, js
         assert topics["/left_arm_controller/joint_trajectory"]["publishers"] == 1
         table = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--window", "0.5"],
-                               capture_output=True, text=True, timeout=60, env={**os.environ, "ROS_DOMAIN_ID": str(domain)})
+                               capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "ROS_DOMAIN_ID": str(domain)})
         assert "/executor_node" in table.stdout and "Hz" in table.stdout
     bad = subprocess.run([sys.executable, "-m", "ki_vla_ros.cli", "status", "--window", "0"],
                          capture_output=True, text=True, timeout=60, env=os.environ)
@@ -433,7 +440,8 @@ def test_joint_states_of_two_namespaces_join_into_one_fresh_vector():
     with pytest.raises(ValueError, match="lacks"):
         joiner.update(0, make_joint_state(arm[:6], left[:6], 3.0), now=0.2)
     rejected = []   # what a node's callback uses: the invalid message is reported, the node goes on
-    assert joiner.offer(0, make_joint_state(arm[:6], left[:6], 3.0), 0.2, lambda i, e: rejected.append((i, str(e)))) is None
+    assert joiner.offer(0, make_joint_state(arm[:6], left[:6], 3.0), 0.2,
+                        lambda i, e: rejected.append((i, str(e)))) is None
     assert rejected and rejected[0][0] == 0 and "lacks" in rejected[0][1]
     with pytest.raises(ValueError, match="unique"):
         state_sources(["follower_left/waist"] * 14)

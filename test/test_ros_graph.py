@@ -94,8 +94,8 @@ def test_graph_across_processes(tmp_path):
             time.sleep(2.0)
             n = min(len(left), len(right))
             assert 70 <= n <= 110, n                  # 50 Hz across processes, on a loaded 2-core machine
-            q = np.array([list(l.points[0].positions) + list(r.points[0].positions)
-                          for l, r in zip(left.msgs[:n], right.msgs[:n])])
+            q = np.array([list(left_msg.points[0].positions) + list(r.points[0].positions)
+                          for left_msg, r in zip(left.msgs[:n], right.msgs[:n])])
             assert np.all(q >= LIMITS.lower - 1e-9) and np.all(q <= LIMITS.upper + 1e-9)
             assert np.all(np.abs(np.diff(q, axis=0)) <= LIMITS.velocity * 0.02 + 1e-6)
             kv = status(diags, "executor_node: chunks")

@@ -84,6 +84,7 @@ def test_rtc_switches_chunks_far_more_smoothly_than_latest_for_a_random_policy()
         class NearHome:
             """The random policy's chunks mapped to 0.01 x its units around home: they still disagree at every switch
             but stay within what the executor accepts (raw random chunks are refused as jumps)."""
+
             cfg = inner.cfg
 
             def predict(self, obs, generator=None, guide=None):

@@ -183,7 +183,8 @@ def test_limits_follow_the_joint_mapping_into_policy_units(limits):
     mapping = JointMapping(scale, offset)
     pol = limits.in_policy_units(mapping)
     assert pol.lower[1] == pytest.approx(-limits.upper[1]) and pol.upper[1] == pytest.approx(-limits.lower[1])
-    assert pol.lower[2] == pytest.approx(limits.lower[2] - 0.3) and pol.velocity[3] == pytest.approx(limits.velocity[3] / 2)
+    assert (pol.lower[2] == pytest.approx(limits.lower[2] - 0.3)
+            and pol.velocity[3] == pytest.approx(limits.velocity[3] / 2))
     dt, n = 0.02, 200
     for bound in (pol.lower, pol.upper):
         ex = ChunkExecutor(LatestChunk(), pol, dt=dt, chunk_timeout=10.0)

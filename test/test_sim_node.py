@@ -269,7 +269,8 @@ def test_interbotix_layout_drives_the_sim_through_four_controllers_in_robot_unit
         assert sim.rejected == 0
         home = sim.env.state().copy()
         js = left_js.msgs[-1]
-        assert list(js.name) == ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "left_finger"]
+        assert list(js.name) == ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate",
+                                 "left_finger"]
         assert js.position[6] == pytest.approx(0.021 + 0.036 * home[6], abs=1e-6)   # the finger in metres
         g = grip.msgs[-1]
         assert list(g.joint_names) == ["left_finger"] and len(g.points) == 5

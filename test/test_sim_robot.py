@@ -111,7 +111,7 @@ def test_commands_for_the_old_pose_are_ignored_while_the_arms_settle_after_a_res
 
 
 def test_jtc_from_the_measured_state_under_tracks_a_one_point_stream():
-    """JTC's two modes behind the same 50 Hz stream of one-point commands (the executor's default look-ahead): from
+    """The two JTC modes behind the same 50 Hz stream of one-point commands (the executor's default look-ahead): from
     the measured position (JTC's default; its controller updates every substep) the lagging arm under-tracks a ramp,
     from the last setpoint (interpolate_from_desired_state, what README asks for) it follows better; five look-ahead
     points do not help the measured mode (its first segment still starts at the lagging arm)."""

@@ -31,8 +31,8 @@ def dataset(tmp_path_factory) -> Path:
 
 def config(dataset: Path, out: Path, **kw) -> TrainConfig:
     base = dict(model=str(ROOT / "config/model/tiny.yaml"), dataset=str(dataset), output_dir=str(out), max_steps=20,
-                batch_size=4, lr=1e-2, warmup_steps=2, min_lr_ratio=0.5, save_every=10, log_every=1, ema_decay=0.9, progress=False,
-                tensorboard=False, fast_vocab_size=256)
+                batch_size=4, lr=1e-2, warmup_steps=2, min_lr_ratio=0.5, save_every=10, log_every=1, ema_decay=0.9,
+                progress=False, tensorboard=False, fast_vocab_size=256)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -107,8 +107,8 @@ def test_delta_action_model_is_normalized_by_the_deltas(dataset, tmp_path):
     deltas = chunks - states[:, None, :] * np.array([0.0 if i in (6, 13) else 1.0 for i in range(14)], np.float32)
     stats = policy.processor.normalizer.stats["action"]
     np.testing.assert_allclose(stats["q99"], np.quantile(deltas.reshape(-1, 14), 0.99, axis=0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(policy.processor.unnormalize_actions(policy.processor.normalize_actions(chunks[0], states[0]),
-                                                                    states[0]), chunks[0], atol=1e-5)
+    np.testing.assert_allclose(policy.processor.unnormalize_actions(
+        policy.processor.normalize_actions(chunks[0], states[0]), states[0]), chunks[0], atol=1e-5)
     assert (tmp_path / "run" / "fast_tokenizer").is_dir()
 
 
@@ -138,7 +138,8 @@ def test_torchrun_two_processes_gloo(dataset, tmp_path, strategy):
     """Two CPU processes with the gloo backend train the same model; the checkpoint loads."""
     out = tmp_path / strategy
     ema = "0.9" if strategy == "ddp" else "null"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 1000 + (7 if strategy == "fsdp" else 0)),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(29500 + os.getpid() % 1000 + (7 if strategy == "fsdp" else 0)),
            "-m", "ki_vla.train.cli", "--config", str(ROOT / "config/train/tiny.yaml"), f"dataset={dataset}",
            f"output_dir={out}", "max_steps=4", "batch_size=2", "save_every=2", "log_every=1", f"distributed={strategy}",
            f"ema_decay={ema}", "progress=false", "tensorboard=false", "fast_vocab_size=256"]
@@ -167,7 +168,8 @@ def test_ddp_cotraining_survives_action_free_micro_batches(dataset, tmp_path):
     """A micro-batch of VLM samples only gives the expert no flow loss; DDP (find_unused_parameters=False) used to
     fail the next step ("Expected to have finished reduction"). Both ranks must end with identical weights."""
     out = tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(29500 + os.getpid() % 1000 + 13),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(29500 + os.getpid() % 1000 + 13),
            str(ROOT / "test" / "ddp_cotrain_worker.py"), str(out), f"model={ROOT / 'config/model/tiny.yaml'}",
            f"dataset={dataset}", f"output_dir={tmp_path / 'run'}", f"vlm_dataset={_vlm_folder(tmp_path / 'vlm')}",
            "vlm_ratio=0.6", "max_steps=6", "batch_size=1", "save_every=6", "ema_decay=null", "progress=false",
@@ -417,7 +419,8 @@ def test_sigterm_checkpoints_and_exits_zero_then_resumes(dataset, tmp_path):
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "slow"
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            proc.stdout.read() if proc.poll() is not None else "slow"
         time.sleep(0.2)
     proc.send_signal(_signal.SIGTERM)
     text, _ = proc.communicate(timeout=60)

@@ -331,7 +331,8 @@ class ChunkExecutor:
             dt = self.dt
         chunk = Chunk(stamp=stamp + float(times[0]), dt=dt, actions=q)
         if chunk.end < now:
-            raise ChunkRejected("expired", f"chunk ended {now - chunk.end:.3f} s ago (inference slower than the horizon)")
+            raise ChunkRejected("expired",
+                                f"chunk ended {now - chunk.end:.3f} s ago (inference slower than the horizon)")
         chunk = self.merger.admit(chunk, now)
         self.merger.add(chunk)
         self.last_chunk_time = now

@@ -87,7 +87,7 @@ class JointLimits:
 
 
 def parse_urdf_limits(xml_text: str) -> dict[str, tuple[float, float, float]]:
-    """joint name -> (lower, upper, velocity) for every movable joint of a URDF.
+    """Joint name -> (lower, upper, velocity) for every movable joint of a URDF.
 
     continuous joints have no position limits (-inf, inf); a missing velocity attribute means no velocity
     limit (inf). Fixed, floating and planar joints are not commandable and are left out; mimic joints are

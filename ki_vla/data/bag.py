@@ -252,7 +252,8 @@ def _messages(reader: Any, path: Path, topics: Sequence[str]) -> Iterator[tuple[
     except BagConversionError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated chunks, malformed sqlite pages, ...
-        raise BagConversionError(f"bag {path}: cannot read messages ({type(exc).__name__}: {exc}); truncated or corrupt?") from exc
+        raise BagConversionError(f"bag {path}: cannot read messages ({type(exc).__name__}: {exc}); truncated or "
+                                 "corrupt?") from exc
 
 
 def _deserialize(reader: Any, path: Path, raw: Any, conn: Any) -> Any:
@@ -260,7 +261,8 @@ def _deserialize(reader: Any, path: Path, raw: Any, conn: Any) -> Any:
         return reader.deserialize(raw, conn.msgtype)
     except Exception as exc:  # noqa: BLE001
         raise BagConversionError(
-            f"bag {path}: a message on {conn.topic} does not deserialize as {conn.msgtype} ({type(exc).__name__}: {exc})"
+            f"bag {path}: a message on {conn.topic} does not deserialize as {conn.msgtype} "
+            f"({type(exc).__name__}: {exc})"
         ) from exc
 
 
@@ -412,7 +414,8 @@ def _decode_image(reader: Any, path: Path, raw: Any, conn: Any) -> np.ndarray:
         img = message_to_cvimage(msg, "rgb8")
     except Exception as exc:  # noqa: BLE001 - rosbags-image raises ImageError subclasses and cv2 errors
         enc = getattr(msg, "encoding", getattr(msg, "format", "?"))
-        raise BagConversionError(f"bag {path}: image on {conn.topic} (encoding {enc!r}) cannot be decoded: {exc}") from exc
+        raise BagConversionError(f"bag {path}: image on {conn.topic} (encoding {enc!r}) cannot be decoded: "
+                                 f"{exc}") from exc
     img = np.asarray(img)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
@@ -529,7 +532,8 @@ def convert_bags(
     try:
         with tqdm(total=total, desc="convert", unit="frame", disable=not progress) as bar:
             for ep in episodes:
-                images = {cam: iter_camera_frames(ep, cam, (shape[0], shape[1]), bar, config.resize_mode) for cam in config.cameras}
+                images = {cam: iter_camera_frames(ep, cam, (shape[0], shape[1]), bar, config.resize_mode)
+                          for cam in config.cameras}
                 writer.add_episode(images, ep.state, ep.action, ep.task)
         writer.finalize()
     except BaseException:

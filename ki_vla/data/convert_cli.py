@@ -24,13 +24,15 @@ def _camera(text: str) -> tuple[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the subcommand's arguments."""
-    parser.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 folders (or bare .mcap files), one episode each")
+    parser.add_argument("bags", nargs="+", metavar="BAG",
+                        help="rosbag2 folders (or bare .mcap files), one episode each")
     parser.add_argument("--out", required=True, metavar="DATASET", help="output dataset folder (must not exist)")
     parser.add_argument("--config", metavar="YAML", help="conversion config (topics, fps, cameras, image size)")
     parser.add_argument("--fps", type=int, help="control rate to resample to (default 50)")
     parser.add_argument("--image-size", type=parse_image_size, metavar="HxW", help="resize images, e.g. 240x320")
     parser.add_argument(
-        "--camera", type=_camera, action="append", metavar="NAME=TOPIC", help="camera topic (repeat; replaces the config's)"
+        "--camera", type=_camera, action="append", metavar="NAME=TOPIC",
+        help="camera topic (repeat; replaces the config's)"
     )
     parser.add_argument("--task", help="instruction for every episode (instead of the /instruction topic)")
     parser.add_argument("--vcodec", help="video codec: av1, h264 or mpeg4 (default: av1 when available)")

@@ -20,8 +20,8 @@ line.
 
 `MixtureDataset(robot_ds, vlm_ds, vlm_ratio, seed)` is a map-style dataset whose order is already shuffled
 (iterate it with `shuffle=False`; call `set_epoch(e)` for the next epoch's order, before creating persistent
-DataLoader workers, which hold their own copy): exactly `round(len * vlm_ratio)` of its items are VLM samples, placed and
-chosen deterministically from `seed` (and `set_epoch`). Every item has the robot sample's keys (see
+DataLoader workers, which hold their own copy): exactly `round(len * vlm_ratio)` of its items are VLM samples, placed
+and chosen deterministically from `seed` (and `set_epoch`). Every item has the robot sample's keys (see
 `ki_vla.data.samples`) plus `answer` (str, "" for robot samples) and `is_vlm` (bool). A VLM sample's image goes
 into the first camera slot (other cameras zero with `image_mask` False); its state/actions are zeros with
 `action_mask` all False and `action_is_pad` all True; `instruction` is the prompt.

@@ -7,9 +7,9 @@ copied into a checkpoint with `Normalizer.to_dict()`, so inference never needs t
 
 Quantile normalization (pi0.5 / openpi style) maps q01 -> -1 and q99 -> +1: robust to the rare outliers
 teleoperation produces, unlike min/max. Nothing is clipped by default: a policy whose actions were clipped to
-[q01, q99] could never command the outer 1% of a joint's range (the state's prompt bins clip on their own). Dimensions whose range is (near) zero, such as a gripper that
-never moves in a dataset, are shifted by their centre instead of divided by zero, so normalize/unnormalize
-stay exact inverses on the data they were fitted on.
+[q01, q99] could never command the outer 1% of a joint's range (the state's prompt bins clip on their own).
+Dimensions whose range is (near) zero, such as a gripper that never moves in a dataset, are shifted by their centre
+instead of divided by zero, so normalize/unnormalize stay exact inverses on the data they were fitted on.
 """
 from __future__ import annotations
 
@@ -201,7 +201,8 @@ class Normalizer:
             raise ValueError(f"no normalization stats for {key!r}; have {sorted(self._affine)}")
         centre, scale, clip = self._affine[key]
         if x.shape[-1:] != centre.shape[-1:]:
-            raise ValueError(f"{key!r} has {centre.shape[-1]} dims in the stats but the input has shape {tuple(x.shape)}")
+            raise ValueError(f"{key!r} has {centre.shape[-1]} dims in the stats but the input has shape "
+                             f"{tuple(x.shape)}")
         if isinstance(x, torch.Tensor):
             dtype = x.dtype if x.is_floating_point() else torch.float32
             return (

@@ -60,7 +60,8 @@ class ChunkDataset(Dataset):
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         self._eps = list(range(ds.num_episodes)) if episodes is None else [int(e) for e in episodes]
-        if not self._eps or any(not 0 <= e < ds.num_episodes for e in self._eps) or len(set(self._eps)) != len(self._eps):
+        if (not self._eps or any(not 0 <= e < ds.num_episodes for e in self._eps)
+                or len(set(self._eps)) != len(self._eps)):
             raise ValueError(f"episodes must be distinct positions in [0, {ds.num_episodes}), got {episodes}")
         if cache_episodes is None:
             cache_episodes = len(self._eps)
@@ -109,7 +110,8 @@ class ChunkDataset(Dataset):
             self._cache.move_to_end(ep)
             return self._cache[ep]
         data = self.ds.episode(self._eps[ep], cameras=self.camera_names) if self.camera_names else {"images": {}}
-        images = {cam: np.ascontiguousarray(resize_frames(data["images"][cam], self.image_size, self.resize_mode)) for cam in self.camera_names}
+        images = {cam: np.ascontiguousarray(resize_frames(data["images"][cam], self.image_size, self.resize_mode))
+                  for cam in self.camera_names}
         self.decode_count += 1
         self._cache[ep] = images
         while len(self._cache) > self.cache_episodes:
@@ -174,7 +176,7 @@ class ChunkDataset(Dataset):
         order: list[int] = []
         for b in range(0, len(episodes), k):
             parts = []
-            for e in episodes[b : b + k]:
+            for e in episodes[b:b + k]:
                 frames = np.asarray(self.episode_range(int(e)))
                 parts += [frames] + [frames[:start_frames]] * (start_repeat - 1)
             order.extend(rng.permutation(np.concatenate(parts)).tolist())

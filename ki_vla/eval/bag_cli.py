@@ -33,18 +33,26 @@ MAX_TRAJECTORY_CHUNKS = 10
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the subcommand's arguments."""
     parser.add_argument("inputs", nargs="+", metavar="BAG_OR_DATASET",
-                        help="a LeRobot dataset folder, or rosbag2 recordings (folders or .mcap files; one per episode), "
-                             "or a folder of recordings")
-    parser.add_argument("--model", required=True, help="checkpoint folder, or a model YAML (random weights: plumbing only)")
-    parser.add_argument("--report", required=True, metavar="DIR", help="report folder (replaced if it holds an older report)")
+                        help="a LeRobot dataset folder, or rosbag2 recordings (folders or .mcap files; one per "
+                             "episode), or a folder of recordings")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint folder, or a model YAML (random weights: plumbing only)")
+    parser.add_argument("--report", required=True, metavar="DIR",
+                        help="report folder (replaced if it holds an older report)")
     parser.add_argument("--stride", type=int, default=10,
-                        help="evaluate every K-th frame of each episode (default 10; < horizon to measure chunk consistency)")
-    parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="evaluate at most N frames (the first ones)")
-    parser.add_argument("--num-steps", type=int, default=None, metavar="S", help="flow-matching steps (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=16, help="observations per forward pass (default 16; 1 = robot latency)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
+                        help="evaluate every K-th frame of each episode (default 10; < horizon to measure chunk "
+                             "consistency)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N",
+                        help="evaluate at most N frames (the first ones)")
+    parser.add_argument("--num-steps", type=int, default=None, metavar="S",
+                        help="flow-matching steps (default: the model's)")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="observations per forward pass (default 16; 1 = robot latency)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="default: cuda when available")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (default 0)")
-    parser.add_argument("--bag-config", metavar="YAML", help="convert-bag config for the recordings' topics (see convert-bag)")
+    parser.add_argument("--bag-config", metavar="YAML",
+                        help="convert-bag config for the recordings' topics (see convert-bag)")
     parser.add_argument("--task", help="instruction for every recorded episode (bags without /instruction)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -68,7 +76,8 @@ def classify_inputs(inputs: list[str]) -> tuple[str, list[Path]]:
     datasets = [p for p in paths if _is_dataset(p)]
     if datasets:
         if len(paths) > 1:
-            raise ValueError(f"give one LeRobot dataset, or only bags: got dataset {datasets[0]} among {len(paths)} inputs")
+            raise ValueError(f"give one LeRobot dataset, or only bags: got dataset {datasets[0]} among "
+                             f"{len(paths)} inputs")
         return "dataset", datasets
     bags: list[Path] = []
     for p in paths:
@@ -114,15 +123,15 @@ def check_compatible(ds: Any, cfg: Any, model: str) -> None:
 
     missing = [c for c in cfg.camera_names if c not in ds.camera_names]
     if missing:
-        raise ValueError(f"dataset {ds.root} has cameras {ds.camera_names} but model {model} needs {list(cfg.camera_names)} "
-                         f"(missing {missing})")
+        raise ValueError(f"dataset {ds.root} has cameras {ds.camera_names} but model {model} needs "
+                         f"{list(cfg.camera_names)} (missing {missing})")
     for what, key, dim in (("state", STATE_KEY, cfg.state_dim), ("action", ACTION_KEY, cfg.action_dim)):
         have = int(ds.column(key).shape[1])
         if have != dim:
             raise ValueError(f"dataset {ds.root} has {have}-D {what} but model {model} expects {dim}-D")
     if abs(ds.fps - float(cfg.fps)) > 1e-6:
-        raise ValueError(f"dataset {ds.root} is recorded at {ds.fps:g} Hz but model {model} predicts at {cfg.fps:g} Hz; "
-                         "its horizon steps would not line up with the recorded actions")
+        raise ValueError(f"dataset {ds.root} is recorded at {ds.fps:g} Hz but model {model} predicts at "
+                         f"{cfg.fps:g} Hz; its horizon steps would not line up with the recorded actions")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -204,7 +213,8 @@ def build_metrics(args: argparse.Namespace, kind: str, inputs: list[Path], info:
     per_joint = {
         name: {"mae": summary["per_joint_mae"][j], "mse": summary["per_joint_mse"][j],
                "consistency": cons["per_joint"][j],
-               **({"hold_baseline_mae": summary["hold_baseline"]["per_joint_mae"][j]} if "hold_baseline" in summary else {})}
+               **({"hold_baseline_mae": summary["hold_baseline"]["per_joint_mae"][j]}
+                  if "hold_baseline" in summary else {})}
         for j, name in enumerate(names)
     }
     lat = summary["latency_ms"]
@@ -252,10 +262,11 @@ def build_metrics(args: argparse.Namespace, kind: str, inputs: list[Path], info:
 
 def _weights_line(m: dict[str, Any]) -> str:
     if m["random_weights"]:
-        return (f"Model `{m['model']}`: variant **{m['model_variant']}**, **random weights** (initialized from a model YAML; "
-                "its actions are noise, these numbers only exercise the pipeline).")
+        return (f"Model `{m['model']}`: variant **{m['model_variant']}**, **random weights** (initialized from a "
+                "model YAML; its actions are noise, these numbers only exercise the pipeline).")
     stats = "with" if m["normalization_stats"] else "without"
-    return f"Model `{m['model']}`: variant **{m['model_variant']}**, trained weights (checkpoint, {stats} dataset normalization stats)."
+    return (f"Model `{m['model']}`: variant **{m['model_variant']}**, trained weights (checkpoint, {stats} dataset "
+            "normalization stats).")
 
 
 def _trajectory_segments(result: Any, episode: int, horizon: int) -> list[int]:
@@ -333,7 +344,8 @@ def build_report(m: dict[str, Any], result: Any, recorded: dict[int, np.ndarray]
         segments.append((t, result.pred[i][valid][:, joints]))
     r.heading("Predicted vs recorded")
     r.figure(trajectory_plot(np.arange(actions.shape[0]) / fps, actions[:, joints], segments,
-                             [joint_names[j] for j in joints], title=f"episode {episode}: recorded actions and predicted chunks"),
+                             [joint_names[j] for j in joints],
+                             title=f"episode {episode}: recorded actions and predicted chunks"),
              "trajectories.png", f"Episode {episode}: recorded actions (black) and chunks predicted from a few frames "
                                  "(orange; dot = the frame the chunk was predicted from), the most-moving joints")
 
@@ -356,6 +368,7 @@ def print_summary(m: dict[str, Any], report_dir: Path) -> None:
           f"{m['mae_by_step'][0]:.4g} -> {m['mae_by_step'][-1]:.4g}")
     dis = "n/a (stride >= horizon)" if not cons["pairs"] else f"{cons['mean_abs_diff']:.4g} over {cons['pairs']} pairs"
     print(f"  chunk disagreement {dis}")
-    print(f"  latency p50/p90/p99 {lat['batch_ms']['p50']:.1f}/{lat['batch_ms']['p90']:.1f}/{lat['batch_ms']['p99']:.1f} ms "
-          f"per call of batch {lat['batch_size']} ({lat['per_chunk_ms']['p50']:.1f} ms per chunk)")
+    print(f"  latency p50/p90/p99 {lat['batch_ms']['p50']:.1f}/{lat['batch_ms']['p90']:.1f}/"
+          f"{lat['batch_ms']['p99']:.1f} ms per call of batch {lat['batch_size']} "
+          f"({lat['per_chunk_ms']['p50']:.1f} ms per chunk)")
     print(f"  report: {report_dir / 'report.md'}")

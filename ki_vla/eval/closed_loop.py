@@ -147,7 +147,8 @@ def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], t
     low, high = metrics["success_rate_ci95"]
     rep.paragraph(f"Model `{metrics.get('model')}` ({metrics.get('weights', 'unknown weights')}), task "
                   f"`{metrics.get('task')}`, {metrics['episodes']} episodes from seed {metrics.get('seed')}, sim in "
-                  f"{metrics.get('mode')} mode, through the ROS 2 graph (sim_node, camera_node, policy_node, executor_node). "
+                  f"{metrics.get('mode')} mode, through the ROS 2 graph (sim_node, camera_node, policy_node, "
+                  "executor_node). "
                   "Latency is chunk receipt minus observation stamp on the sim clock (use_sim_time), so it comes in "
                   "steps of the 20 ms control tick.")
     rep.table(["metric", "value"], [
@@ -155,7 +156,8 @@ def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], t
         ["95% interval (Wilson)", f"[{fmt(low, 3)}, {fmt(high, 3)}]"],
         ["mean max reward / task max", fmt(metrics["mean_reward_fraction"], 3)],
         ["observation-to-chunk latency p50 / p90 / p99 (ms)",
-         f"{fmt(metrics['latency_ms_p50'], 4)} / {fmt(metrics['latency_ms_p90'], 4)} / {fmt(metrics['latency_ms_p99'], 4)}"],
+         f"{fmt(metrics['latency_ms_p50'], 4)} / {fmt(metrics['latency_ms_p90'], 4)} / "
+         f"{fmt(metrics['latency_ms_p99'], 4)}"],
         ["executor command rate (Hz, sim time)", fmt(metrics["control_rate_hz"], 4)],
         ["merge strategy / RTC beta / injected latency (ms)",
          f"{metrics.get('merge_strategy')} / {metrics.get('rtc_beta', 0.0)} / {metrics.get('inject_latency_ms', 0.0)}"],
@@ -172,8 +174,10 @@ def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], t
                       "/diagnostics `rejected[...]` counts for the reasons.")
     per = metrics["per_episode"]
     rep.heading("Episodes")
-    rep.table(["#", "seed", "instruction", "success", "max reward fraction", "sim seconds", "chunks (accepted/rejected)", "video"],
-              [[p["index"], p["seed"], p["instruction"], p["success"], fmt(p["reward_fraction"], 3), fmt(p["duration_s"], 3),
+    rep.table(["#", "seed", "instruction", "success", "max reward fraction", "sim seconds",
+               "chunks (accepted/rejected)", "video"],
+              [[p["index"], p["seed"], p["instruction"], p["success"], fmt(p["reward_fraction"], 3),
+                fmt(p["duration_s"], 3),
                 f"{p['chunks']} ({p['accepted_chunks']}/{p['rejected_chunks']})",
                 f"[{p['video']}]({p['video']})" if p.get("video") else ""] for p in per])
     if per:
@@ -187,8 +191,8 @@ def write_report(path: str, metrics: dict[str, Any], videos: dict[str, bytes], t
 
 # What each reward stage means (the sim's staged rewards, ACT's definitions), for reports written in words.
 STAGE_NAMES = {
-    "transfer_cube": ("touched the cube with the right gripper", "lifted it off the table", "brought it into the left gripper",
-                      "completed the handover (left holds it in the air)"),
+    "transfer_cube": ("touched the cube with the right gripper", "lifted it off the table",
+                      "brought it into the left gripper", "completed the handover (left holds it in the air)"),
     "transfer_color": ("touched the named cube with the right gripper", "lifted it", "brought it into the left gripper",
                        "completed the handover with the other cube left alone"),
     "insertion": ("grasped both peg and socket", "lifted both", "brought the peg into the socket", "touched the pin"),

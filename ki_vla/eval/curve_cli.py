@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--run", required=True, help="a training output folder (holds checkpoints/step_N/)")
     parser.add_argument("--out", required=True, help="folder for curve.json, curve.png and report.md")
-    parser.add_argument("--every", type=int, default=1, help="evaluate every k-th checkpoint (the last is always included)")
+    parser.add_argument("--every", type=int, default=1,
+                        help="evaluate every k-th checkpoint (the last is always included)")
     parser.add_argument("--weights", choices=WEIGHTS, default="ema",
                         help="which weights of each checkpoint: the EMA (deployed by final/; the live policy when the "
                              "run kept no EMA) or the live policy")
@@ -73,9 +74,10 @@ def plot(points: list[dict], losses: list[dict], title: str, path: Path) -> None
     ax.set_ylabel("closed-loop rate")
     if losses:
         ax2 = ax.twinx()
-        ax2.semilogy([r["step"] for r in losses], [r["flow"] for r in losses], color="tab:red", alpha=0.5, lw=1, label="flow loss")
-        ax2.semilogy([r["step"] for r in losses], [max(r["ce"], 1e-6) for r in losses], color="tab:orange", alpha=0.5, lw=1,
-                     label="FAST CE")
+        ax2.semilogy([r["step"] for r in losses], [r["flow"] for r in losses], color="tab:red", alpha=0.5, lw=1,
+                     label="flow loss")
+        ax2.semilogy([r["step"] for r in losses], [max(r["ce"], 1e-6) for r in losses], color="tab:orange", alpha=0.5,
+                     lw=1, label="FAST CE")
         ax2.set_ylabel("training loss (log)")
         ax2.legend(loc="upper right", fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
@@ -110,12 +112,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"step {step}: success {summary['successes']}/{summary['episodes']}, "
               f"reward {summary['mean_reward_fraction']:.2f}", flush=True)
         # written after every checkpoint: a long curve can be watched, and an interrupted one keeps its points
-        write_json_atomic({"run": str(run_dir), "config": asdict(cfg), "seeds": [seeds[0], seeds[-1]], "points": points},
-                          out / "curve.json")
-    title = f"{args.task}: {args.episodes} episodes per checkpoint (seeds {seeds[0]}-{seeds[-1]}), merger {cfg.merge_strategy}, {args.weights} weights"
+        write_json_atomic({"run": str(run_dir), "config": asdict(cfg), "seeds": [seeds[0], seeds[-1]],
+                           "points": points}, out / "curve.json")
+    title = (f"{args.task}: {args.episodes} episodes per checkpoint (seeds {seeds[0]}-{seeds[-1]}), "
+             f"merger {cfg.merge_strategy}, {args.weights} weights")
     plot(points, training_losses(run_dir), title, out / "curve.png")
     rows = "\n".join(f"| {p['step']} | {p['successes']}/{p['episodes']} | {p['success_rate']:.2f} "
-                     f"[{p['success_rate_ci95'][0]:.2f}, {p['success_rate_ci95'][1]:.2f}] | {p['mean_reward_fraction']:.2f} | "
+                     f"[{p['success_rate_ci95'][0]:.2f}, {p['success_rate_ci95'][1]:.2f}] | "
+                     f"{p['mean_reward_fraction']:.2f} | "
                      f"{_fmt(p['first_chunk_error'], '.3f')} | {_fmt(p['first_chunk_scene_spread'], '.2f')} | "
                      f"{_fmt(p['first_chunk_scene_corr'], '.2f')} |"
                      for p in points)

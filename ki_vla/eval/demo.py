@@ -58,7 +58,8 @@ def eval_arguments(args: argparse.Namespace, checkpoint: Path, report: Path) -> 
     return parser.parse_args([
         "--model", str(checkpoint), "--task", TASK, "--episodes", str(args.eval_episodes), "--report", str(report),
         "--seed", "1000", "--mode", "realtime", "--videos", str(min(3, args.eval_episodes)), "--device", args.device,
-        "--sim-image-size", f"{h}x{w}"] + (["--noise-scale", str(args.noise_scale)] if args.noise_scale is not None else []))
+        "--sim-image-size", f"{h}x{w}"]
+        + (["--noise-scale", str(args.noise_scale)] if args.noise_scale is not None else []))
 
 
 def _timed(label: str, times: dict[str, float], fn):
@@ -96,13 +97,16 @@ def run_demo(argv: list[str] | None = None) -> int:
     times: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    summary = _timed(f"1/3 collect {args.collect_episodes} scripted {TASK} demonstrations", times, lambda: collect_dataset(
-        CollectConfig(task=TASK, episodes=args.collect_episodes, out=work / "data", image_size=(h, w), cameras=cameras,
-                      vcodec=args.vcodec, action_noise=args.action_noise, max_attempts=4 * args.collect_episodes)))
+    summary = _timed(f"1/3 collect {args.collect_episodes} scripted {TASK} demonstrations", times,
+                     lambda: collect_dataset(CollectConfig(
+                         task=TASK, episodes=args.collect_episodes, out=work / "data", image_size=(h, w),
+                         cameras=cameras, vcodec=args.vcodec, action_noise=args.action_noise,
+                         max_attempts=4 * args.collect_episodes)))
     history = _timed(f"2/3 train {args.train_steps} steps ({args.device})", times, lambda: Trainer(cfg).train())
     checkpoint = work / "train" / "final"
     eval_args = eval_arguments(args, checkpoint, work / "eval")
-    ev = _timed(f"3/3 closed loop through ROS 2: {args.eval_episodes} episodes", times, lambda: sim_cli.evaluate(eval_args))
+    ev = _timed(f"3/3 closed loop through ROS 2: {args.eval_episodes} episodes", times,
+                lambda: sim_cli.evaluate(eval_args))
     total = time.perf_counter() - t0
 
     metrics = {
@@ -123,27 +127,34 @@ def run_demo(argv: list[str] | None = None) -> int:
         ["training", f"`{Path(cfg.model).stem}` KI policy ({args.train_config}), {args.train_steps} steps x batch "
                      f"{cfg.batch_size}, {fmt(times[next(t for t in times if t.startswith('2/3'))] / 60, 3)} min, "
                      f"final flow loss {fmt(history[-1]['flow'] if history else float('nan'), 3)}"],
-        ["closed loop (ROS 2 graph, sim in real time)", f"success {ev['successes']}/{ev['episodes']} = "
-                                                        f"{fmt(ev['success_rate'], 3)}, 95% CI [{fmt(low, 3)}, {fmt(high, 3)}]"],
-        ["observation-to-chunk latency p50 / p99", f"{fmt(ev['latency_ms_p50'], 4)} / {fmt(ev['latency_ms_p99'], 4)} ms"],
+        ["closed loop (ROS 2 graph, sim in real time)",
+         f"success {ev['successes']}/{ev['episodes']} = {fmt(ev['success_rate'], 3)}, 95% CI [{fmt(low, 3)}, "
+         f"{fmt(high, 3)}]"],
+        ["observation-to-chunk latency p50 / p99",
+         f"{fmt(ev['latency_ms_p50'], 4)} / {fmt(ev['latency_ms_p99'], 4)} ms"],
         ["executor command rate", f"{fmt(ev['control_rate_hz'], 4)} Hz (target 50)"],
         ["chunks accepted / rejected by the executor's safety checks",
          f"{ev['executor_accepted_chunks']} / {ev['executor_rejected_chunks']}"],
         ["mean task progress (reward stages reached)", fmt(ev["mean_reward_fraction"], 3)],
     ])
-    rep.paragraph(f"What the policy learned, and where it still fails: {describe_outcomes([int(p['max_reward']) for p in ev['per_episode']], TASK)} "
+    rep.paragraph("What the policy learned, and where it still fails: "
+                  f"{describe_outcomes([int(p['max_reward']) for p in ev['per_episode']], TASK)} "
                   "Success is counted as ACT counts it (the goal reached at any tick); the interval is a 95% Wilson "
                   "interval, wide at 10 episodes. `ki-vla eval-sim --episodes 50` and `ki-vla learning-curve` give "
                   "tighter numbers; the README's CPU recipe trains longer on 50 demonstrations.")
     if history:
         steps = [r["step"] for r in history]
-        rep.figure(line_plot(steps, {"loss": [r["loss"] for r in history], "ce (FAST tokens)": [r["ce"] for r in history],
-                                     "flow": [r["flow"] for r in history]}, title="Training loss", xlabel="step", ylabel="loss"),
-                   "training_loss.png", "Training loss: total, FAST-token cross-entropy (backbone) and flow matching (expert).")
+        rep.figure(line_plot(steps, {"loss": [r["loss"] for r in history],
+                                     "ce (FAST tokens)": [r["ce"] for r in history],
+                                     "flow": [r["flow"] for r in history]},
+                             title="Training loss", xlabel="step", ylabel="loss"),
+                   "training_loss.png",
+                   "Training loss: total, FAST-token cross-entropy (backbone) and flow matching (expert).")
     rep.heading("Episodes")
     lines = []
     for p in ev["per_episode"]:
-        line = f"seed {p['seed']}: {'success' if p['success'] else 'failure'}, reached {fmt(p['reward_fraction'], 3)} of the task"
+        line = (f"seed {p['seed']}: {'success' if p['success'] else 'failure'}, reached "
+                f"{fmt(p['reward_fraction'], 3)} of the task")
         if p.get("video"):
             rep.add_file(p["video"], (work / "eval" / p["video"]).read_bytes())
             line += f" ([video]({p['video']}))"

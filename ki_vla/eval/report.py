@@ -103,7 +103,8 @@ def bar_plot(labels: Sequence[str], series: Mapping[str, Sequence[float] | np.nd
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(np.asarray(values, np.float64)), width, label=name)
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, np.nan_to_num(np.asarray(values, np.float64)), width,
+               label=name)
     ax.set_xticks(x, list(labels), rotation=45, ha="right")
     ax.set(title=title, ylabel=ylabel)
     ax.grid(axis="y", alpha=0.3)

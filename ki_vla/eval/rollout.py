@@ -59,7 +59,8 @@ class RolloutConfig:
     rtc_beta: float = 0.0
     rtc_schedule: str = "exp"
     rtc_method: str = "guided"   # guided | inpaint | prefix (ki_vla.infer.rtc)
-    noise_scale: float | None = None   # flow-noise scale of the sampled chunks (PolicyConfig.noise_scale); None: the checkpoint's
+    # flow-noise scale of the sampled chunks (PolicyConfig.noise_scale); None: the checkpoint's
+    noise_scale: float | None = None
 
     def __post_init__(self) -> None:
         from ki_vla.sim.scenes import TASKS
@@ -219,7 +220,8 @@ def _worker_init(model: str, cfg: RolloutConfig, threads: int, device: str) -> N
             sim=BimanualSim(cfg.task, cameras=tuple(policy.cfg.camera_names), image_size=cfg.sim_image_size),
             limits=JointLimits.from_urdf(resolve(cfg.urdf), JOINT_NAMES))
     except Exception as exc:  # noqa: BLE001 - an initializer that raises makes Pool respawn it forever: report instead
-        _WORKER["error"] = f"{exc}" if isinstance(exc, (ValueError, FileNotFoundError)) else f"{type(exc).__name__}: {exc}"
+        _WORKER["error"] = (f"{exc}" if isinstance(exc, (ValueError, FileNotFoundError))
+                            else f"{type(exc).__name__}: {exc}")
 
 
 def _worker_episode(seed: int) -> dict:
@@ -273,7 +275,8 @@ def summarize(results: list[RolloutResult]) -> dict[str, Any]:
                                    for k in sorted({k for r in results for k in r.rejected_by_reason})},
             "held_tick_fraction": float(np.mean([r.held_ticks / max(1.0, r.duration_s * CONTROL_HZ) for r in results]))
             if n else 0.0,
-            "switch_jump_mean": float(np.mean(jumps)) if (jumps := [j for r in results for j in r.switch_jumps]) else None,
+            "switch_jump_mean": (float(np.mean(jumps)) if (jumps := [j for r in results for j in r.switch_jumps])
+                                 else None),
             "switch_jump_max": float(np.max(jumps)) if jumps else None,
             "jerk_mean": float(np.mean([r.jerk for r in results])) if n else 0.0}
 

@@ -21,7 +21,8 @@ def add_rollout_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--episodes", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=1000, help="first episode seed (default 1000: unseen by collect's 0..)")
+    parser.add_argument("--seed", type=int, default=1000,
+                        help="first episode seed (default 1000: unseen by collect's 0..)")
     parser.add_argument("--workers", type=int, default=2, help="parallel sims, one policy copy each")
     parser.add_argument("--merger", choices=STRATEGIES, default="latest", help="the executor's merge strategy")
     parser.add_argument("--replan-every", type=int, default=10, help="control ticks between policy calls")

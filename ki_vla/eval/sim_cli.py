@@ -41,11 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--report", required=True, help="report folder to write (replaced if it holds a report)")
-    parser.add_argument("--seed", type=int, default=1000, help="first episode seed (default 1000: unseen by collect's 0..)")
+    parser.add_argument("--seed", type=int, default=1000,
+                        help="first episode seed (default 1000: unseen by collect's 0..)")
     parser.add_argument("--mode", choices=("realtime", "lockstep"), default="realtime",
                         help="realtime: the sim runs at 50 Hz like a robot (latency matters); lockstep: the sim ticks "
                              "once per executor command (deterministic, as fast as the machine allows)")
-    parser.add_argument("--max-seconds", type=float, default=None, help="sim seconds per episode (default: the task's length)")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="sim seconds per episode (default: the task's length)")
     parser.add_argument("--videos", type=int, default=3, help="record the first N episodes as mp4")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="ROS parameter file of the graph")
     parser.add_argument("--device", default=None, help="policy device: auto | cpu | cuda")
@@ -55,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the executor's merge strategy (default: the graph config's); rtc also turns on the "
                              "policy's real-time chunking (--rtc-beta, default 5)")
     parser.add_argument("--rtc-beta", type=float, default=None,
-                        help="policy_node rtc_beta: guide chunks toward the executor's plan (paper 5, LeRobot 10; 0 = off)")
+                        help="policy_node rtc_beta: guide chunks toward the executor's plan (paper 5, LeRobot 10; "
+                             "0 = off)")
     parser.add_argument("--rtc-method", choices=("guided", "inpaint", "prefix"), default=None,
                         help="policy_node rtc_method (prefix: models trained with rtc_max_delay)")
     parser.add_argument("--inject-latency-ms", type=float, default=0.0,
@@ -153,8 +156,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     p = lambda k, v: ["-p", f"{k}:={v}"]  # noqa: E731
     eval_cmd = [sys.executable, "-m", "ki_vla_ros.sim_evaluator", "--ros-args", *p("use_sim_time", "true"),
                 *p("episodes", args.episodes), *p("seed", args.seed), *p("max_seconds", float(max_seconds)),
-                *p("output", str(results_file)), *p("videos", args.videos), *p("ready_timeout", float(args.startup_timeout)),
-                *p("video_topic", f"/{pcfg.camera_names[0]}/image_raw"), *p("lockstep_kick", str(args.mode == "lockstep").lower())]
+                *p("output", str(results_file)), *p("videos", args.videos),
+                *p("ready_timeout", float(args.startup_timeout)),
+                *p("video_topic", f"/{pcfg.camera_names[0]}/image_raw"),
+                *p("lockstep_kick", str(args.mode == "lockstep").lower())]
     graph_cmd = [sys.executable, "-m", "ki_vla_ros.cli", "up", "--config", str(params_file), "--sim"]
     start = time.perf_counter()
     graph = procs.start(graph_cmd, graph_log, ros_env(images=False))   # `up` sets each node's transport
@@ -164,7 +169,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     try:
         while evaluator.poll() is None:
             if graph.poll() is not None:
-                raise RuntimeError(f"the ROS graph exited early (code {graph.returncode}):\n{procs.log_tail(graph_log)}")
+                raise RuntimeError(f"the ROS graph exited early (code {graph.returncode}):\n"
+                                   f"{procs.log_tail(graph_log)}")
             if time.perf_counter() - start > budget:
                 raise RuntimeError(f"evaluation did not finish within {budget:.0f} s:\n{procs.log_tail(eval_log)}")
             if results_file.exists():
@@ -176,15 +182,17 @@ def evaluate(args: argparse.Namespace) -> dict:
         procs.stop(evaluator)
         procs.stop(graph)
     if not results_file.exists():
-        raise RuntimeError(f"the evaluator wrote no results (exit {evaluator.returncode}):\n{procs.log_tail(eval_log)}\n"
-                           f"graph log:\n{procs.log_tail(graph_log)}")
+        raise RuntimeError(f"the evaluator wrote no results (exit {evaluator.returncode}):\n"
+                           f"{procs.log_tail(eval_log)}\ngraph log:\n{procs.log_tail(graph_log)}")
     data = json.loads(results_file.read_text())
     if data["error"] or not data["complete"]:
-        raise RuntimeError(f"evaluation incomplete: {data['error'] or 'evaluator stopped early'}\n{procs.log_tail(graph_log)}")
+        raise RuntimeError(f"evaluation incomplete: {data['error'] or 'evaluator stopped early'}\n"
+                           f"{procs.log_tail(graph_log)}")
     results = [EpisodeResult(**r) for r in data["results"]]
     requested_noise = params["policy_node"]["ros__parameters"].get("noise_scale", -1.0)  # < 0: the checkpoint's
     meta = {"model": str(args.model), "weights": weights, "variant": pcfg.variant, "task": args.task, "mode": args.mode,
-            "seed": args.seed, "max_seconds": max_seconds, "target": getattr(args, "target", None), "sim_image_size": list(args.sim_image_size),
+            "seed": args.seed, "max_seconds": max_seconds, "target": getattr(args, "target", None),
+            "sim_image_size": list(args.sim_image_size),
             "device": args.device or "auto", "torch": torch.__version__, "wall_seconds": time.perf_counter() - start,
             "merge_strategy": params["executor_node"]["ros__parameters"]["merge_strategy"],
             "min_inference_period": params["policy_node"]["ros__parameters"]["min_inference_period"],
@@ -204,8 +212,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"ki-vla eval-sim: {exc}", file=sys.stderr)
         return 1
     low, high = m["success_rate_ci95"]
-    print(f"{m['task']}: success {m['successes']}/{m['episodes']} = {m['success_rate']:.2f} (95% CI {low:.2f}-{high:.2f}), "
+    print(f"{m['task']}: success {m['successes']}/{m['episodes']} = {m['success_rate']:.2f} "
+          f"(95% CI {low:.2f}-{high:.2f}), "
           f"latency p50 {m['latency_ms_p50']:.1f} ms, control {m['control_rate_hz']:.1f} Hz"
-          + (f", wrong cube moved {m['wrong_cube_moved_rate']:.2f}" if m.get("wrong_cube_moved_rate") is not None else "")
+          + (f", wrong cube moved {m['wrong_cube_moved_rate']:.2f}"
+             if m.get("wrong_cube_moved_rate") is not None else "")
           + f" -> {args.report}/report.md")
     return 0

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-dtype", default="float32", choices=("float32", "bfloat16"),
                         help="training weights/optimizer dtype (float32 runs under bf16 autocast on CUDA; "
                              "bfloat16 = config/train/pi05.yaml's memory setting)")
-    parser.add_argument("--train-steps", type=int, default=5, help="timed training steps per variant (0 skips training)")
+    parser.add_argument("--train-steps", type=int, default=5,
+                        help="timed training steps per variant (0 skips training)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="inference weights dtype (auto: bfloat16 on CUDA, float32 on the CPU; bfloat16 on the "
                              "CPU runs the GPU's numeric path)")
@@ -95,7 +96,8 @@ def model_config(args: argparse.Namespace):
     try:
         load_text_tokenizer(text.tokenizer)
     except (FileNotFoundError, ImportError) as exc:
-        print(f"ki-vla bench: tokenizer {text.tokenizer!r} unavailable ({exc}); using the byte tokenizer (bytes-benchmark)")
+        print(f"ki-vla bench: tokenizer {text.tokenizer!r} unavailable ({exc}); using the byte tokenizer "
+              "(bytes-benchmark)")
         text = dataclasses.replace(text, tokenizer="bytes-benchmark")
     return dataclasses.replace(cfg, dtype="float32", text=text)
 
@@ -198,7 +200,8 @@ def _train_step(args: argparse.Namespace, cfg, device: torch.device, variant: st
         policy.set_fast_tokenizer(_fast_tokenizer(cfg))
     batch = policy.example_batch(args.train_batch_size)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-5)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and dtype == torch.float32)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=device.type == "cuda" and dtype == torch.float32)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -228,7 +231,7 @@ def _fast_tokenizer(cfg):
 
 
 def bench_training(args: argparse.Namespace, cfg, device: torch.device) -> dict:
-    """ki and pi0 steps; a failure (out of memory at pi0.5 size, say) is reported, not raised."""
+    """`ki` and `pi0` steps; a failure (out of memory at pi0.5 size, say) is reported, not raised."""
     out: dict = {"dtype": args.train_dtype, "batch_size": args.train_batch_size}
     for variant in ("ki", "pi0"):
         _phase(f"training step, {variant}: build + {args.train_steps} timed steps")
@@ -261,16 +264,18 @@ def run(args: argparse.Namespace) -> int:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     else:
         dtype = getattr(torch, args.dtype)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    result = {"model": args.model, "device": name, "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
-              "batch_size": args.batch_size, "runs": args.runs,
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    result = {"model": args.model, "device": name, "torch": torch.__version__,
+              "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size, "runs": args.runs,
               "prefix_tokens": cfg.num_image_tokens + cfg.max_text_tokens, "flow_steps": cfg.num_flow_steps,
               "tokenizer": cfg.text.tokenizer,
               "capture_check": _capture_check(cfg, args.batch_size)}
     result["inference"] = bench_inference(args, cfg, device, dtype)
     _release(device)  # the reference policy is gone too
     floor = inference_floor(cfg, args.batch_size, bytes_per_param=2 if dtype == torch.bfloat16 else 4)
-    result["floor"] = {"tflop": {k: v / 1e12 for k, v in floor.flops.items()}, "gbytes": {k: v / 1e9 for k, v in floor.bytes.items()}}
+    result["floor"] = {"tflop": {k: v / 1e12 for k, v in floor.flops.items()},
+                       "gbytes": {k: v / 1e9 for k, v in floor.bytes.items()}}
     peak = gpu_peak(name) if device.type == "cuda" else None
     if peak:
         result["floor"]["ms"] = floor.time_ms(peak[1], peak[2])
@@ -292,14 +297,17 @@ def format_inference(r: dict) -> str:
 
     inf, fl = r["inference"], r["floor"]
     ok = {k: e for k, e in inf["engines"].items() if "error" not in e}
-    lines = [f"ki-vla bench: model {r['model']} on {r['device']}, torch {r['torch']}, {r['dtype']}, batch {r['batch_size']}, "
-             f"prefix {r['prefix_tokens']} tokens, {r['flow_steps']} flow steps, {r['runs']} runs",
+    lines = [f"ki-vla bench: model {r['model']} on {r['device']}, torch {r['torch']}, {r['dtype']}, "
+             f"batch {r['batch_size']}, prefix {r['prefix_tokens']} tokens, {r['flow_steps']} flow steps, "
+             f"{r['runs']} runs",
              "capture check (meta device): " + ", ".join(f"{k} {'ok' if v is None else 'BLOCKED: ' + v}"
                                                          for k, v in r["capture_check"].items())]
     for label, e in inf["engines"].items():
         lines.append(f"{label}: " + (f"FAILED {e['error']}" if "error" in e else
-                                     f"CUDA graphs {'on' if e['cuda_graphs'] else 'off'}, fused {'on' if e['fused'] else 'off'}, "
-                                     f"built in {e['build_s']:.1f} s, max |diff| vs eager {e['max_abs_diff']:.2e} (real units)"))
+                                     f"CUDA graphs {'on' if e['cuda_graphs'] else 'off'}, "
+                                     f"fused {'on' if e['fused'] else 'off'}, "
+                                     f"built in {e['build_s']:.1f} s, max |diff| vs eager "
+                                     f"{e['max_abs_diff']:.2e} (real units)"))
     head = f"{'stage':<8}{'eager p50':>11}{'p99':>8}"
     for label in ok:
         head += f"{label + ' p50':>13}{'p99':>8}"

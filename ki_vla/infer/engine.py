@@ -55,7 +55,8 @@ class EngineBuffers:
     text_ids: torch.Tensor
     text_valid: torch.Tensor
     noise: torch.Tensor
-    state: torch.Tensor  # the expert context (KIPolicy.expert_context): state, instruction embedding, keypoint coordinates
+    # the expert context (KIPolicy.expert_context): state, instruction embedding, keypoint coordinates
+    state: torch.Tensor
     instruction_ids: torch.Tensor | None  # expert.instruction_input: the instruction's own tokens (processor)
     instruction_valid: torch.Tensor | None
     dims: torch.Tensor  # KIPolicy.action_dim_mask: x stays zero on the padded action dims
@@ -65,7 +66,8 @@ class EngineBuffers:
     cos: torch.Tensor
     sin: torch.Tensor
     out: torch.Tensor
-    guide_target: torch.Tensor   # real-time chunking: the previous chunk, normalized and padded (KIPolicy.guide_tensors)
+    # real-time chunking: the previous chunk, normalized and padded (KIPolicy.guide_tensors)
+    guide_target: torch.Tensor
     guide_weights: torch.Tensor  # its prefix weights on the robot's action dims
 
 
@@ -77,7 +79,8 @@ class InferenceEngine:
         (instruction + discretized state) are bounded well below a training budget sized for VLM data, and every
         slot is a backbone token per inference: a tighter budget is a shorter prefix. Longer prompts are refused."""
         if policy.expert is None:
-            raise ValueError("the engine serves expert variants; pi0_fast decodes autoregressively (use sample_actions)")
+            raise ValueError("the engine serves expert variants; pi0_fast decodes autoregressively "
+                             "(use sample_actions)")
         device = torch.device(device) if device is not None else policy.device
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.cfg = cfg = policy.cfg
@@ -152,8 +155,8 @@ class InferenceEngine:
         per_image = self.cfg.vision.tokens_per_image
         valid = torch.cat([buf.image_valid.repeat_interleave(per_image, dim=1), buf.text_valid], dim=1)
         emb = torch.cat([buf.image_tokens, bb.embed_tokens(buf.text_ids).to(self.dtype)], dim=1)
-        _, kv = bb(emb, block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long)), positions_from_valid(valid),
-                   kv_only=True)
+        _, kv = bb(emb, block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long)),
+                   positions_from_valid(valid), kv_only=True)
         lp = emb.shape[1]
         for (kb, vb), (k, v) in zip(buf.kv, kv, strict=True):
             kb[:, :, :lp].copy_(k)
@@ -246,7 +249,8 @@ class InferenceEngine:
         if noise is None:
             noise = torch.randn(buf.noise.shape, generator=generator,
                                 device=generator.device if generator else "cpu") * self.cfg.noise_scale
-        buf.noise.copy_(noise.to(buf.noise.device) * buf.dims)  # padded action dims stay zero (KIPolicy.action_dim_mask)
+        # padded action dims stay zero (KIPolicy.action_dim_mask)
+        buf.noise.copy_(noise.to(buf.noise.device) * buf.dims)
 
     def run_stage(self, name: str) -> None:
         if name in self._graphs:

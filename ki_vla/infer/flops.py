@@ -41,7 +41,8 @@ class Floor:
         return out
 
 
-def _decoder(tokens: int, ctx: int, width: int, mlp: int, layers: int, heads: int, kv_heads: int, head_dim: int) -> tuple[float, float]:
+def _decoder(tokens: int, ctx: int, width: int, mlp: int, layers: int, heads: int, kv_heads: int,
+             head_dim: int) -> tuple[float, float]:
     """(FLOPs, weight parameters) of `layers` gated-MLP decoder layers over `tokens` attending to `ctx` keys."""
     proj = width * head_dim * (heads + 2 * kv_heads) + heads * head_dim * width
     params = layers * (proj + 3 * width * mlp)
@@ -54,9 +55,11 @@ def _vision(cfg: PolicyConfig) -> tuple[float, float]:
     and its projector into the language model."""
     vc = cfg.vision
     patches = (vc.image_size // vc.patch_size) ** 2
-    tower = vc.num_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size) + 3 * vc.patch_size**2 * vc.hidden_size
+    tower = (vc.num_layers * (4 * vc.hidden_size**2 + 2 * vc.hidden_size * vc.intermediate_size)
+             + 3 * vc.patch_size**2 * vc.hidden_size)
     projector = vc.hidden_size * (vc.scale_factor**2 if vc.arch == "idefics3" else 1) * cfg.text.hidden_size
-    per_image = 2.0 * patches * tower + vc.num_layers * 4 * patches * patches * vc.hidden_size + 2.0 * vc.tokens_per_image * projector
+    per_image = (2.0 * patches * tower + vc.num_layers * 4 * patches * patches * vc.hidden_size
+                 + 2.0 * vc.tokens_per_image * projector)
     keypoints = 0.0
     if vc.keypoints:  # conv stem at every pixel, then the coordinates' projection to one token
         stem = 27 * vc.keypoint_channels + 9 * vc.keypoint_channels * vc.keypoints
@@ -65,19 +68,23 @@ def _vision(cfg: PolicyConfig) -> tuple[float, float]:
     return len(cfg.camera_names) * per_image, float(tower + projector + keypoints)
 
 
-def inference_floor(cfg: PolicyConfig, batch_size: int = 1, num_steps: int | None = None, bytes_per_param: int = 2) -> Floor:
+def inference_floor(cfg: PolicyConfig, batch_size: int = 1, num_steps: int | None = None,
+                    bytes_per_param: int = 2) -> Floor:
     steps = num_steps or cfg.num_flow_steps
     tc, ec = cfg.text, cfg.expert
     vis_flops, vis_params = _vision(cfg)
     lp = cfg.num_image_tokens + cfg.max_text_tokens
-    pre_flops, lm_params = _decoder(lp, lp, tc.hidden_size, tc.intermediate_size, tc.num_layers - 1, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+    pre_flops, lm_params = _decoder(lp, lp, tc.hidden_size, tc.intermediate_size, tc.num_layers - 1, tc.num_heads,
+                                    tc.num_kv_heads, tc.head_dim)
     last_kv_params = tc.hidden_size * 2 * tc.num_kv_heads * tc.head_dim  # the last layer: K/V projections only
     pre_flops, lm_params = pre_flops + 2.0 * lp * last_kv_params, lm_params + last_kv_params
     h = cfg.horizon
-    exp_flops, exp_params = _decoder(h, lp + h, ec.hidden_size, ec.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+    exp_flops, exp_params = _decoder(h, lp + h, ec.hidden_size, ec.intermediate_size, tc.num_layers, tc.num_heads,
+                                     tc.num_kv_heads, tc.head_dim)
     kv_bytes = tc.num_layers * 2 * (lp + h) * tc.num_kv_heads * tc.head_dim * bytes_per_param * batch_size
     return Floor(
-        flops={"vision": batch_size * vis_flops, "prefix": batch_size * pre_flops, "expert": batch_size * steps * exp_flops},
+        flops={"vision": batch_size * vis_flops, "prefix": batch_size * pre_flops,
+               "expert": batch_size * steps * exp_flops},
         bytes={"vision": vis_params * bytes_per_param, "prefix": lm_params * bytes_per_param + kv_bytes,
                "expert": steps * (exp_params * bytes_per_param + kv_bytes)},
     )
@@ -91,8 +98,9 @@ def gpu_peak(device_name: str) -> tuple[str, float, float] | None:
     return None
 
 
-def training_flops(cfg: PolicyConfig, variant: str, batch_size: int, text_tokens: int, target_tokens: int) -> dict[str, float]:
-    """FLOPs of one training step (forward + backward = 3x forward for every trained part), by part, for the
+def training_flops(cfg: PolicyConfig, variant: str, batch_size: int, text_tokens: int,
+                   target_tokens: int) -> dict[str, float]:
+    """The FLOPs of one training step (forward + backward = 3x forward for every trained part), by part, for the
     token counts a batch really has after `trim_padding`.
 
     What KI adds over pi0 is arithmetic on the backbone side: the FAST target tokens run through every backbone layer
@@ -106,12 +114,14 @@ def training_flops(cfg: PolicyConfig, variant: str, batch_size: int, text_tokens
     lp = cfg.num_image_tokens + text_tokens
     ce = variant in ("ki", "joint", "pi0_fast")
     lb = lp + (target_tokens if ce else 0)
-    backbone, _ = _decoder(lb, lb, tc.hidden_size, tc.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+    backbone, _ = _decoder(lb, lb, tc.hidden_size, tc.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads,
+                           tc.head_dim)
     head = 2.0 * target_tokens * tc.hidden_size * tc.vocab_size if ce else 0.0
     expert = 0.0
     if variant != "pi0_fast":
         h = cfg.horizon
-        expert, _ = _decoder(h, lp + h, ec.hidden_size, ec.intermediate_size, tc.num_layers, tc.num_heads, tc.num_kv_heads, tc.head_dim)
+        expert, _ = _decoder(h, lp + h, ec.hidden_size, ec.intermediate_size, tc.num_layers, tc.num_heads,
+                             tc.num_kv_heads, tc.head_dim)
     trained = 0.0 if variant == "frozen" else 1.0  # frozen: the backbone runs forward only
     parts = {"vision": vision * (1 + 2 * trained), "backbone": backbone * (1 + 2 * trained), "lm_head": 3.0 * head,
              "expert": 3.0 * expert}

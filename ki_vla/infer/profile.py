@@ -73,6 +73,6 @@ def format_profile(stages: dict[str, dict]) -> str:
     for name, p in stages.items():
         cats = ", ".join(f"{k} {v:.2f}" for k, v in p["by_category_ms"].items())
         top = p["top"][0] if p["top"] else {"name": "-", "ms": 0.0}
-        lines.append(f"  {name:<7} wall {p['wall_ms']:.2f}  busy {p['busy_ms']:.2f}  idle {p['idle_ms']:.2f}  [{cats}]  "
-                     f"top: {top['name'][:60]} {top['ms']:.2f}")
+        lines.append(f"  {name:<7} wall {p['wall_ms']:.2f}  busy {p['busy_ms']:.2f}  idle {p['idle_ms']:.2f}  "
+                     f"[{cats}]  top: {top['name'][:60]} {top['ms']:.2f}")
     return "\n".join(lines)

@@ -18,9 +18,10 @@ The prefix weights (paper, eq. 5): 1 for the `delay` committed actions, decaying
 Two ways to apply them (`RTCGuide.method`): "guided" is the paper's (one backward through the expert per Euler step);
 "inpaint" is the cheap one without gradients: after each step, x is blended toward the previous chunk's point on the
 flow path, (1 - w) x + w (t' noise + (1 - t') target) at the step's new time t', so the committed rows end exactly at
-the previous chunk and the rest is free (the expert sees an inpainted input, and the join relies on it reacting). "prefix" is for models
-trained with training-time RTC (`PolicyConfig.rtc_max_delay`): the `delay` committed actions are given exactly, at
-flow time 0, in every step, as in training; the rest is denoised from noise (no weights, no gradients).
+the previous chunk and the rest is free (the expert sees an inpainted input, and the join relies on it reacting).
+"prefix" is for models trained with training-time RTC (`PolicyConfig.rtc_max_delay`): the `delay` committed actions
+are given exactly, at flow time 0, in every step, as in training; the rest is denoised from noise (no weights, no
+gradients).
 
 Where the previous chunk comes from in the ROS graph: the executor publishes what it has committed to (its plan, with
 the `rtc` merger; ki_vla.control.chunking.RTCMerger), and `guide_from_plan` reads it at the observation's time. The

@@ -24,7 +24,7 @@ def block_causal_mask(valid: torch.Tensor, new_block: torch.Tensor) -> torch.Ten
 
 
 def positions_from_valid(valid: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-    """RoPE positions that skip padding: position = number of valid tokens before (plus offset)."""
+    """The RoPE positions that skip padding: position = number of valid tokens before (plus offset)."""
     pos = torch.cumsum(valid.long(), dim=1) - 1
     pos = pos.clamp(min=0)
     if offset is not None:

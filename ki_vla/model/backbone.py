@@ -230,7 +230,8 @@ class VLMBackbone(nn.Module):
 
 
 def _decoder_layer_forward(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                           past: KV | None = None, kv_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           past: KV | None = None,
+                           kv_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Llama/Gemma decoder layer: pre-norm attention with RoPE, then the MLP; returns (x, K, V) post-RoPE.
     mask: in `attend`'s layout (`sdpa_mask`).
     kv_only: return right after the K/V (x unchanged): a caller that needs no hidden state past this layer."""

@@ -4,7 +4,8 @@ The documented key map (P = paligemma_with_expert.paligemma.model, E = paligemma
 
   LeRobot / openpi key                                    ki_vla key
   [model.]P.language_model.<rest>                         backbone.language_model.<rest>
-  [model.]P.vision_tower.vision_model.<rest>              backbone.vision_tower.<rest>     (transformers 5 SigLIP has no vision_model.)
+  [model.]P.vision_tower.vision_model.<rest>              backbone.vision_tower.<rest>
+                                                          (transformers 5 SigLIP has no vision_model.)
   [model.]P.multi_modal_projector.linear.<w|b>            backbone.multi_modal_projector.linear.<w|b>
   [model.]paligemma_with_expert.paligemma.lm_head.weight  backbone.language_model.embed_tokens.weight (tied; used when
                                                           embed_tokens is absent, as safetensors keeps one tied name)

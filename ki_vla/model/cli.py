@@ -10,7 +10,8 @@ help = "print a model's layout: parameter counts (trainable / frozen) per part a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder or model YAML (e.g. config/model/smol.yaml)")
-    parser.add_argument("--variant", default=None, help="override the config's variant (ki, joint, pi0, frozen, pi0_fast)")
+    parser.add_argument("--variant", default=None,
+                        help="override the config's variant (ki, joint, pi0, frozen, pi0_fast)")
 
 
 def parameter_table(policy) -> list[tuple[str, int, int]]:
@@ -47,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     rows = parameter_table(policy)
     print(f"model {args.model}  variant={cfg.variant}  text={cfg.text.arch}  vision={cfg.vision.arch}  "
           f"pretrained={cfg.text.pretrained or 'none'}  loaded in {elapsed:.1f} s")
-    print(f"prefix tokens: {cfg.num_image_tokens} image ({len(cfg.camera_names)} cameras) + {cfg.max_text_tokens} text; "
-          f"chunk {cfg.horizon} x {cfg.action_dim} (padded to {cfg.max_action_dim})")
+    print(f"prefix tokens: {cfg.num_image_tokens} image ({len(cfg.camera_names)} cameras) + {cfg.max_text_tokens} "
+          f"text; chunk {cfg.horizon} x {cfg.action_dim} (padded to {cfg.max_action_dim})")
     print(f"{'part':<16}{'trainable':>14}{'frozen':>14}")
     for part, trainable, frozen in rows:
         print(f"{part:<16}{trainable:>14,}{frozen:>14,}")

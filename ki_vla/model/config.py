@@ -187,7 +187,8 @@ class PolicyConfig:
         need(self.expert.time_conditioning in TIME_CONDITIONING,
              f"expert.time_conditioning {self.expert.time_conditioning!r} not in {TIME_CONDITIONING}")
         need(len(self.camera_names) >= 1, "camera_names is empty")
-        need(self.image_resize in ("pad", "crop", "stretch"), f"image_resize {self.image_resize!r} not in pad, crop, stretch")
+        need(self.image_resize in ("pad", "crop", "stretch"),
+             f"image_resize {self.image_resize!r} not in pad, crop, stretch")
         need(len(set(self.camera_names)) == len(self.camera_names), "camera_names has duplicates")
         need(0 < self.action_dim <= self.max_action_dim, "need 0 < action_dim <= max_action_dim")
         need(self.state_dim > 0 and self.horizon > 0 and self.fps > 0, "state_dim, horizon, fps must be > 0")
@@ -213,7 +214,8 @@ class PolicyConfig:
         need(self.vision.arch != "idefics3" or side % self.vision.scale_factor == 0,
              "vision patches per side must be divisible by scale_factor")
         reserved = self.fast_vocab_size + self.fast_skip_tokens + 1
-        need(self.text.vocab_size > reserved, f"text.vocab_size must exceed {reserved} (FAST ids are reserved at its end)")
+        need(self.text.vocab_size > reserved,
+             f"text.vocab_size must exceed {reserved} (FAST ids are reserved at its end)")
         need(self.max_text_tokens > 0 and self.max_target_tokens > 1, "token budgets must be positive")
         need(self.text.tokenizer != "bytes" or self.text.vocab_size <= BYTE_TOKENIZER_MAX_VOCAB,
              f"text.tokenizer 'bytes' fills 259 of text.vocab_size {self.text.vocab_size} ids: a vocabulary this "

@@ -157,8 +157,9 @@ class ExpertLayer(nn.Module):
         return gated_residual(x, self.mlp(h), gate)
 
 
-def sinusoidal_time_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
-    """openpi's time embedding: periods spaced geometrically between min and max period; (B,) -> (B, dim), or
+def sinusoidal_time_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3,
+                              max_period: float = 4.0) -> torch.Tensor:
+    """The time embedding of openpi: periods spaced geometrically between min and max period; (B,) -> (B, dim), or
     per token (B, H) -> (B, H, dim)."""
     if dim % 2:
         raise ValueError(f"time embedding width must be even, got {dim}")
@@ -182,8 +183,9 @@ class ActionExpert(nn.Module):
         # The per-sample context [state, instruction embedding, keypoint coordinates] (PolicyConfig.expert_context_dim)
         # on every token.
         self.state_proj = nn.Linear(cfg.expert_context_dim, width) if cfg.expert_context_dim else None
-        # The backbone's part of it (instruction embedding and keypoint coordinates; `keypoint_norm` keeps its name for
-        # the checkpoints that have it) standardized by running statistics (the state comes normalized by the dataset's).
+        # The backbone's part of it (instruction embedding and keypoint coordinates; `keypoint_norm` keeps its name
+        # for the checkpoints that have it) standardized by running statistics (the state comes normalized by the
+        # dataset's).
         # Why: most coordinates move by 0.02-0.2 of their [-1, 1] range across scenes; Adam's steps are the same
         # size whatever an input's scale, so reading a 0.02-std input needs weights ~50x larger, thousands of steps
         # more (measured: the first chunk followed the scene at 10% of the plan's spread after 400 steps on t=0

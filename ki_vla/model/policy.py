@@ -88,12 +88,14 @@ class KIPolicy(nn.Module):
         cfg, rng = self.cfg, np.random.default_rng(seed)
         samples: list[dict[str, Any]] = []
         for i in range(batch_size):
-            images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8) for c in cfg.camera_names}
+            images = {c: rng.integers(0, 256, (cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+                      for c in cfg.camera_names}
             if i >= batch_size - vlm_samples:
                 samples.append({"images": images, "prompt": "What is on the table? ", "answer": "a red cube"})
                 continue
             samples.append({"images": images, "state": rng.uniform(-1, 1, cfg.state_dim).astype(np.float32),
-                            "instruction": "transfer the red cube", "actions": smooth_chunk(rng, cfg.horizon, cfg.action_dim)})
+                            "instruction": "transfer the red cube",
+                            "actions": smooth_chunk(rng, cfg.horizon, cfg.action_dim)})
         fast = self.processor.fast_tokenizer
         self.processor.fast_tokenizer = fast or _RandomFastIds(cfg.fast_vocab_size, rng)
         try:
@@ -110,7 +112,8 @@ class KIPolicy(nn.Module):
         txt = self.backbone.embed_tokens(batch["text_ids"])
         return torch.cat([img, txt.to(img.dtype)], dim=1), torch.cat([img_valid, batch["text_valid"]], dim=1)
 
-    def _run_backbone(self, batch: dict[str, torch.Tensor], with_targets: bool) -> tuple[torch.Tensor | None, list[KV], torch.Tensor]:
+    def _run_backbone(self, batch: dict[str, torch.Tensor],
+                      with_targets: bool) -> tuple[torch.Tensor | None, list[KV], torch.Tensor]:
         """Final hidden states (None without targets: then only the prefix K/V are needed), prefix K/V, validity."""
         emb, valid = self._prefix(batch)
         lp = emb.shape[1]
@@ -197,11 +200,13 @@ class KIPolicy(nn.Module):
         return t * 0.999 + 0.001
 
     # ---- training ----------------------------------------------------------------------------------
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor],
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The training forward is the loss: DDP and FSDP hook module calls, so trainers call `policy(batch)`."""
         return self.compute_loss(batch, generator)
 
-    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def compute_loss(self, batch: dict[str, torch.Tensor],
+                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """{"loss", "ce", "flow"} scalars. Samples without actions contribute CE only; `pi0` has no CE and
         `pi0_fast` no flow term (their entries are 0).
 
@@ -226,7 +231,8 @@ class KIPolicy(nn.Module):
             if tv.any():  # logits at valid targets only: at pi0.5 size each position costs 2 x 2048 x 257k FLOPs
                 logits = self.backbone.logits(hidden[:, lp - 1: lp + lt - 1][tv]).float()
                 if "loss_norm" in batch:
-                    ce = F.cross_entropy(logits, batch["target_ids"][tv], reduction="sum") / batch["loss_norm"][0].clamp(min=1.0)
+                    ce = (F.cross_entropy(logits, batch["target_ids"][tv], reduction="sum")
+                          / batch["loss_norm"][0].clamp(min=1.0))
                 else:
                     ce = F.cross_entropy(logits, batch["target_ids"][tv])
         flow = zero
@@ -237,7 +243,8 @@ class KIPolicy(nn.Module):
             b = actions.shape[0]
             top = cfg.rtc_max_delay + 1
             if "sample_seed" in batch:
-                gens = [torch.Generator(device=actions.device).manual_seed(int(seed)) for seed in batch["sample_seed"].tolist()]
+                gens = [torch.Generator(device=actions.device).manual_seed(int(seed))
+                        for seed in batch["sample_seed"].tolist()]
                 t = torch.cat([self.sample_time(1, actions.device, g) for g in gens])
                 noise = torch.stack([torch.randn(actions.shape[1:], device=actions.device, generator=g) for g in gens])
                 delay = (torch.cat([torch.randint(0, top, (1,), device=actions.device, generator=g) for g in gens])
@@ -359,7 +366,8 @@ class KIPolicy(nn.Module):
             raise ValueError("pi0_fast needs a fitted FAST tokenizer to decode actions")
         emb, valid = self._prefix(trim_padding(batch))
         b = emb.shape[0]
-        hidden, kv = self.backbone(emb, block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long)), positions_from_valid(valid))
+        hidden, kv = self.backbone(emb, block_causal_mask(valid, torch.zeros_like(valid, dtype=torch.long)),
+                                   positions_from_valid(valid))
         allowed = torch.full((cfg.text.vocab_size,), float("-inf"), device=emb.device)
         # only the ids this tokenizer has (it may be smaller than the reserved range): others cannot be decoded
         allowed[proc.fast_lm_hi - (proc.fast_tokenizer.vocab_size - 1): proc.fast_lm_hi + 1] = 0.0

@@ -11,7 +11,8 @@ Batch layout (all tensors; L_img = cameras x tokens per image):
   images (B, N_cam, 3, S, S) float in [-1, 1]     image_valid (B, N_cam) bool
   text_ids (B, L_txt) long, LEFT-padded            text_valid (B, L_txt) bool
   target_ids (B, L_tgt) long, right-padded         target_valid (B, L_tgt) bool  (CE positions)
-  actions (B, H, max_action_dim) normalized (minus the state first, for `delta_actions`)   action_valid (B, H) bool (False: padding or no actions)
+  actions (B, H, max_action_dim) normalized (minus the state first, for `delta_actions`)
+                                                   action_valid (B, H) bool (False: padding or no actions)
   state (B, state_dim) float normalized (zero for VLM samples; read by an expert with `expert.state_input`)
 Left-padding the prompt puts the last prompt token at the end of the prefix, so the hidden state that
 predicts the first target token is always at index L_prefix - 1.
@@ -247,7 +248,8 @@ class Processor:
                 target_ids[i, : len(tgt)] = tgt
                 target_valid[i, : len(tgt)] = True
         batch = {"images": images, "image_valid": image_valid, "text_ids": text_ids, "text_valid": text_valid,
-                 "target_ids": target_ids, "target_valid": target_valid, "actions": actions, "action_valid": action_valid, "state": states}
+                 "target_ids": target_ids, "target_valid": target_valid, "actions": actions,
+                 "action_valid": action_valid, "state": states}
         if instr_ids is not None:
             batch.update(instruction_ids=instr_ids, instruction_valid=instr_valid)
         return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}

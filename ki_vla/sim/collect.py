@@ -203,7 +203,8 @@ def collect_bags(config: CollectConfig, progress: bool = True, timeout_per_episo
         finally:
             env.close()
     work = Path(tempfile.mkdtemp(prefix="ki_vla_collect_"))
-    np.savez(work / "episodes.npz", seeds=np.array([s for s, _ in episodes]), actions=np.stack([a for _, a in episodes]))
+    np.savez(work / "episodes.npz", seeds=np.array([s for s, _ in episodes]),
+             actions=np.stack([a for _, a in episodes]))
     config.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = config.out.parent / f".{config.out.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -220,7 +221,8 @@ def collect_bags(config: CollectConfig, progress: bool = True, timeout_per_episo
     params = procs.write_ros_params({"sim_node": {"ros__parameters": sim_params},
                                      "scripted_recorder": {"ros__parameters": rec_params}}, work / "params.yaml")
     env_vars = procs.ros_env()
-    ros = lambda name: [sys.executable, "-m", f"ki_vla_ros.{name}", "--ros-args", "--params-file", str(params)]  # noqa: E731
+    ros = lambda name: [sys.executable, "-m", f"ki_vla_ros.{name}", "--ros-args",  # noqa: E731
+                        "--params-file", str(params)]
     sim = procs.start(ros("sim_node"), work / "sim.log", env_vars)
     recorder = procs.start(ros("scripted_recorder"), work / "recorder.log", env_vars)
     try:

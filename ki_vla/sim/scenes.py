@@ -444,7 +444,7 @@ class BimanualSim:
         return self.observation(render=render)
 
     def observation(self, render: bool = True) -> dict:
-        """state (14,), velocity (14,), images {cam: uint8 (H, W, 3)}, instruction, time, step."""
+        """`state` (14,), `velocity` (14,), `images` {cam: uint8 (H, W, 3)}, `instruction`, `time`, `step`."""
         return {"state": self.state(), "velocity": self.velocity(),
                 "images": self.render() if render else {}, "instruction": self.instruction,
                 "time": self.time, "step": self.step_count}
@@ -462,7 +462,7 @@ class BimanualSim:
         return any((min(a, b), max(a, b)) in contacts for a in geoms_a for b in geoms_b)
 
     def _transfer_stage(self, contacts: set[tuple[int, int]], obj: set[int]) -> int:
-        """ACT's staging for handing a cube from the right gripper to the left one:
+        """The ACT staging for handing a cube from the right gripper to the left one:
         1 right gripper touches it, 2 lifted by the right, 3 left touches, 4 held by left off the table."""
         right = self._touch(contacts, obj, self._fingers["right"])
         left = self._touch(contacts, obj, self._fingers["left"])

@@ -356,7 +356,8 @@ class ScriptedPolicy:
         return {"left": left, "right": right}
 
 
-def execution_noise(seed: int, steps: int, sigma: float, tau: float = NOISE_TAU_S, dt: float = 1.0 / CONTROL_HZ) -> np.ndarray:
+def execution_noise(seed: int, steps: int, sigma: float, tau: float = NOISE_TAU_S,
+                    dt: float = 1.0 / CONTROL_HZ) -> np.ndarray:
     """(steps, 14) smooth perturbations of the arm joints (radians; grippers untouched), starting at 0 (the robot
     starts at home): an Ornstein-Uhlenbeck process low-passed once more with the same correlation time `tau`
     (a plain OU process has white-noise increments, a 1 rad/s jitter at these sizes), scaled to stationary std
@@ -405,7 +406,8 @@ def run_scripted_episode(env: BimanualSim, policy: ScriptedPolicy, seed: int, *,
     obs = env.reset(seed=seed, target=target, render=render)
     actions = policy.plan(env, num_steps)
     T = len(actions)
-    executed = actions + execution_noise(seed, T, action_noise) * motion_envelope(actions) if action_noise > 0 else actions
+    executed = (actions + execution_noise(seed, T, action_noise) * motion_envelope(actions) if action_noise > 0
+                else actions)
     states = np.empty((T, NUM_JOINTS))
     frames: dict[str, list[np.ndarray]] = {cam: [] for cam in (obs["images"] if render else {})}
     rewards = np.empty(T, dtype=int)

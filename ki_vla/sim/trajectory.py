@@ -85,7 +85,8 @@ class TrajectoryFollower:
             self.hold(self.command(now))
             return
         if positions.shape != (times.size, len(names)):
-            raise ValueError(f"positions shape {positions.shape} does not match {times.size} points x {len(names)} joints")
+            raise ValueError(f"positions shape {positions.shape} does not match {times.size} points x "
+                             f"{len(names)} joints")
         if not (np.all(np.isfinite(times)) and np.all(np.isfinite(positions))):
             raise ValueError("trajectory contains NaN or inf")
         if times[0] < 0 or np.any(np.diff(times) <= 0):

@@ -48,10 +48,13 @@ def run(args: argparse.Namespace) -> int:
     tok = FastTokenizer.fit(train, vocab_size=args.vocab_size, scale=args.scale)
     out = Path(args.out) if args.out else Path(args.dataset) / DEFAULT_SUBDIR
     tok.save(out)
-    report = f"fitted FAST (vocab {tok.vocab_size}, scale {args.scale}) on {len(train)} chunks of {args.horizon} x {chunks.shape[2]} -> {out}"
+    report = (f"fitted FAST (vocab {tok.vocab_size}, scale {args.scale}) on {len(train)} chunks of {args.horizon} x "
+              f"{chunks.shape[2]} -> {out}")
     if n_test:
         ids = tok.encode_batch(test)
-        rms = float(np.sqrt(np.mean([(tok.decode(i, args.horizon, chunks.shape[2]) - c) ** 2 for i, c in zip(ids, test)])))
-        report += f"\nheld-out {n_test} chunks: {np.mean([len(i) for i in ids]):.1f} tokens/chunk, round-trip RMS {rms:.4f} (normalized units)"
+        rms = float(np.sqrt(np.mean([(tok.decode(i, args.horizon, chunks.shape[2]) - c) ** 2
+                                     for i, c in zip(ids, test)])))
+        report += (f"\nheld-out {n_test} chunks: {np.mean([len(i) for i in ids]):.1f} tokens/chunk, round-trip RMS "
+                   f"{rms:.4f} (normalized units)")
     print(report)
     return 0

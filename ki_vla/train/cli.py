@@ -12,10 +12,12 @@ help = "train a KI policy on a LeRobot dataset (checkpoints, metrics.jsonl, Tens
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="train config YAML (config/train/tiny.yaml, smol.yaml, pi05.yaml)")
+    parser.add_argument("--config", default=None,
+                        help="train config YAML (config/train/tiny.yaml, smol.yaml, pi05.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="print parameter counts and estimated memory, then exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override config fields, e.g. dataset=data/cube output_dir=outputs/run max_steps=2000 resume=true")
+                        help="override config fields, e.g. dataset=data/cube output_dir=outputs/run max_steps=2000 "
+                             "resume=true")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if trainer.env.is_main and history:
         last = history[-1]
-        print(f"trained to step {int(last['step'])}: loss {last['loss']:.4f} (ce {last['ce']:.4f}, flow {last['flow']:.4f}); "
-              f"checkpoint {trainer.out / 'final'}")
+        print(f"trained to step {int(last['step'])}: loss {last['loss']:.4f} (ce {last['ce']:.4f}, "
+              f"flow {last['flow']:.4f}); checkpoint {trainer.out / 'final'}")
     return 0
 
 

@@ -81,7 +81,8 @@ def wrap_model(policy: nn.Module, env: DistEnv, strategy: str, device: torch.dev
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for layer in list(policy.backbone.language_model.layers) + (list(policy.expert.layers) if policy.expert else []):
+        for layer in (list(policy.backbone.language_model.layers)
+                      + (list(policy.expert.layers) if policy.expert else [])):
             fully_shard(layer)
         fully_shard(policy)
         return policy

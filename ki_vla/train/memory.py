@@ -39,7 +39,8 @@ def activation_bytes(pcfg: PolicyConfig, batch: int, checkpointing: bool, bytes_
     vis_tok = (vc.image_size // vc.patch_size) ** 2 * len(pcfg.camera_names)
     per_tok_vis = 6 * vc.hidden_size + 2 * vc.intermediate_size
     if checkpointing:
-        layers = tc.num_layers * (seq * tc.hidden_size + pcfg.horizon * ec.hidden_size) + seq * per_tok_bb + pcfg.horizon * per_tok_ex
+        layers = (tc.num_layers * (seq * tc.hidden_size + pcfg.horizon * ec.hidden_size) + seq * per_tok_bb
+                  + pcfg.horizon * per_tok_ex)
         vision = vc.num_layers * vis_tok * per_tok_vis  # the vision tower is not checkpointed
     else:
         layers = tc.num_layers * (seq * per_tok_bb + pcfg.horizon * per_tok_ex)
@@ -75,7 +76,8 @@ def estimate(cfg: TrainConfig) -> tuple[PolicyConfig, MemoryEstimate]:
     if cfg.ema_decay is not None:
         rows.append((f"EMA copy ({master})", (trainable + frozen) * wbytes / GiB))
     act = activation_bytes(pcfg, cfg.batch_size, cfg.gradient_checkpointing, 2 if bf16_compute else 4)
-    rows.append((f"activations (batch {cfg.batch_size}, checkpointing {'on' if cfg.gradient_checkpointing else 'off'})", act / GiB))
+    rows.append((f"activations (batch {cfg.batch_size}, checkpointing "
+                 f"{'on' if cfg.gradient_checkpointing else 'off'})", act / GiB))
     return pcfg, MemoryEstimate(trainable, frozen, rows)
 
 

@@ -246,12 +246,14 @@ class Trainer:
         else:
             local = self.out / FAST_DIR
             if self.cfg.fast_vocab_size > self.policy.cfg.fast_vocab_size:
-                raise ValueError(f"train fast_vocab_size {self.cfg.fast_vocab_size} exceeds the {self.policy.cfg.fast_vocab_size} "
-                                 "FAST ids the model reserves (model config fast_vocab_size)")
+                raise ValueError(f"train fast_vocab_size {self.cfg.fast_vocab_size} exceeds the "
+                                 f"{self.policy.cfg.fast_vocab_size} FAST ids the model reserves (model config "
+                                 "fast_vocab_size)")
             if self.env.is_main:
                 chunks = normalizer.normalize(ACTION_KEY, robot.all_action_chunks() if chunks is None else chunks)
                 if len(chunks) > MAX_FAST_CHUNKS:  # a seeded subset keeps fitting fast on large datasets
-                    chunks = chunks[np.random.default_rng(self.cfg.seed).choice(len(chunks), MAX_FAST_CHUNKS, replace=False)]
+                    chunks = chunks[np.random.default_rng(self.cfg.seed).choice(len(chunks), MAX_FAST_CHUNKS,
+                                                                                replace=False)]
                 FastTokenizer.fit(chunks, vocab_size=self.cfg.fast_vocab_size).save(local)
             self.env.barrier()
             tok = FastTokenizer.load(local)
@@ -267,7 +269,8 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.ema is not None and (ckpt / "ema").is_dir():
-            ema_policy = KIPolicy.from_pretrained(ckpt / "ema", dtype=str(next(self.policy.parameters()).dtype).split(".")[-1])
+            ema_policy = KIPolicy.from_pretrained(ckpt / "ema",
+                                                  dtype=str(next(self.policy.parameters()).dtype).split(".")[-1])
             self.ema.module.load_state_dict(ema_policy.state_dict())
             self.ema.n_averaged.fill_(int(state.get("ema_n_averaged", 0)))
         log.info("resumed from %s at step %d", ckpt, self.start_step)
@@ -275,7 +278,8 @@ class Trainer:
     def save_checkpoint(self, step: int) -> Path:
         ckpt = self.out / "checkpoints" / f"step_{step:07d}"
         if self.env.enabled and self.cfg.distributed == "fsdp":
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
 
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             model_sd = get_model_state_dict(self.policy, options=opts)
@@ -288,7 +292,8 @@ class Trainer:
                 if self.ema is not None:
                     self.policy.save_pretrained(tmp / "ema", state_dict=self.ema.module.state_dict())
                 torch.save({"optimizer": optim_sd, "scheduler": self.scheduler.state_dict(), "step": step,
-                            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+                            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                                    "torch": torch.get_rng_state()},
                             "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
                             "train_config": self.cfg.to_dict()}, tmp / STATE_FILE)
 
@@ -333,7 +338,8 @@ class Trainer:
         for k, batch in enumerate(loader, start=start * accum):
             yield (*divmod(k, accum), batch)
 
-    def _micro_batch(self, step: int, micro: int, batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    def _micro_batch(self, step: int, micro: int,
+                     batch: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The micro-batch on the device, augmented; `batch` is the processed CPU batch when a worker built it."""
         if batch is None:
             batch = MicroBatches(self.schedule, self.dataset, self.policy.processor, self.env.rank)[
@@ -393,7 +399,8 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if self.start_step > 0 and path.exists():
             # Drop lines logged after the checkpoint we resumed from, so the file is one consistent history.
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= self.start_step]
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.start_step]
             write_text_atomic(path, "".join(line + "\n" for line in kept))
         return open(path, "a" if self.start_step > 0 else "w")
 
@@ -412,8 +419,8 @@ class Trainer:
                 from torch.utils.tensorboard import SummaryWriter
 
                 writer = SummaryWriter(str(self.out / "tb"))
-        bar = tqdm(total=cfg.max_steps, initial=self.start_step, desc="train", disable=not (env.is_main and cfg.progress),
-                   dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_steps, initial=self.start_step, desc="train",
+                   disable=not (env.is_main and cfg.progress), dynamic_ncols=True)
         # Preemption (SLURM, Kubernetes: SIGTERM, then SIGKILL after a grace period): finish the step, checkpoint,
         # return. Only the main thread may install handlers; an embedding application's own handler is left alone.
         self.preempted_at = None
@@ -438,7 +445,8 @@ class Trainer:
                 norm = self._loss_norm(micro_batches)
                 for micro, batch in enumerate(micro_batches):
                     sync = micro == cfg.grad_accum_steps - 1
-                    ctx = self.model.no_sync() if (env.enabled and not sync and hasattr(self.model, "no_sync")) else contextlib.nullcontext()
+                    ctx = (self.model.no_sync() if (env.enabled and not sync and hasattr(self.model, "no_sync"))
+                           else contextlib.nullcontext())
                     with ctx:
                         with self.autocast:
                             out = self.model({**batch, "loss_norm": norm})
@@ -449,11 +457,12 @@ class Trainer:
                         sums[k] += float(out[k].detach()) * env.world_size
                     samples_since += cfg.batch_size * env.world_size
                 grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.policy.parameters() if p.requires_grad], cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                    [p for p in self.policy.parameters() if p.requires_grad],
+                    cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
                 # Checked before the update: one NaN step would poison the weights, the EMA and the next checkpoint.
                 if not (all(math.isfinite(v) for v in sums.values()) and math.isfinite(float(grad_norm))):
-                    raise FloatingPointError(f"non-finite loss or gradient at step {step + 1} (grad norm {float(grad_norm)}, "
-                                             f"{sums}); weights left as after step {step}")
+                    raise FloatingPointError(f"non-finite loss or gradient at step {step + 1} (grad norm "
+                                             f"{float(grad_norm)}, {sums}); weights left as after step {step}")
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)

@@ -120,7 +120,8 @@ class LeRobotDataset:
         self.features: dict[str, dict[str, Any]] = self.info.get("features") or {}
         for key in (STATE_KEY, ACTION_KEY):
             if key not in self.features:
-                raise ValueError(f"{self.root}: feature {key!r} missing from meta/info.json (have {sorted(self.features)})")
+                raise ValueError(f"{self.root}: feature {key!r} missing from meta/info.json "
+                                 f"(have {sorted(self.features)})")
         self.robot_type = self.info.get("robot_type")
         self.state_names = _feature_names(self.features[STATE_KEY], STATE_KEY)
         self.action_names = _feature_names(self.features[ACTION_KEY], ACTION_KEY)
@@ -190,7 +191,8 @@ class LeRobotDataset:
             if not files:
                 raise ValueError(f"{self.root}/meta/episodes holds no parquet files")
             table = pa.concat_tables(
-                [pq.read_table(f, columns=[c for c in pq.read_schema(f).names if not c.startswith("stats/")]) for f in files],
+                [pq.read_table(f, columns=[c for c in pq.read_schema(f).names if not c.startswith("stats/")])
+                 for f in files],
                 promote_options="default",
             )
             rows = table.to_pylist()
@@ -205,7 +207,8 @@ class LeRobotDataset:
                 for key in self.video_keys:
                     col = f"videos/{key}/"
                     if r.get(col + "chunk_index") is None:
-                        raise ValueError(f"{self.root}: meta/episodes lacks {col}chunk_index for episode {ep.episode_index}")
+                        raise ValueError(f"{self.root}: meta/episodes lacks {col}chunk_index for episode "
+                                         f"{ep.episode_index}")
                     path = self.root / video_tpl.format(
                         video_key=key, chunk_index=int(r[col + "chunk_index"]), file_index=int(r[col + "file_index"])
                     )
@@ -320,7 +323,8 @@ class LeRobotDataset:
         tasks = self._episode_meta(i).tasks
         if tasks:
             return tasks[0]
-        raise ValueError(f"{self.root}: task_index {ti} of episode {self._episode_meta(i).episode_index} is not in meta/tasks")
+        raise ValueError(f"{self.root}: task_index {ti} of episode {self._episode_meta(i).episode_index} is not in "
+                         "meta/tasks")
 
     def episode(self, i: int, cameras: Sequence[str] | None = None, decode_images: bool = True) -> dict[str, Any]:
         """Episode at position i: images {cam: (T, H, W, 3) uint8}, state (T, Ds), action (T, Da), task,
@@ -360,7 +364,8 @@ class LeRobotDataset:
             path, columns=[*keys, "frame_index"], filters=[("episode_index", "=", ep.episode_index)]
         ).sort_by("frame_index")
         if table.num_rows != ep.length:
-            raise ValueError(f"{path}: episode {ep.episode_index} has {table.num_rows} image rows, expected {ep.length}")
+            raise ValueError(f"{path}: episode {ep.episode_index} has {table.num_rows} image rows, expected "
+                             f"{ep.length}")
         out = {}
         for key in keys:
             frames = [_decode_png_cell(c, self.root, key) for c in table[key].to_pylist()]

@@ -119,7 +119,7 @@ class LeRobotDatasetWriter:
 
     @classmethod
     def create(cls, root: str | os.PathLike[str], **options: Any) -> LeRobotDatasetWriter:
-        """LeRobot's spelling (`LeRobotDataset.create`) of the constructor."""
+        """The LeRobot spelling (`LeRobotDataset.create`) of the constructor."""
         return cls(root, **options)
 
     # ------------------------------------------------------------------ schema
@@ -165,10 +165,13 @@ class LeRobotDatasetWriter:
             pa.field("task_index", pa.int64()),
         ]
         hf: dict[str, Any] = {
-            STATE_KEY: {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(self.state_names), "_type": "Sequence"},
-            ACTION_KEY: {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(self.action_names), "_type": "Sequence"},
+            STATE_KEY: {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(self.state_names),
+                        "_type": "Sequence"},
+            ACTION_KEY: {"feature": {"dtype": "float32", "_type": "Value"}, "length": len(self.action_names),
+                         "_type": "Sequence"},
             "timestamp": {"dtype": "float32", "_type": "Value"},
-            **{k: {"dtype": "int64", "_type": "Value"} for k in ("frame_index", "episode_index", "index", "task_index")},
+            **{k: {"dtype": "int64", "_type": "Value"}
+               for k in ("frame_index", "episode_index", "index", "task_index")},
         }
         if not self.use_videos:
             for cam in self.camera_names:
@@ -231,7 +234,8 @@ class LeRobotDatasetWriter:
             if n >= length:
                 raise ValueError(f"images[{cam!r}] yields more than the {length} frames of state/action")
             if frame.shape != self.image_shape or frame.dtype != np.uint8:
-                raise ValueError(f"images[{cam!r}] frame {n} must be uint8 {self.image_shape}, got {frame.dtype} {frame.shape}")
+                raise ValueError(f"images[{cam!r}] frame {n} must be uint8 {self.image_shape}, got {frame.dtype} "
+                                 f"{frame.shape}")
             yield frame
             n += 1
         if n != length:
@@ -276,7 +280,8 @@ class LeRobotDatasetWriter:
 
         frame_index = np.arange(length, dtype=np.int64)
         columns: dict[str, pa.Array] = {
-            **{k: pa.array(v, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())])) for k, v in png_columns.items()},
+            **{k: pa.array(v, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+               for k, v in png_columns.items()},
             STATE_KEY: pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), len(self.state_names)),
             ACTION_KEY: pa.FixedSizeListArray.from_arrays(pa.array(action.reshape(-1)), len(self.action_names)),
             "timestamp": pa.array((frame_index / self.fps).astype(np.float32)),
@@ -323,7 +328,8 @@ class LeRobotDatasetWriter:
         return enc
 
     def _data_file_for(self, nbytes: int) -> tuple[int, int]:
-        if self._data_writer is not None and self._data_bytes and self._data_bytes + nbytes > self.data_file_size_mb * 1024 * 1024:
+        if (self._data_writer is not None and self._data_bytes
+                and self._data_bytes + nbytes > self.data_file_size_mb * 1024 * 1024):
             self._data_writer.close()
             self._data_writer = None
             self._data_pos = _next_chunk_file(*self._data_pos, self.chunks_size)
