@@ -1,5 +1,7 @@
 """`ki-vla-ros up`: the launch file's node graph for machines without `ros2 launch`; `ki-vla-ros say`: an
-instruction for it; `ki-vla-ros status`: what the running graph is doing (ki_vla_ros.status).
+instruction for it; `ki-vla-ros status`: what the running graph is doing (ki_vla_ros.status);
+`ki-vla-ros describe`: the URDF with <ros2_control> tags for a Gazebo, Isaac Sim, mock or real robot
+(ki_vla_ros.description).
 
 Why one process per node (not one process with a MultiThreadedExecutor): the executor's 50 Hz timer must
 not share a Python interpreter (GIL, garbage collector pauses) with model inference and image decoding; a
@@ -16,8 +18,11 @@ import sys
 import time
 from types import FrameType
 
+from pathlib import Path
+
 from ki_vla import procs
 from ki_vla_ros.config import DEFAULT_CONFIG
+from ki_vla_ros.description import HARDWARE
 from ki_vla_ros.graph import GraphPlan, build_plan, graph_env
 
 STOP_GRACE_S = 10.0
@@ -42,7 +47,44 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--window", type=float, default=2.0, help="seconds to count messages (default 2)")
     st.add_argument("--discovery", type=float, default=1.0, help="seconds to discover the graph first (default 1)")
     st.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    de = sub.add_parser("describe", help="the URDF with <ros2_control> tags for Gazebo, Isaac Sim, mock or real "
+                                         "hardware (ki_vla_ros.description)")
+    de.add_argument("--hardware", required=True, choices=HARDWARE, help="the ros2_control backend")
+    de.add_argument("--urdf", default="urdf/aloha_vx300s.urdf", help="robot description (default %(default)s)")
+    de.add_argument("--plugin", default=None, help="hardware plugin (required for real; defaults for the others)")
+    de.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="hardware plugin parameter (repeatable; e.g. joint_commands_topic=/isaac_joint_commands)")
+    de.add_argument("--controllers", default="config/ros2_controllers.yaml",
+                    help="controllers YAML gz_ros2_control loads (gazebo; default %(default)s)")
+    de.add_argument("--out", default=None, help="write here instead of stdout")
     return p
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from ki_vla.atomic import write_text_atomic
+    from ki_vla.paths import require
+    from ki_vla_ros.description import ros2_control_description
+
+    try:
+        params = dict(_key_value(p) for p in args.param)
+        controllers = str(require(args.controllers)) if args.hardware == "gazebo" else None
+        text = ros2_control_description(require(args.urdf).read_text(), args.hardware, plugin=args.plugin,
+                                        params=params, controllers_file=controllers)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"ki-vla-ros describe: error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        write_text_atomic(Path(args.out), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--param wants KEY=VALUE, got {text!r}")
+    return key.strip(), value
 
 
 class Supervisor:
@@ -107,6 +149,8 @@ class Supervisor:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "describe":
+        return _describe(args)
     if args.command == "say":
         from ki_vla_ros.say import say
 

@@ -1,7 +1,10 @@
 """Bimanual KI-VLA graph: camera_node, policy_node, executor_node, robot_state_publisher (+ sim_node).
 
     ros2 launch ki_vla_ros bimanual.launch.py [model:=PATH] [device:=cuda] [use_sim_time:=true] [sim:=true]
-        [config:=/path/to/bimanual.yaml]
+        [config:=/path/to/bimanual.yaml] [robot_state_publisher:=false]
+
+robot_state_publisher:=false leaves the description to whoever owns the robot (bimanual_gazebo.launch.py, which
+publishes the ros2_control one, or a robot's own bringup).
 
 Thin on purpose: every parameter lives in config/bimanual.yaml (a ROS 2 parameter file), which
 `ki-vla-ros up` reads too, so both start the same graph. Paths follow `up`'s one rule (ki_vla.paths): the
@@ -44,6 +47,7 @@ def _nodes(context, *args, **kwargs):
     device = LaunchConfiguration("device").perform(context)
     use_sim_time = _truthy(LaunchConfiguration("use_sim_time").perform(context))
     sim = _truthy(LaunchConfiguration("sim").perform(context))
+    with_rsp = _truthy(LaunchConfiguration("robot_state_publisher").perform(context))
     sim_installed = importlib.util.find_spec(f"{PACKAGE}.sim_node") is not None
     # The sim publishes /clock and stamps everything with it: the other nodes must follow it.
     use_sim_time = use_sim_time or (sim and sim_installed)
@@ -68,11 +72,12 @@ def _nodes(context, *args, **kwargs):
         core("camera_node", common),
         core("policy_node", policy_overrides),
         core("executor_node", common),
-        Node(package="robot_state_publisher", executable="robot_state_publisher", name="robot_state_publisher",
-             output="screen",
-             parameters=[{"robot_description": robot_description, "use_sim_time": use_sim_time,
-                          "publish_frequency": float(rsp.get("publish_frequency", 20.0))}]),
     ]
+    if with_rsp:
+        actions.append(Node(package="robot_state_publisher", executable="robot_state_publisher",
+                            name="robot_state_publisher", output="screen",
+                            parameters=[{"robot_description": robot_description, "use_sim_time": use_sim_time,
+                                         "publish_frequency": float(rsp.get("publish_frequency", 20.0))}]))
     if sim:
         if sim_installed:
             # The sim is the clock (it publishes /clock): it never follows one, as under `up`.
@@ -93,5 +98,7 @@ def generate_launch_description():
         DeclareLaunchArgument("device", default_value="", description="auto | cpu | cuda; empty = config's"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
         DeclareLaunchArgument("sim", default_value="false", description="also start the MuJoCo sim node"),
+        DeclareLaunchArgument("robot_state_publisher", default_value="true",
+                              description="also start robot_state_publisher with the plain URDF"),
         OpaqueFunction(function=_nodes),
     ])

@@ -49,20 +49,24 @@ def _stub_modules(values: dict[str, str]) -> dict[str, types.ModuleType]:
     launch.LaunchDescription = type("LaunchDescription", (_Recorder,), {})
     actions = types.ModuleType("launch.actions")
     for name in ("DeclareLaunchArgument", "LogInfo", "OpaqueFunction", "SetEnvironmentVariable", "GroupAction",
-                 "Shutdown"):
+                 "Shutdown", "IncludeLaunchDescription"):
         setattr(actions, name, type(name, (_Recorder,), {}))
     subs = types.ModuleType("launch.substitutions")
     subs.LaunchConfiguration = LaunchConfiguration
+    sources = types.ModuleType("launch.launch_description_sources")
+    sources.PythonLaunchDescriptionSource = type("PythonLaunchDescriptionSource", (_Recorder,), {})
     launch_ros = types.ModuleType("launch_ros")
     ros_actions = types.ModuleType("launch_ros.actions")
     ros_actions.Node = type("Node", (_Recorder,), {})
     mods.update({"launch": launch, "launch.actions": actions, "launch.substitutions": subs,
+                 "launch.launch_description_sources": sources,
                  "launch_ros": launch_ros, "launch_ros.actions": ros_actions})
     return mods
 
 
 def run_launch(monkeypatch, **overrides):
-    values = {"config": "config/bimanual.yaml", "model": "", "device": "", "use_sim_time": "false", "sim": "false"}
+    values = {"config": "config/bimanual.yaml", "model": "", "device": "", "use_sim_time": "false", "sim": "false",
+              "robot_state_publisher": "true"}
     values.update(overrides)
     for name, mod in _stub_modules(values).items():
         monkeypatch.setitem(sys.modules, name, mod)
@@ -72,7 +76,7 @@ def run_launch(monkeypatch, **overrides):
     ld = module.generate_launch_description()
     entities = ld.args[0]
     declared = {e.args[0] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
-    assert declared == {"config", "model", "device", "use_sim_time", "sim"}
+    assert declared == {"config", "model", "device", "use_sim_time", "sim", "robot_state_publisher"}
     opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
     return opaque[0].kwargs["function"](context=None)
 
@@ -192,3 +196,60 @@ def test_large_data_transport_on_every_node_of_the_graph(monkeypatch):
     monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
     assert graph_env("executor_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"
     assert graph_env("camera_node")["FASTDDS_BUILTIN_TRANSPORTS"] == "UDPv4"
+
+
+GAZEBO_LAUNCH = ROOT / "launch" / "bimanual_gazebo.launch.py"
+
+
+def run_gazebo_launch(monkeypatch, tmp_path, **overrides):
+    """bimanual_gazebo.launch.py against the stand-ins; ros_gz_sim's share folder is a stand-in too."""
+    import ament_index_python.packages as index
+
+    values = {"config": "config/bimanual.yaml", "controllers": "", "model": "", "device": "",
+              "world": "empty.sdf", "gui": "false"}
+    values.update(overrides)
+    for name, mod in _stub_modules(values).items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(index, "get_package_share_directory", lambda package: str(tmp_path / package))
+    spec = importlib.util.spec_from_file_location("bimanual_gazebo_launch", GAZEBO_LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entities = module.generate_launch_description().args[0]
+    declared = {e.args[0] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+    assert declared == set(values)
+    opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
+    return opaque[0].kwargs["function"](context=None)
+
+
+def test_gazebo_launch_builds_the_ros2_control_description_and_our_graph(monkeypatch, tmp_path):
+    actions = run_gazebo_launch(monkeypatch, tmp_path, model="config/model/tiny.yaml")
+    nodes = {(a.kwargs["package"], a.kwargs["executable"]): a for a in actions if type(a).__name__ == "Node"}
+    desc = nodes[("robot_state_publisher", "robot_state_publisher")].kwargs["parameters"][0]["robot_description"]
+    assert "gz_ros2_control/GazeboSimSystem" in desc
+    controllers = str(ROOT / "config" / "ros2_controllers.yaml")
+    assert f"<parameters>{controllers}</parameters>" in desc
+    spawned = nodes[("controller_manager", "spawner")].kwargs["arguments"]
+    assert spawned == ["joint_state_broadcaster", "left_arm_controller", "right_arm_controller",
+                       "--param-file", controllers]
+    bridged = nodes[("ros_gz_bridge", "parameter_bridge")].kwargs["arguments"]
+    assert "/clock@rosgraph_msgs/msg/Clock[gz.msgs.Clock" in bridged and len(bridged) == 4
+    includes = [a for a in actions if type(a).__name__ == "IncludeLaunchDescription"]
+    ours = [i for i in includes if i.args[0].args[0].endswith("bimanual.launch.py")]
+    assert len(ours) == 1 and Path(ours[0].args[0].args[0]).is_file()
+    arguments = dict(ours[0].kwargs["launch_arguments"])
+    assert arguments["robot_state_publisher"] == "false" and arguments["use_sim_time"] == "true"
+    assert arguments["sim"] == "false" and arguments["model"] == "config/model/tiny.yaml"
+
+
+def test_gazebo_launch_picks_the_position_controllers_for_a_position_config(monkeypatch, tmp_path):
+    import yaml
+
+    params = yaml.safe_load(CONFIG.read_text())
+    shared = params["/**"]["ros__parameters"]
+    shared["command_interface"] = "position"
+    shared["command_topics"] = ["left_arm_controller/commands", "right_arm_controller/commands"]
+    config = tmp_path / "position.yaml"
+    config.write_text(yaml.safe_dump(params))
+    actions = run_gazebo_launch(monkeypatch, tmp_path, config=str(config))
+    spawner = [a for a in actions if type(a).__name__ == "Node" and a.kwargs["executable"] == "spawner"][0]
+    assert spawner.kwargs["arguments"][-1] == str(ROOT / "config" / "ros2_controllers_position.yaml")
