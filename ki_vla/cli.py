@@ -1,6 +1,8 @@
 """`ki-vla SUBCOMMAND ...`: one entry point; each subcommand lives beside the code it drives.
 
-A subcommand module exposes `help: str`, `add_arguments(parser)` and `run(args) -> int`.
+A subcommand module exposes `help: str`, `add_arguments(parser)` and `run(args) -> int`. It is named
+`<package>/cli.py` for the package's one command (`ki_vla.train.cli`, which torchrun also runs), or
+`<package>/cli/<command>.py` for a package with several (`ki_vla.eval.cli.sim`).
 """
 from __future__ import annotations
 
@@ -15,14 +17,14 @@ import sys
 SUBCOMMANDS = {
     "fit-tokenizer": "ki_vla.tokenizer.cli",
     "info": "ki_vla.model.cli",
-    "convert-bag": "ki_vla.data.convert_cli",
+    "convert-bag": "ki_vla.data.cli",
     "train": "ki_vla.train.cli",
     "collect": "ki_vla.sim.cli",
-    "eval-bag": "ki_vla.eval.bag_cli",
-    "eval-sim": "ki_vla.eval.sim_cli",
-    "eval-rollout": "ki_vla.eval.rollout_cli",
-    "learning-curve": "ki_vla.eval.curve_cli",
-    "bench": "ki_vla.infer.bench_cli",
+    "eval-bag": "ki_vla.eval.cli.bag",
+    "eval-sim": "ki_vla.eval.cli.sim",
+    "eval-rollout": "ki_vla.eval.cli.rollout",
+    "learning-curve": "ki_vla.eval.cli.curve",
+    "bench": "ki_vla.infer.cli",
 }
 
 

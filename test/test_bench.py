@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ki_vla.infer import bench_cli
+from ki_vla.infer import cli as bench_cli
 from ki_vla.infer.flops import GPU_PEAKS, inference_floor
 from ki_vla.model.config import PolicyConfig
 

@@ -113,7 +113,7 @@ def test_learning_curve_evaluates_every_checkpoint(tmp_path):
     """Two checkpoints of a (random-weight) run: one point each, on the same seeds, plot and report written."""
     from ki_vla import KIPolicy, PolicyConfig
     from ki_vla.cli import main
-    from ki_vla.eval.curve_cli import checkpoints
+    from ki_vla.eval.cli.curve import checkpoints
 
     torch.manual_seed(0)
     policy = KIPolicy(PolicyConfig.from_yaml("config/model/tiny.yaml"))

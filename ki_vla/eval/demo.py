@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def eval_arguments(args: argparse.Namespace, checkpoint: Path, report: Path) -> argparse.Namespace:
     """The demo's evaluation is exactly `ki-vla eval-sim` with these arguments (parsed by eval-sim's own parser)."""
-    from ki_vla.eval import sim_cli
+    from ki_vla.eval.cli import sim as sim_cli
 
     h, w = args.image_size
     parser = argparse.ArgumentParser()
@@ -72,7 +72,7 @@ def _timed(label: str, times: dict[str, float], fn):
 
 
 def run_demo(argv: list[str] | None = None) -> int:
-    from ki_vla.eval import sim_cli
+    from ki_vla.eval.cli import sim as sim_cli
     from ki_vla.eval.closed_loop import describe_outcomes
     from ki_vla.eval.report import Report, check_report_target, fmt, line_plot
     from ki_vla.sim.collect import CollectConfig, collect_dataset

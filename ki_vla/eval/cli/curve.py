@@ -17,7 +17,7 @@ help = "success rate against training step: evaluates a run's saved checkpoints 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ki_vla.eval.rollout_cli import add_rollout_arguments
+    from ki_vla.eval.cli.rollout import add_rollout_arguments
 
     parser.add_argument("--run", required=True, help="a training output folder (holds checkpoints/step_N/)")
     parser.add_argument("--out", required=True, help="folder for curve.json, curve.png and report.md")
@@ -90,7 +90,7 @@ def plot(points: list[dict], losses: list[dict], title: str, path: Path) -> None
 def run(args: argparse.Namespace) -> int:
     from ki_vla.atomic import write_json_atomic
     from ki_vla.eval.rollout import evaluate, summarize
-    from ki_vla.eval.rollout_cli import rollout_config
+    from ki_vla.eval.cli.rollout import rollout_config
 
     cfg = rollout_config(args)
     run_dir = Path(args.run)
