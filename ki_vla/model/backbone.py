@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import types
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -229,10 +230,15 @@ class VLMBackbone(nn.Module):
         return hidden @ self.language_model.embed_tokens.weight.T
 
 
+class LayerOutput(NamedTuple):
+    x: torch.Tensor  # (B, L, W) hidden states after the layer
+    k: torch.Tensor  # (B, Hkv, L_past + L, D) keys, post-RoPE
+    v: torch.Tensor  # (B, Hkv, L_past + L, D) values
+
+
 def _decoder_layer_forward(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                           past: KV | None = None,
-                           kv_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Llama/Gemma decoder layer: pre-norm attention with RoPE, then the MLP; returns (x, K, V) post-RoPE.
+                           past: KV | None = None, kv_only: bool = False) -> LayerOutput:
+    """One Llama/Gemma decoder layer: pre-norm attention with RoPE, then the MLP.
     mask: in `attend`'s layout (`sdpa_mask`).
     kv_only: return right after the K/V (x unchanged): a caller that needs no hidden state past this layer."""
     attn = layer.self_attn
@@ -243,7 +249,7 @@ def _decoder_layer_forward(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor
         k = torch.cat([past[0], k], dim=2)
         v = torch.cat([past[1], v], dim=2)
     if kv_only:
-        return x, k, v
+        return LayerOutput(x, k, v)
     x = x + attn.o_proj(attend(q, k, v, mask))
     x = x + gated_mlp(layer.mlp, layer.post_attention_layernorm(x))
-    return x, k, v
+    return LayerOutput(x, k, v)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +40,14 @@ CONFIG = "config.yaml"
 NORMALIZER = "normalizer.json"
 TEXT_TOKENIZER = "text_tokenizer"
 FAST_TOKENIZER = "fast_tokenizer"
+
+
+class ExpertInputs(NamedTuple):
+    """What the expert's H tokens need from the prefix, the same for every denoising step of a chunk."""
+
+    mask: torch.Tensor  # (B, H, L_p + H) in `attend`'s layout (sdpa_mask)
+    cos: torch.Tensor   # RoPE tables of the H positions after the valid prefix
+    sin: torch.Tensor
 
 
 class KIPolicy(nn.Module):
@@ -127,7 +135,7 @@ class KIPolicy(nn.Module):
         hidden, kv = self.backbone(emb, mask, positions_from_valid(valid), kv_only=not with_targets)
         return hidden, [(k[:, :, :lp], v[:, :, :lp]) for k, v in kv], valid[:, :lp]
 
-    def expert_inputs(self, prefix_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def expert_inputs(self, prefix_valid: torch.Tensor) -> ExpertInputs:
         """The expert's attention mask (B, H, L_p + H), in `attend`'s layout (`sdpa_mask`), and RoPE tables for its
         H tokens, whose positions continue after the valid prefix. They depend on the prefix only, so a denoising
         loop computes them once."""
@@ -138,11 +146,12 @@ class KIPolicy(nn.Module):
         positions = offset[:, None] + torch.arange(h, device=prefix_valid.device)[None, :]
         like = torch.empty((), dtype=self.backbone.dtype, device=prefix_valid.device)
         cos, sin = self.backbone.rope(positions, like)
-        return sdpa_mask(mask, self.cfg.text.num_heads // self.cfg.text.num_kv_heads), cos, sin
+        return ExpertInputs(sdpa_mask(mask, self.cfg.text.num_heads // self.cfg.text.num_kv_heads), cos, sin)
 
     def _expert_velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], prefix_valid: torch.Tensor,
                          state: torch.Tensor | None = None) -> torch.Tensor:
-        return self.expert(x_t, t, prefix_kv, *self.expert_inputs(prefix_valid), state=state)
+        return self.expert(x_t, self.expert.step_conditioning(t), prefix_kv, *self.expert_inputs(prefix_valid),
+                           state=state)
 
     def _with_keypoints(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`batch` plus its keypoint coordinates (B, N_cam * K * 2), computed once for the keypoint token and the

@@ -8,18 +8,26 @@ of them, so the count matters. The layer code calls `project_qkv` / `gated_mlp`,
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 
-def project_qkv(attn: nn.Module, h: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, L, W) -> q (B, Hq, L, D), k and v (B, Hkv, L, D)."""
+class QKV(NamedTuple):
+    q: torch.Tensor  # (B, Hq, L, D)
+    k: torch.Tensor  # (B, Hkv, L, D)
+    v: torch.Tensor  # (B, Hkv, L, D)
+
+
+def project_qkv(attn: nn.Module, h: torch.Tensor, head_dim: int) -> QKV:
+    """(B, L, W) -> the heads' queries, keys and values."""
     if hasattr(attn, "qkv_proj"):
         q, k, v = attn.qkv_proj(h).split(attn.qkv_sizes, dim=-1)
     else:
         q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
     shape = (*h.shape[:2], -1, head_dim)
-    return q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)
+    return QKV(q.view(shape).transpose(1, 2), k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2))
 
 
 def gated_mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
