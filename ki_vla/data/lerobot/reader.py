@@ -1,3 +1,17 @@
+# Copyright 2026 ki_vla_ros maintainers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Reading LeRobot datasets: v3.0 and v2.x (v2.0/v2.1) layouts (ki_vla.data.lerobot.format), frames and
 videos decoded per episode."""
 from __future__ import annotations
