@@ -183,7 +183,7 @@ class PolicyConfig:
         for name, cls in (("vision", VisionConfig), ("text", TextConfig), ("expert", ExpertConfig)):
             value = getattr(self, name)
             if isinstance(value, dict):
-                setattr(self, name, _from_dict(cls, value, name))
+                setattr(self, name, build(cls, value, name))
         self.camera_names = tuple(self.camera_names)
         self.time_beta = tuple(self.time_beta)
         self.absolute_action_dims = tuple(int(i) for i in self.absolute_action_dims)
@@ -252,7 +252,7 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PolicyConfig":
-        return _from_dict(cls, data, "PolicyConfig")
+        return build(cls, data, "PolicyConfig")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -307,7 +307,3 @@ def check_noise_scale(scale: float) -> float:
     if not 0.0 <= scale <= 1.0:
         raise ValueError(f"noise_scale must be in [0, 1], got {scale}")
     return scale
-
-
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    return build(cls, data, where)
