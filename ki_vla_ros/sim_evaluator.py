@@ -35,7 +35,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import Image
-from std_msgs.msg import Int64, String, UInt32
+from std_msgs.msg import Float64MultiArray, Int64, String, UInt32
 from trajectory_msgs.msg import JointTrajectory
 
 from ki_vla.atomic import write_json_atomic
@@ -61,7 +61,8 @@ class SimEvaluatorConfig:
     step_topic: str = "/sim/step"
     lockstep_kick: bool = False              # lockstep sim: send one /sim/step after each reset to start the loop
     chunk_topic: str = "/ki_vla/action_chunk"
-    command_topic: str = f"/{TRAJECTORY_TOPICS[0]}"   # its first points give the jerk
+    command_topic: str = f"/{TRAJECTORY_TOPICS[0]}"   # one controller's commands: the control rate and the jerk
+    command_interface: str = "trajectory"    # what is on command_topic (the executor's): trajectory | position
     plan_topic: str = "/ki_vla/executor_plan"   # the executor's plan at each accepted chunk: the switch jumps
     executor_node: str = "executor_node"     # whose /diagnostics chunk counts (accepted / rejected) are read
     ready_timeout: float = 180.0             # wall seconds to wait for the first chunk (model load, warm-up)
@@ -69,6 +70,8 @@ class SimEvaluatorConfig:
     def validate(self) -> None:
         if self.episodes < 1 or self.max_seconds <= 0 or self.video_every < 1 or self.videos < 0:
             raise ValueError("episodes >= 1, max_seconds > 0, video_every >= 1 and videos >= 0 are required")
+        if self.command_interface not in ("trajectory", "position"):
+            raise ValueError(f"command_interface must be trajectory or position, got {self.command_interface!r}")
 
 
 class SimEvaluator(Node):
@@ -95,7 +98,10 @@ class SimEvaluator(Node):
         self.step_pub = self.create_publisher(UInt32, self.cfg.step_topic, RELIABLE_QOS)
         self.create_subscription(String, self.cfg.status_topic, self._on_status, RELIABLE_QOS)
         self.create_subscription(JointTrajectory, self.cfg.chunk_topic, self._on_chunk, RELIABLE_QOS)
-        self.create_subscription(JointTrajectory, self.cfg.command_topic, self._on_command, RELIABLE_QOS)
+        if self.cfg.command_interface == "trajectory":
+            self.create_subscription(JointTrajectory, self.cfg.command_topic, self._on_command, RELIABLE_QOS)
+        else:
+            self.create_subscription(Float64MultiArray, self.cfg.command_topic, self._on_command, RELIABLE_QOS)
         if self.cfg.plan_topic:
             self.create_subscription(JointTrajectory, self.cfg.plan_topic, self._on_plan, RELIABLE_QOS)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
@@ -117,11 +123,14 @@ class SimEvaluator(Node):
                 ep.chunks += 1
                 ep.latency_ms.append((now_sec(self) - to_sec(msg.header.stamp)) * 1e3)
 
-    def _on_command(self, msg: JointTrajectory) -> None:
+    def _on_command(self, msg: JointTrajectory | Float64MultiArray) -> None:
+        """A controller command: a trajectory's first point, or a position controller's setpoint."""
         with self._lock:
             if self.tracker.running:
                 self._command_times.append(now_sec(self))
-                if msg.points:
+                if isinstance(msg, Float64MultiArray):
+                    self._commands.append(np.asarray(msg.data, dtype=np.float64))
+                elif msg.points:
                     self._commands.append(np.asarray(msg.points[0].positions, dtype=np.float64))
 
     def _on_plan(self, msg: JointTrajectory) -> None:

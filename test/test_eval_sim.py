@@ -14,6 +14,7 @@
 
 """Closed-loop evaluation: episode bookkeeping and statistics, and one short episode through the real ROS graph."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,21 @@ def test_outcomes_described_stage_by_stage():
     assert "Most failures (3 of 4) stopped after it lifted it off the table" in text
     assert "Most failures" not in describe_outcomes([4, 4], "transfer_cube")
     assert describe_outcomes([], "transfer_cube") == "" and describe_outcomes([1], "unknown") == ""
+
+
+def test_the_evaluator_measures_the_executors_command_topic():
+    """Control rate and jerk come from the topic and message type the executor really publishes (a position
+    config used to leave them unmeasured: the evaluator listened for trajectories that never came)."""
+    import yaml
+
+    from ki_vla.eval.cli.sim import _measured_commands
+
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "config" / "bimanual.yaml").read_text())
+    assert _measured_commands(params) == ("/left_arm_controller/joint_trajectory", "trajectory")
+    params["executor_node"]["ros__parameters"].update(
+        command_interface="position", command_topics=["left_arm_controller/commands", "right_arm_controller/commands"])
+    assert _measured_commands(params) == ("/left_arm_controller/commands", "position")
+    vx = yaml.safe_load((root / "config" / "vx300s.yaml").read_text())
+    topic, interface = _measured_commands(vx)
+    assert topic.startswith("/follower_left/") and interface == "trajectory"

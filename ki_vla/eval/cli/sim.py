@@ -34,6 +34,7 @@ from ki_vla.configs import load_yaml
 from ki_vla.cli import parse_image_size
 from ki_vla.procs import ros_env, write_ros_params
 from ki_vla.eval.rollout import STRATEGIES
+from ki_vla.joints import TRAJECTORY_TOPICS
 from ki_vla.model.config import check_noise_scale
 
 help = "closed-loop evaluation in the MuJoCo sim through the ROS 2 graph (success rate with 95% CI, videos, report)"
@@ -86,6 +87,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the same seeds to see whether the other instruction moves the other cube")
     parser.add_argument("--startup-timeout", type=float, default=240.0, help="wall seconds for the graph to come up")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _measured_commands(params: dict) -> tuple[str, str]:
+    """The first controller's command topic and the interface on it, as the executor reads them (its own section
+    over the shared one): the evaluator measures the control rate and jerk there."""
+    ex = {**(params.get("/**") or {}).get("ros__parameters", {}), **params["executor_node"]["ros__parameters"]}
+    topics = ex.get("command_topics") or list(TRAJECTORY_TOPICS)
+    topic = str(topics[0])
+    return (topic if topic.startswith("/") else f"/{topic}"), str(ex.get("command_interface", "trajectory"))
 
 
 def _graph_params(args: argparse.Namespace, model: Path, pcfg) -> dict:
@@ -164,6 +174,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     params_file = work / "graph.yaml"
     params = _graph_params(args, model, pcfg)
     write_ros_params(params, params_file)
+    command_topic, command_interface = _measured_commands(params)
     results_file = work / "results.json"
     env = ros_env()
     graph_log, eval_log = work / "graph.log", work / "evaluator.log"
@@ -173,7 +184,8 @@ def evaluate(args: argparse.Namespace) -> dict:
                 *p("output", str(results_file)), *p("videos", args.videos),
                 *p("ready_timeout", float(args.startup_timeout)),
                 *p("video_topic", f"/{pcfg.camera_names[0]}/image_raw"),
-                *p("lockstep_kick", str(args.mode == "lockstep").lower())]
+                *p("lockstep_kick", str(args.mode == "lockstep").lower()),
+                *p("command_topic", command_topic), *p("command_interface", command_interface)]
     graph_cmd = [sys.executable, "-m", "ki_vla_ros.cli", "up", "--config", str(params_file), "--sim"]
     start = time.perf_counter()
     graph = procs.start(graph_cmd, graph_log, ros_env(images=False))   # `up` sets each node's transport
