@@ -195,7 +195,8 @@ class InferenceEngine:
         committed = torch.arange(horizon, device=self.device)[None, :, None] < delay
         for i, cond in enumerate(self.conditioning):
             def velocity(xi: torch.Tensor, cond: StepConditioning = cond) -> torch.Tensor:
-                return expert(xi, cond, buf.kv, buf.mask, buf.cos, buf.sin, state=buf.state).float()
+                return expert(xi, None, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True, conditioning=cond,
+                              state=buf.state).float()
 
             if method == "guided":
                 v = guided_step(velocity, x, 1.0 + i * dt, buf.guide_target, buf.guide_weights, beta)
@@ -203,8 +204,7 @@ class InferenceEngine:
                 x = torch.where(committed, buf.guide_target, x)
                 t = torch.full((self.batch_size,), 1.0 + i * dt, device=self.device)
                 t_tok = prefix_times(t, horizon, torch.full((self.batch_size,), delay, device=self.device))
-                v = expert(x, expert.step_conditioning(t_tok), buf.kv, buf.mask, buf.cos, buf.sin,
-                           state=buf.state).float()
+                v = expert(x, t_tok, buf.kv, buf.mask, buf.cos, buf.sin, kv_is_buffer=True, state=buf.state).float()
             else:
                 v = velocity(x)
             x = x + dt * v * buf.dims

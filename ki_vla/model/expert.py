@@ -52,12 +52,9 @@ class Modulation(NamedTuple):
 
 @dataclass
 class StepConditioning:
-    """Everything the flow time contributes to one denoising step: the expert's only way to read the time.
-
-    One path for training and inference: `ActionExpert.step_conditioning(t)` makes it, `forward` reads it. The
-    inference engine's time schedule is fixed, so it makes these once per engine and each step skips the time
-    MLP and every adaRMS `dense` (2 x layers + 1 small GEMMs per step at pi0.5 size); training makes them per
-    batch, with gradients.
+    """Everything the flow time contributes to one denoising step, computed once: the inference engine's time
+    schedule is fixed, so these are constants of the engine, and each step skips the time MLP and every adaRMS
+    `dense` (2 x layers + 1 small GEMMs per step at pi0.5 size).
 
     norms: adaRMS, per layer (input norm, post-attention norm) modulations; final: the output norm's.
     time_bias: MLP time conditioning (pi0), the time half of action_time_mlp_in plus its bias, (B, 1, W).
@@ -90,22 +87,25 @@ class RMSNorm(nn.Module):
             nn.init.zeros_(self.dense.bias)
 
     def modulation(self, cond: torch.Tensor) -> Modulation:
-        """From the time conditioning (B, cond_dim), or a per-token one (B, H, cond_dim) (training-time RTC: the
-        committed prefix is at flow time 0)."""
+        """(scale, shift, gate), each (B, 1, W) float32, from the time conditioning (B, cond_dim); (B, H, W) from a
+        per-token conditioning (B, H, cond_dim) (training-time RTC: the committed prefix is at flow time 0)."""
         out = self.dense(cond)
         return Modulation(*(out[:, None, :] if out.dim() == 2 else out).float().chunk(3, dim=-1))
 
-    def forward(self, x: torch.Tensor,
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
                 modulation: Modulation | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The normalized x and the residual gate (None for a plain norm). An adaptive norm needs `modulation`."""
+        """modulation: precomputed `self.modulation(cond)` (the engine's fixed schedule); replaces cond."""
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.dense is None:
             w = self.weight.float()
             return (normed * ((1.0 + w) if self.gemma_style else w)).to(x.dtype), None
         if modulation is None:
-            raise ValueError("adaptive RMSNorm needs the time conditioning (ActionExpert.step_conditioning)")
-        return (normed * (1.0 + modulation.scale) + modulation.shift).to(x.dtype), modulation.gate.to(x.dtype)
+            if cond is None:
+                raise ValueError("adaptive RMSNorm needs the time conditioning")
+            modulation = self.modulation(cond)
+        scale, shift, gate = modulation
+        return (normed * (1.0 + scale) + shift).to(x.dtype), gate.to(x.dtype)
 
 
 def open_time_gates(module: nn.Module, weight_std: float = 0.05, bias_mean: float = 0.5, bias_std: float = 0.1) -> None:
@@ -155,33 +155,28 @@ class ExpertLayer(nn.Module):
         self.input_layernorm = RMSNorm(ec.hidden_size, tc.rms_norm_eps, gemma, cond_dim)
         self.post_attention_layernorm = RMSNorm(ec.hidden_size, tc.rms_norm_eps, gemma, cond_dim)
 
-    def forward(self, x: torch.Tensor, prefix_kv: KV, mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, prefix_kv: KV, mask: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False,
                 modulation: tuple[Modulation, Modulation] | None = None) -> torch.Tensor:
-        """modulation: the adaRMS modulations of the two norms (StepConditioning.norms; None without adaRMS)."""
+        """kv_is_buffer: `prefix_kv` are preallocated (B, Hkv, L_prefix + H, D) buffers holding the prefix; the
+        layer writes its own K/V into the tail in place instead of concatenating (the inference engine's path).
+        modulation: precomputed adaRMS modulations of the two norms (see StepConditioning)."""
         attn = self.self_attn
         mod_in, mod_post = modulation if modulation is not None else (None, None)
-        h, gate = self.input_layernorm(x, mod_in)
+        h, gate = self.input_layernorm(x, cond, mod_in)
         q, k, v = project_qkv(attn, h, attn.head_dim)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        keys, values = with_own_kv(prefix_kv, k, v, mask.shape[-1])
+        if kv_is_buffer:
+            keys, values = prefix_kv
+            own = keys.shape[2] - k.shape[2]
+            keys[:, :, own:].copy_(k)
+            values[:, :, own:].copy_(v)
+        else:
+            keys = torch.cat([prefix_kv[0].to(k.dtype), k], dim=2)
+            values = torch.cat([prefix_kv[1].to(v.dtype), v], dim=2)
         x = gated_residual(x, attn.o_proj(attend(q, keys, values, mask)), gate)
-        h, gate = self.post_attention_layernorm(x, mod_post)
+        h, gate = self.post_attention_layernorm(x, cond, mod_post)
         return gated_residual(x, self.mlp(h), gate)
-
-
-def with_own_kv(prefix_kv: KV, k: torch.Tensor, v: torch.Tensor, length: int) -> KV:
-    """The keys and values the expert's H tokens attend over: the prefix's, then their own (`length` in all).
-
-    `prefix_kv` either holds the prefix alone (training, `sample_actions`: the own K/V are appended) or is the
-    inference engine's preallocated (B, Hkv, length, D) buffer with room for them at its tail (written in place:
-    CUDA graphs need fixed addresses, and no copy of the prefix is made per step). Told apart by length.
-    """
-    keys, values = prefix_kv
-    if keys.shape[2] == length:
-        keys[:, :, length - k.shape[2]:].copy_(k)
-        values[:, :, length - v.shape[2]:].copy_(v)
-        return keys, values
-    return torch.cat([keys.to(k.dtype), k], dim=2), torch.cat([values.to(v.dtype), v], dim=2)
 
 
 def sinusoidal_time_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3,
@@ -264,8 +259,20 @@ class ActionExpert(nn.Module):
             context = context + self.film_gain(instruction) * self.film_keypoints(state[:, -n_kp:])
         return x + context[:, None, :]
 
+    def embed(self, noisy_actions: torch.Tensor, t: torch.Tensor,
+              state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, H, max_action_dim), (B,) -> action tokens (B, H, W) and the adaRMS conditioning (B, W) or None.
+        t may be per token (B, H) (training-time RTC), the conditioning then (B, H, W).
+        state: (B, state_dim) normalized, read only with `expert.state_input`."""
+        x = self._action_tokens(noisy_actions, state)
+        temb = self._time_embedding(t)
+        if self.cfg.expert.time_conditioning == "adarms":
+            return x, self._adarms_cond(temb)
+        mixed = torch.cat([x, (temb[:, None, :] if temb.dim() == 2 else temb).expand_as(x)], dim=-1)
+        return self.action_time_mlp_out(nn.functional.silu(self.action_time_mlp_in(mixed))), None
+
     def step_conditioning(self, t: torch.Tensor) -> StepConditioning:
-        """The time's part of a step at flow time t: (B,), or per token (B, H) (training-time RTC)."""
+        """The time-only part of a step at flow time t (B,), for `forward(..., conditioning=...)`."""
         temb = self._time_embedding(t)
         if self.cfg.expert.time_conditioning == "adarms":
             cond = self._adarms_cond(temb)
@@ -273,29 +280,41 @@ class ActionExpert(nn.Module):
                 norms=[(layer.input_layernorm.modulation(cond), layer.post_attention_layernorm.modulation(cond))
                        for layer in self.layers],
                 final=self.norm.modulation(cond))
-        # pi0's MLP time conditioning: [x ; temb] @ W_in^T + b == x @ W_in[:, :W]^T + (temb @ W_in[:, W:]^T + b),
-        # the bracket being the time's part
         width = self.cfg.expert.hidden_size
         lin = self.action_time_mlp_in
-        bias = nn.functional.linear(temb, lin.weight[:, width:], lin.bias)
-        return StepConditioning(time_bias=bias[:, None, :] if bias.dim() == 2 else bias)
+        return StepConditioning(time_bias=nn.functional.linear(temb, lin.weight[:, width:], lin.bias)[:, None, :])
 
-    def forward(self, noisy_actions: torch.Tensor, conditioning: StepConditioning, prefix_kv: list[KV],
-                mask: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                state: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, H, max_action_dim) noisy actions at the flow time `conditioning` was made for
-        (`step_conditioning(t)`) -> the predicted velocity (B, H, max_action_dim).
-        mask, cos, sin: KIPolicy.expert_inputs (built once per chunk); prefix_kv: see `with_own_kv`.
-        state: (B, expert_context_dim) context (KIPolicy.expert_context; needed with `expert.state_input`)."""
-        x = self._action_tokens(noisy_actions, state)
-        if conditioning.time_bias is not None:  # pi0: the action half of action_time_mlp_in + the time's part
-            w_in = self.action_time_mlp_in.weight[:, :self.cfg.expert.hidden_size]
-            x = self.action_time_mlp_out(nn.functional.silu(nn.functional.linear(x, w_in) + conditioning.time_bias))
-        mods = conditioning.norms or [None] * len(self.layers)
+    def forward(self, noisy_actions: torch.Tensor, t: torch.Tensor | None, prefix_kv: list[KV], mask: torch.Tensor,
+                cos: torch.Tensor, sin: torch.Tensor, kv_is_buffer: bool = False,
+                conditioning: StepConditioning | None = None, state: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: `sdpa_mask` of the (B, H, L_prefix + H) bool mask (KIPolicy.expert_inputs builds it once per
+        chunk). Returns the predicted velocity (B, H, max_action_dim).
+        conditioning: `step_conditioning(t)` computed in advance (then t is not needed): the inference engine's
+        fixed schedule. Training passes t instead, and the time MLP and every adaRMS `dense` run inside the forwards
+        of the modules that own them, because under FSDP2 (`fully_shard` per layer) a layer's weights are gathered
+        only within its own forward (tried: precomputing in training failed `test_torchrun_two_processes_gloo[fsdp]`
+        with "mixed torch.Tensor and DTensor").
+        state: (B, state_dim) normalized robot state (needed with `expert.state_input`)."""
+        if conditioning is None:
+            x, cond = self.embed(noisy_actions, t, state)
+            mods: list = [None] * len(self.layers)
+        else:
+            x, cond = self._embed_conditioned(noisy_actions, conditioning, state), None
+            mods = conditioning.norms or [None] * len(self.layers)
         for layer, kv, mod in zip(self.layers, prefix_kv, mods, strict=True):
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, kv, mask, cos, sin, mod, use_reentrant=False)
+                x = checkpoint(layer, x, cond, kv, mask, cos, sin, use_reentrant=False)
             else:
-                x = layer(x, kv, mask, cos, sin, mod)
-        x, _ = self.norm(x, conditioning.final)
+                x = layer(x, cond, kv, mask, cos, sin, kv_is_buffer, mod)
+        x, _ = self.norm(x, cond, conditioning.final if conditioning is not None else None)
         return self.action_out_proj(x)
+
+    def _embed_conditioned(self, noisy_actions: torch.Tensor, conditioning: StepConditioning,
+                           state: torch.Tensor | None) -> torch.Tensor:
+        x = self._action_tokens(noisy_actions, state)
+        if self.cfg.expert.time_conditioning == "adarms":
+            return x
+        # [x ; temb] @ W_in^T + b  ==  x @ W_in[:, :W]^T + (temb @ W_in[:, W:]^T + b), the bracket precomputed
+        width = self.cfg.expert.hidden_size
+        h = nn.functional.linear(x, self.action_time_mlp_in.weight[:, :width]) + conditioning.time_bias
+        return self.action_time_mlp_out(nn.functional.silu(h))

@@ -164,8 +164,7 @@ class KIPolicy(nn.Module):
 
     def _expert_velocity(self, x_t: torch.Tensor, t: torch.Tensor, prefix_kv: list[KV], prefix_valid: torch.Tensor,
                          state: torch.Tensor | None = None) -> torch.Tensor:
-        return self.expert(x_t, self.expert.step_conditioning(t), prefix_kv, *self.expert_inputs(prefix_valid),
-                           state=state)
+        return self.expert(x_t, t, prefix_kv, *self.expert_inputs(prefix_valid), state=state)
 
     def _with_keypoints(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`batch` plus its keypoint coordinates (B, N_cam * K * 2), computed once for the keypoint token and the
