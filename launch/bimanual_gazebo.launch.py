@@ -56,21 +56,22 @@ def _share(package: str) -> str:
 
 def _robot(context, *args, **kwargs):
     from ki_vla.joints import CAMERA_NAMES
+    from ki_vla_ros.config import NODE_CONFIGS, load_node_config
     from ki_vla_ros.description import ros2_control_description
 
     config = _path(LaunchConfiguration("config").perform(context))
     gui = LaunchConfiguration("gui").perform(context).strip().lower() in ("1", "true", "yes", "on")
     with open(config) as f:
         params = yaml.safe_load(f)
-    shared = params.get("/**", {}).get("ros__parameters", {})
-    controllers = LaunchConfiguration("controllers").perform(context) or CONTROLLERS[
-        shared.get("command_interface", "trajectory")]
+    # what the executor will command, read the way the executor reads it (its section over the shared one, validated)
+    executor = load_node_config(NODE_CONFIGS["executor_node"], config, "executor_node")
+    controllers = LaunchConfiguration("controllers").perform(context) or CONTROLLERS[executor.command_interface]
     controllers = _path(controllers)
     rsp = params.get("robot_state_publisher", {}).get("ros__parameters", {})
     with open(_path(rsp.get("urdf_path", "urdf/aloha_vx300s.urdf"))) as f:
         description = ros2_control_description(f.read(), "gazebo", controllers_file=controllers)
     # the controllers the executor commands: "<controller>/<topic>" in command_topics
-    commanded = [t.strip("/").split("/")[0] for t in shared.get("command_topics", [])]
+    commanded = [t.strip("/").split("/")[0] for t in executor.command_topics]
     world = LaunchConfiguration("world").perform(context)
     return [
         IncludeLaunchDescription(
