@@ -39,6 +39,7 @@ SUBCOMMANDS = {
     "eval-rollout": "ki_vla.eval.cli.rollout",
     "learning-curve": "ki_vla.eval.cli.curve",
     "bench": "ki_vla.infer.cli",
+    "study": "ki_vla.study.cli",
 }
 
 
