@@ -42,7 +42,7 @@ help = "the knowledge-insulation study: ki, joint, pi0, frozen, pi0_fast, ki_cot
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="study folder (data, one folder per variant, report.md)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per variant (default 200)")
+    parser.add_argument("--steps", type=int, default=150, help="training steps per variant (default 150)")
     parser.add_argument("--task", default="transfer_color", choices=("transfer_color",),
                         help="sim task (language following needs the colour instruction)")
     parser.add_argument("--dataset", default=None, help="an existing LeRobot dataset of the task (default: collect)")
