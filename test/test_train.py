@@ -83,6 +83,15 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     a = KIPolicy.from_pretrained(full / "final").state_dict()
     b = KIPolicy.from_pretrained(split / "final").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the same Trainer called again continues where it stopped (segments with evaluations between them)
+    segmented = tmp_path / "segmented"
+    trainer = Trainer(config(dataset, segmented, save_every=5, max_steps=12))
+    trainer.train(until=4)
+    rows = trainer.train(until=9) + trainer.train()
+    assert [r["step"] for r in rows][-1] == 12 and min(r["step"] for r in rows) > 4
+    assert losses(segmented) == losses(full)
+    c = KIPolicy.from_pretrained(segmented / "final").state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 @pytest.mark.parametrize("variant", ["pi0", "joint", "frozen", "pi0_fast"])

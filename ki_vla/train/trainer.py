@@ -420,7 +420,9 @@ class Trainer:
 
     def train(self, until: int | None = None) -> list[dict[str, float]]:
         """Run to max_steps, or stop after step `until` (checkpointed, resumable: splits a job over time-limited
-        allocations). Returns the logged metric rows of this run."""
+        allocations). Calling it again on the same Trainer continues from the step the last call stopped at (an
+        evaluation between segments, as `ki-vla study` does, sees the weights of that step). Returns the logged
+        metric rows of this run."""
         cfg, env = self.cfg, self.env
         stop = min(cfg.max_steps, until) if until is not None else cfg.max_steps
         history: list[dict[str, float]] = []
@@ -516,6 +518,7 @@ class Trainer:
             if step == cfg.max_steps:
                 self._export_final(step)
         finally:
+            self.start_step = step  # the next call continues here (its metrics appended, not rewritten)
             if old_term is not None:
                 signal.signal(signal.SIGTERM, old_term)
             batches.close()  # stops DataLoader workers when the loop ends early (until=, an exception)
