@@ -38,7 +38,7 @@ setup(
     packages=find_packages(include=["ki_vla", "ki_vla.*", "ki_vla_ros", "ki_vla_ros.*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
-        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}", ["package.xml", "LICENSE"]),
         share("launch", "launch/*.py"),
         share("config", "config/*.yaml"),
         share("config/model", "config/model/*.yaml"),

@@ -35,3 +35,14 @@ def test_every_source_file_has_the_licence_header():
                 and head[-1] == "# limitations under the License."):
             missing.append(str(path.relative_to(ROOT)))
     assert missing == [], f"no Apache-2.0 header (copy it from any other source file): {missing}"
+
+
+@pytest.mark.copyright
+@pytest.mark.linter
+def test_the_licence_text_ships_with_both_distributions():
+    """The full Apache-2.0 text beside the ROS package and inside the standalone `ki-vla` distribution (whose
+    pyproject names it), the same file in both places."""
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    assert (ROOT / "ki_vla" / "LICENSE").read_text() == text
+    assert 'license-files = ["LICENSE"]' in (ROOT / "ki_vla" / "pyproject.toml").read_text()

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from ki_vla import procs
 from ki_vla.paths import resolve
 
 VARIANTS = ("ki", "joint", "pi0", "frozen", "pi0_fast", "ki_cotrain")
@@ -128,11 +129,14 @@ def _run_child(spec: dict, folder: Path) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     spec_path = folder / "study_spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
-    with open(folder / "study_log.txt", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "ki_vla.study.run", str(spec_path)], stdout=log,
-                                stderr=subprocess.STDOUT)
+    # procs.start: the child dies with this process (a killed study leaves no training running behind it)
+    proc = procs.start([sys.executable, "-m", "ki_vla.study.run", str(spec_path)], folder / "study_log.txt")
+    try:
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory (Linux: ru_maxrss in KiB)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if proc.returncode is None and proc.poll() is None:
+            procs.stop(proc)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = (folder / "study_log.txt").read_text().splitlines()[-5:]
         raise RuntimeError(f"variant {spec['name']} failed (exit {proc.returncode}); see {folder / 'study_log.txt'}: "

@@ -56,6 +56,8 @@ def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         rows = trainer.train(until=int(stop))
         train_seconds += time.perf_counter() - t0
+        if trainer.preempted_at is not None:  # SIGTERM: the trainer checkpointed; no result for a partial run
+            raise SystemExit(f"[study] {spec['name']}: stopped by SIGTERM after step {trainer.preempted_at}")
         err = actions.action_errors(policy, samples, seed=seed)
         val = next((r for r in reversed(rows) if "val_flow" in r), {})
         curve.append({"step": int(stop), "action_mse": float(err.mean()), "val_flow": val.get("val_flow"),
