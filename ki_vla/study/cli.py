@@ -43,7 +43,7 @@ help = "the knowledge-insulation study: ki, joint, pi0, frozen, pi0_fast, ki_cot
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="study folder (data, one folder per variant, report.md)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
-    parser.add_argument("--steps", type=int, default=150, help="training steps per variant (default 150)")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per variant (default 100)")
     parser.add_argument("--task", default="transfer_color", choices=("transfer_color",),
                         help="sim task (language following needs the colour instruction)")
     parser.add_argument("--dataset", default=None, help="an existing LeRobot dataset of the task (default: collect)")
@@ -52,10 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="config/model/smol.yaml", help="model config (default: smol)")
     parser.add_argument("--image-size", type=int, default=96, help="model and data image size (default 96)")
     parser.add_argument("--cameras", default="cam_high", help="cameras the policy sees (default cam_high)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--segments", type=int, default=5, help="evaluations along training (default 5)")
-    parser.add_argument("--per-episode", type=int, default=8, help="held-out frames per held-out episode")
+    parser.add_argument("--segments", type=int, default=4, help="evaluations along training (default 4)")
+    parser.add_argument("--per-episode", type=int, default=6, help="held-out frames per held-out episode")
     parser.add_argument("--vlm-ratio", type=float, default=0.25, help="ki_cotrain: fraction of scene-question samples")
     parser.add_argument("--scenes", type=int, default=200, help="ki_cotrain: scenes rendered for questions")
     parser.add_argument("--target-fraction", type=float, default=0.5,
