@@ -62,13 +62,15 @@ def test_swap_colour_and_scene_questions():
 
 
 def _result(kl, final, true, swapped, seconds):
-    return {"retention": {"kl": kl}, "curve": [{"step": 10, "action_mse": final * 2}, {"step": 20, "action_mse": final}],
+    curve = [{"step": 10, "action_mse": final * 2}, {"step": 20, "action_mse": final}]
+    return {"retention": {"kl": kl}, "curve": curve,
             "language": {"true_mse": true, "swapped_mse": swapped}, "step_seconds": seconds}
 
 
 def test_verdicts_follow_the_numbers():
     results = {"ki": _result(0.01, 0.1, 0.1, 0.3, 1.2), "joint": _result(0.5, 0.1, 0.1, 0.1, 1.2),
                "pi0": _result(0.4, 0.4, 0.4, 0.4, 1.0), "frozen": _result(0.0, 0.5, 0.5, 0.5, 0.5)}
+
     def verdict(start):
         return next(r["verdict"] for r in report.claims(results, target=0.25) if r["claim"].startswith(start))
 
@@ -78,12 +80,13 @@ def test_verdicts_follow_the_numbers():
     assert verdict("KI costs") == "agrees"
     results["ki"]["retention"]["kl"] = 1.0
     assert verdict("Training the expert") == "does not agree"
-    assert report.steps_to(results["ki"]["curve"], 0.25) == 10 and report.steps_to(results["pi0"]["curve"], 0.25) is None
+    assert report.steps_to(results["ki"]["curve"], 0.25) == 10
+    assert report.steps_to(results["pi0"]["curve"], 0.25) is None
 
 
 def test_bad_variants_are_one_clear_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ki_vla.cli", "study", "--out", str(tmp_path), "--variants", "ki,nope"],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ki_vla.cli", "study", "--out", str(tmp_path),
+                           "--variants", "ki,nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--variants must be" in proc.stderr and "Traceback" not in proc.stderr
 
 
