@@ -34,8 +34,9 @@ _SWAP = {"red": "blue", "blue": "red"}
 
 
 def swap_colour(instruction: str) -> str:
-    """Swap the colour word: "transfer the red cube" -> "transfer the blue cube"; an instruction without a colour word is refused (the
-    swap would compare a prompt with itself)."""
+    """Swap the colour word: "transfer the red cube" -> "transfer the blue cube".
+
+    An instruction without a colour word is refused (the swap would compare a prompt with itself)."""
     swapped, n = re.subn(r"\b(red|blue)\b", lambda m: _SWAP[m.group(1)], instruction)
     if n == 0:
         raise ValueError(f"instruction {instruction!r} names no colour to swap (language following needs "
