@@ -16,8 +16,13 @@
 
 Configs name each other with repo-relative paths (`config/model/tiny.yaml`). They are looked up, in order,
 relative to the current directory, the colcon install's share/ki_vla_ros (via the ament index, when ROS is
-installed), the pip install's data files (sys.prefix/share/ki_vla_ros) and the source checkout this package
-runs from: a torchrun worker, a node started by `ros2 launch` and a user in another folder all find them.
+installed), the pip install's data files (sys.prefix/share/ki_vla_ros), the source checkout this package
+runs from and the package itself: a torchrun worker, a node started by `ros2 launch` and a user in another folder
+all find them.
+
+The model and training recipes (`config/model`, `config/train`) live in the package (`ki_vla/config/`, package
+data of the `ki-vla` distribution; the checkout's `config/model` and `config/train` are links to them), so a
+`pip install ./ki_vla` on a GPU cluster resolves `--config config/train/pi05.yaml` from any folder.
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = "ki_vla_ros"
-_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+_SOURCE_ROOT = _PACKAGE_ROOT.parent
 
 
 def _ament_share() -> Path | None:
@@ -42,7 +48,8 @@ def candidates(path: str | Path) -> list[Path]:
     p = Path(path).expanduser()
     if p.is_absolute():
         return [p]
-    roots = [Path.cwd(), _ament_share(), Path(sys.prefix) / "share" / PACKAGE, _SOURCE_ROOT]
+    roots = [Path.cwd(), _ament_share(), Path(sys.prefix) / "share" / PACKAGE, _SOURCE_ROOT,
+             _PACKAGE_ROOT]
     seen: list[Path] = []
     for root in roots:
         if root is not None and (root / p) not in seen:

@@ -117,8 +117,10 @@ def test_ki_vla_installs_alone_and_trains_without_ros(tmp_path):
                            BagConversionConfig(image_size=(32, 32)), progress=False)
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    train = subprocess.run([str(venv / "bin" / "ki-vla"), "train", "--config", str(ROOT / "config/train/tiny.yaml"),
-                            f"model={ROOT / 'config/model/tiny.yaml'}", f"dataset={dataset}", f"output_dir={out}",
+    # the recipe by its repository path, from a folder without it: found in the installed package (tiny.yaml names
+    # its model config the same way)
+    train = subprocess.run([str(venv / "bin" / "ki-vla"), "train", "--config", "config/train/tiny.yaml",
+                            f"dataset={dataset}", f"output_dir={out}",
                             "max_steps=2", "batch_size=2", "save_every=2", "log_every=1", "progress=false",
                             "tensorboard=false", "fast_vocab_size=256"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
