@@ -73,6 +73,12 @@ def declare_config(node: Node, cls: type[T], live: tuple[str, ...] = (),
     refuses a change unless unconfigured: `refuse_unless_unconfigured`); the rest are read once, so they are
     declared read-only: `ros2 param set /executor_node diagnostics_period 1.0` must fail and say so, not report
     success and change nothing (a safety trap on the node that moves the robot).
+
+    Every `ros2 param set` is checked against the field's type and range when it is made (an on-set callback), so
+    dynamic typing accepts what static typing would, plus integers for floats: `ros2 param set /policy_node
+    max_image_age abc` is refused at once with the expected type, not at the next configure. Why not rclpy's static
+    typing: it refuses `-p control_hz:=50` for a float parameter and cannot declare an empty string array
+    (`urdf_joints: []` is inferred as a byte array), both of which our parameters need.
     """
     for f in dataclasses.fields(cls):
         if f.name in live:
@@ -85,6 +91,20 @@ def declare_config(node: Node, cls: type[T], live: tuple[str, ...] = (),
                                          description=f"{cls.__name__}.{f.name}: {applied}")
         _describe_range(descriptor, f)
         node.declare_parameter(f.name, _default(f), descriptor)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+
+    def check_types(params: list[Parameter]) -> SetParametersResult:
+        for p in params:
+            f = fields.get(p.name)
+            if f is None:
+                continue
+            try:
+                check_range(_coerce(f.name, p.value, _default(f)), f, f"parameter {f.name!r}")
+            except (ValueError, ConfigError) as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(check_types)
     return read_config(node, cls)
 
 

@@ -262,7 +262,7 @@ def _param_client(h, node_name):
 def test_live_parameters_apply_or_are_refused_never_silently_ignored():
     """velocity_scale applies live; the others are refused with the reason while configured (`ros2 param set
     /executor_node chunk_timeout 1.0` over the real parameter service must fail and say how, never report success
-    and change nothing); the start-up ones are read-only; an out-of-range value is refused."""
+    and change nothing); the start-up ones are read-only; an out-of-range value or a wrong type is refused."""
     with ros_harness() as h:
         ex = h.add(ExecutorNode(context=h.context, parameter_overrides=[Parameter("urdf_path", value=str(URDF))]))
         set_param = _param_client(h, "executor_node")
@@ -280,6 +280,10 @@ def test_live_parameters_apply_or_are_refused_never_silently_ignored():
         bad = set_param("velocity_scale", 0.0)              # in the range, refused by the node: (0, 1]
         assert not bad.successful and "(0, 1]" in bad.reason
         np.testing.assert_allclose(ex.core.limits.velocity, 0.2 * full)
+        bad = set_param("velocity_scale", "fast")           # a wrong type is refused
+        assert not bad.successful and "'fast'" in bad.reason, bad.reason
+        assert set_param("velocity_scale", 1).successful    # an integer for a float, as `ros2 param set ... 1` sends
+        np.testing.assert_allclose(ex.core.limits.velocity, full)
         d = ex.describe_parameter("control_hz")             # `ros2 param describe` shows the range
         assert d.floating_point_range[0].to_value == 1000.0 and d.integer_range[0].from_value == 1
         assert "in [1.0, 1000.0]" in d.additional_constraints

@@ -200,6 +200,12 @@ def test_configure_reads_the_parameters_again_and_refuses_changes_while_configur
     with ros_harness() as h:
         node = policy_node(h, model="/nonexistent/checkpoint")
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE and node.policy is None
+        # unconfigured, a read-on-configure parameter may change, but a wrong type is refused when set (naming the
+        # expected type), not found at the next configure; an integer for a float is taken
+        wrong = node.set_parameters([Parameter("max_image_age", value="abc")])[0]
+        assert not wrong.successful and "expected float" in wrong.reason, wrong.reason
+        assert not node.set_parameters([Parameter("max_image_age", value=-1.0)])[0].successful   # out of its range
+        assert node.set_parameters([Parameter("max_image_age", value=1)])[0].successful
         assert node.set_parameters([Parameter("model", value=str(ROOT / "config/model/tiny.yaml"))])[0].successful
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS and node.policy is not None
         refused = node.set_parameters([Parameter("max_image_age", value=0.5)])[0]
