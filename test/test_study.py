@@ -63,7 +63,7 @@ def test_swap_colour_and_scene_questions():
 
 def _result(kl, final, true, swapped, seconds):
     curve = [{"step": 10, "action_mse": final * 2}, {"step": 20, "action_mse": final}]
-    return {"retention": {"kl": kl}, "curve": curve,
+    return {"retention": {"kl": kl}, "curve": curve, "hold_still_mse": 0.45,
             "language": {"true_mse": true, "swapped_mse": swapped}, "step_seconds": seconds}
 
 
@@ -80,6 +80,16 @@ def test_verdicts_follow_the_numbers():
     assert verdict("KI costs") == "agrees"
     results["ki"]["retention"]["kl"] = 1.0
     assert verdict("Training the expert") == "does not agree"
+    results["pi0"]["step_seconds"] = 0.5
+    assert verdict("KI costs") == "does not agree (costlier here)"
+    # effects the budget did not produce are not disagreements: nobody beats holding still, nobody reads the words
+    for r in results.values():
+        r["hold_still_mse"] = 0.05
+        r["language"]["swapped_mse"] = r["language"]["true_mse"] * 1.001
+    assert verdict("Freezing the backbone").startswith("not testable")
+    assert verdict("Insulated training").startswith("not testable")
+    results["ki_cotrain"] = _result(0.5, 0.1, 0.1, 0.1001, 1.3)
+    assert verdict("Co-training").startswith("partly: knowledge agrees; language not testable")
     assert report.steps_to(results["ki"]["curve"], 0.25) == 10
     assert report.steps_to(results["pi0"]["curve"], 0.25) is None
 

@@ -37,8 +37,18 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
+# A gap between swapped- and true-instruction error smaller than this fraction of the error is not language
+# following: an instruction-blind policy's two errors differ by flow-sampling and rounding noise alone (measured on
+# the default study: |gap| / error <= 5e-4 for every variant).
+LANGUAGE_MIN_GAP = 0.02
+# The paper's step-cost figure: about +20% for ki over pi0; within +-0.1 of that ratio counts as agreeing.
+PAPER_STEP_RATIO = 1.2
+
+
 def claims(results: dict[str, dict[str, Any]], target: float) -> list[dict[str, str]]:
-    """One row per claim whose variants were run: the claim, what was measured, and agree / disagree."""
+    """One row per claim whose variants were run: the claim, what was measured, and a verdict. A claim that needs
+    an effect the budget did not produce (no variant beats holding still, none follows the instruction) is
+    "not testable at this budget" rather than a disagreement."""
     rows = []
 
     def have(*names: str) -> bool:
@@ -47,6 +57,18 @@ def claims(results: dict[str, dict[str, Any]], target: float) -> list[dict[str, 
     kl = {n: r["retention"]["kl"] for n, r in results.items()}
     final = {n: r["curve"][-1]["action_mse"] for n, r in results.items()}
     gap = {n: r["language"]["swapped_mse"] - r["language"]["true_mse"] for n, r in results.items()}
+    follows = {n: gap[n] >= LANGUAGE_MIN_GAP * r["language"]["true_mse"] for n, r in results.items()}
+
+    def learned(*names: str) -> bool:
+        """Some of these variants predicts better than holding still (the floor a policy must beat to be said to
+        have learned the task)."""
+        return any(final[n] < results[n].get("hold_still_mse", math.inf) for n in names)
+
+    def gaps(*names: str) -> str:
+        return "swapped-minus-true action MSE: " + ", ".join(
+            f"{n} {gap[n]:.3g} ({gap[n] / results[n]['language']['true_mse']:+.2%})" for n in names)
+
+    no_language = f"not testable at this budget (no variant's gap reaches {LANGUAGE_MIN_GAP:.0%} of its error)"
     if have("ki", "joint", "pi0"):
         ok = kl["ki"] < min(kl["joint"], kl["pi0"])
         rows.append({"claim": "Training the expert jointly with the VLM (pi0, joint without stop-gradient) erodes the "
@@ -54,10 +76,11 @@ def claims(results: dict[str, dict[str, Any]], target: float) -> list[dict[str, 
                      "measured": f"KL from pretrained: ki {kl['ki']:.4g}, joint {kl['joint']:.4g}, pi0 {kl['pi0']:.4g}",
                      "verdict": "agrees" if ok else "does not agree"})
     if have("ki", "frozen"):
-        ok = final["frozen"] > final["ki"]
+        verdict = ("not testable at this budget (neither beats holding still)" if not learned("ki", "frozen") else
+                   "agrees" if final["frozen"] > final["ki"] else "does not agree")
         rows.append({"claim": "Freezing the backbone fails to learn the task well.",
                      "measured": f"final action MSE: frozen {final['frozen']:.4g}, ki {final['ki']:.4g}",
-                     "verdict": "agrees" if ok else "does not agree"})
+                     "verdict": verdict})
     if have("ki", "pi0_fast", "pi0"):
         s = {n: steps_to(results[n]["curve"], target) for n in ("ki", "pi0_fast", "pi0")}
         text = ", ".join(f"{n} {s[n] if s[n] is not None else 'not reached'}" for n in s)
@@ -69,25 +92,32 @@ def claims(results: dict[str, dict[str, Any]], target: float) -> list[dict[str, 
                      "measured": f"steps to action MSE <= {target:.4g}: {text}", "verdict": verdict})
     if have("ki", "ki_cotrain"):
         ok_kl = kl["ki_cotrain"] <= kl["ki"]
-        ok_lang = gap["ki_cotrain"] >= gap["ki"]
+        testable = follows["ki"] or follows["ki_cotrain"]
+        ok_lang = testable and gap["ki_cotrain"] >= gap["ki"]
+        if not testable:
+            verdict = ("partly: knowledge agrees; language " if ok_kl else "knowledge does not agree; language ") + \
+                no_language
+        else:
+            verdict = ("agrees" if ok_kl and ok_lang else "partly (knowledge only)" if ok_kl else
+                       "partly (language only)" if ok_lang else "does not agree")
         rows.append({"claim": "Co-training on vision-language data further protects the VLM and helps language "
                               "following.",
-                     "measured": f"KL: ki_cotrain {kl['ki_cotrain']:.4g} vs ki {kl['ki']:.4g}; swapped-minus-true "
-                                 f"action MSE: {gap['ki_cotrain']:.4g} vs {gap['ki']:.4g}",
-                     "verdict": ("agrees" if ok_kl and ok_lang else
-                                 "partly (knowledge only)" if ok_kl else
-                                 "partly (language only)" if ok_lang else "does not agree")})
+                     "measured": f"KL: ki_cotrain {kl['ki_cotrain']:.4g} vs ki {kl['ki']:.4g}; "
+                                 + gaps("ki_cotrain", "ki"),
+                     "verdict": verdict})
     if have("ki", "joint", "pi0"):
-        ok = gap["ki"] > max(gap["joint"], gap["pi0"])
+        if not any(follows[n] for n in ("ki", "joint", "pi0")):
+            verdict = no_language
+        else:
+            verdict = "agrees" if follows["ki"] and gap["ki"] > max(gap["joint"], gap["pi0"]) else "does not agree"
         rows.append({"claim": "Insulated training follows language better than pi0 / joint training.",
-                     "measured": "swapped-minus-true action MSE: " + ", ".join(
-                         f"{n} {gap[n]:.4g}" for n in ("ki", "joint", "pi0")),
-                     "verdict": "agrees" if ok else "does not agree"})
+                     "measured": gaps("ki", "joint", "pi0"), "verdict": verdict})
     if have("ki", "pi0") and results["ki"]["step_seconds"] and results["pi0"]["step_seconds"]:
         ratio = results["ki"]["step_seconds"] / results["pi0"]["step_seconds"]
+        verdict = ("agrees" if abs(ratio - PAPER_STEP_RATIO) <= 0.1 else
+                   "does not agree (costlier here)" if ratio > PAPER_STEP_RATIO else "does not agree (cheaper here)")
         rows.append({"claim": "KI costs about 20% more per training step than pi0 (the FAST cross-entropy pass).",
-                     "measured": f"ki / pi0 step time: {ratio:.2f}",
-                     "verdict": "agrees" if 1.05 <= ratio <= 1.5 else "does not agree"})
+                     "measured": f"ki / pi0 step time: {ratio:.2f}", "verdict": verdict})
     return rows
 
 
