@@ -90,8 +90,8 @@ def test_colcon_build(tmp_path):
     """Colcon builds the repo as an ament_python package: executables in lib/, data in share/."""
     src = tmp_path / "src" / "ki_vla_ros"
     src.mkdir(parents=True)
-    for name in ("package.xml", "setup.py", "setup.cfg", "resource", "ki_vla", "ki_vla_ros", "launch", "config",
-                 "urdf"):
+    for name in ("package.xml", "setup.py", "setup.cfg", "LICENSE", "resource", "ki_vla", "ki_vla_ros", "launch",
+                 "config", "urdf"):
         p = ROOT / name
         if p.is_dir():
             shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__"))
