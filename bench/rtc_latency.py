@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['latency_p50_ms']:.0f} | {r['switch_jump_mean']:.4f} / {r['switch_jump_max']:.3f} | "
               f"{r['jerk']:.0f} | {r['rate_hz']:.1f} | {kept} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "rows": rows},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     return 0
 
 

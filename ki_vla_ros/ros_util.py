@@ -99,8 +99,8 @@ def declare_config(node: Node, cls: type[T], live: tuple[str, ...] = (),
             if f is None:
                 continue
             try:
-                check_range(_coerce(f.name, p.value, _default(f)), f, f"parameter {f.name!r}")
-            except (ValueError, ConfigError) as exc:
+                _checked(f, p.value)
+            except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
@@ -111,14 +111,15 @@ def declare_config(node: Node, cls: type[T], live: tuple[str, ...] = (),
 def read_config(node: Node, cls: type[T]) -> T:
     """`cls` filled with the node's current (declared) parameter values, coerced and validated field by field
     (ValueError naming the parameter, for a wrong type or a value outside the field's range)."""
-    values = {}
-    for f in dataclasses.fields(cls):
-        value = _coerce(f.name, node.get_parameter(f.name).value, _default(f))
-        try:
-            values[f.name] = check_range(value, f, f"parameter {f.name!r}")
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-    return cls(**values)
+    return cls(**{f.name: _checked(f, node.get_parameter(f.name).value) for f in dataclasses.fields(cls)})
+
+
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    """`value` coerced to field `f`'s type and checked against its range (ValueError naming the parameter)."""
+    try:
+        return check_range(_coerce(f.name, value, _default(f)), f, f"parameter {f.name!r}")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _describe_range(descriptor: ParameterDescriptor, f: dataclasses.Field) -> None:
