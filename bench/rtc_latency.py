@@ -28,12 +28,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MERGERS = ("temporal_ensembling", "latest", "rtc")
+sys.path.insert(0, str(ROOT))
+
+from ki_vla.eval.report import fmt  # noqa: E402
+from ki_vla.eval.rollout import STRATEGIES as MERGERS  # noqa: E402  (the executor's merge strategies)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,7 +86,9 @@ def table(args: argparse.Namespace, cells: dict[tuple[str, float], dict]) -> lis
     rows = []
     for latency in args.latencies:
         here = {m: cells[(m, latency)] for m in args.mergers}
-        lowest = min(here, key=lambda m: here[m]["switch_jump_mean"])
+        # a cell without chunk switches (every chunk refused) has no jump (null in metrics.json): never the lowest
+        jumps = {m: math.inf if c["switch_jump_mean"] is None else c["switch_jump_mean"] for m, c in here.items()}
+        lowest = min(jumps, key=jumps.get) if min(jumps.values()) < math.inf else None
         for merger, m in here.items():
             base = cells[(merger, args.latencies[0])]["success_rate"] if latency != args.latencies[0] else None
             rows.append({
@@ -110,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         low, high = r["ci95"]
         kept = "" if r["kept_of_first_latency"] is None else f"{r['kept_of_first_latency']:.2f}"
         print(f"| {r['merger']}{' (lowest jump)' if r['lowest_jump_here'] else ''} | {r['latency_ms']:g} | "
-              f"{r['successes']}/{r['episodes']} = {r['success_rate']:.2f} | {low:.2f}-{high:.2f} | "
-              f"{r['latency_p50_ms']:.0f} | {r['switch_jump_mean']:.4f} / {r['switch_jump_max']:.3f} | "
-              f"{r['jerk']:.0f} | {r['rate_hz']:.1f} | {kept} |")
+              f"{r['successes']}/{r['episodes']} = {fmt(r['success_rate'], 2)} | {fmt(low, 2)}-{fmt(high, 2)} | "
+              f"{fmt(r['latency_p50_ms'])} | {fmt(r['switch_jump_mean'], 3)} / {fmt(r['switch_jump_max'], 3)} | "
+              f"{fmt(r['jerk'])} | {fmt(r['rate_hz'], 3)} | {kept} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     return 0

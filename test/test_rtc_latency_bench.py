@@ -41,6 +41,9 @@ def test_the_table_names_the_lowest_jump_and_the_success_rtc_keeps(tmp_path):
     assert rows[("rtc", 0.0)]["lowest_jump_here"] and rows[("rtc", 0.0)]["kept_of_first_latency"] is None
     assert rows[("temporal_ensembling", 300.0)]["lowest_jump_here"] and not rows[("rtc", 300.0)]["lowest_jump_here"]
     assert rows[("rtc", 300.0)]["kept_of_first_latency"] == pytest.approx(0.75)
+    cells[("temporal_ensembling", 300.0)]["switch_jump_mean"] = None   # no switches: every chunk refused
+    rows = {(r["merger"], r["latency_ms"]): r for r in rtc_latency.table(args, cells)}
+    assert rows[("rtc", 300.0)]["lowest_jump_here"]
 
 
 @pytest.mark.parametrize("argv, said", [
